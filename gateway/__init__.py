@@ -1,0 +1,1 @@
+"""patgate's processes: gateway, forward-auth, management API, CLI, embedded store."""

@@ -1,0 +1,294 @@
+"""Management API endpoints (``/v1/...``): thin translations to the service layer."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from middleware.errors import ValidationFailed
+from middleware.records import Token, User
+
+from ..lifecycle import Actor, Directory, EventQuery, Filters, Owner, TokenService, query_events
+from ..lifecycle.listing import Page
+from .auth import ActorResolver
+
+__all__ = ["ManagementApi", "Verifier"]
+
+_MAX_BODY = 64 * 1024
+#: responses that carry a secret must not be stored by any cache (cf. RFC 6749 §5.1).
+_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+
+Verifier = Callable[[dict[str, Any], Actor], Awaitable[dict[str, Any]]]
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > _MAX_BODY:
+        raise ValidationFailed(f"request body larger than {_MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return body
+
+
+def _only(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValidationFailed(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+def _str_or_none(body: dict[str, Any], key: str) -> Any:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValidationFailed(f"{key}: expected a string")
+    return value
+
+
+class ManagementApi:
+    def __init__(
+        self,
+        tokens: TokenService,
+        directory: Directory,
+        resolve: ActorResolver,
+        *,
+        verifier: Verifier | None = None,
+        openapi: dict[str, Any] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.directory = directory
+        self.resolve = resolve
+        self.verifier = verifier
+        self.openapi = openapi
+
+    def _now(self) -> float:
+        return self.tokens.clock()
+
+    def _token(self, token: Token) -> dict[str, Any]:
+        return token.to_json(self._now())
+
+    def _page(self, page: Page) -> dict[str, Any]:
+        items = []
+        for t in page.items:
+            item = self._token(t)
+            owner = page.owners.get(t.owner_id) if t.owner_kind == "user" else None
+            if owner is not None:
+                item["owner"]["email"] = owner.email
+                item["owner"]["name"] = owner.name
+            items.append(item)
+        return {"items": items, "next_cursor": page.next_cursor}
+
+    @staticmethod
+    def _filters(request: Request) -> Filters:
+        q = request.query_params
+        return Filters.parse(status=q.get("status"), q=q.get("q"), type=q.get("type"),
+                             limit=q.get("limit"), cursor=q.get("cursor"))
+
+    # -- tokens --------------------------------------------------------------------------
+
+    async def create_token(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        body = await _body(request)
+        _only(body, {"name", "description", "scopes", "workspaces", "expiration",
+                     "expires_at", "owner", "type"})
+        if "name" not in body:
+            raise ValidationFailed("name: required")
+        owner = None
+        if body.get("owner") is not None:
+            o = body["owner"]
+            if not isinstance(o, dict) or o.get("type") not in ("user", "org"):
+                raise ValidationFailed('owner: expected {"type": "user"|"org", "id": ...}')
+            owner_id = o.get("id", actor.org_id if o["type"] == "org" else actor.id)
+            owner = Owner(o["type"], owner_id)
+        token, secret = await self.tokens.create(
+            actor, name=body["name"], description=body.get("description"),
+            scopes=body.get("scopes", []), workspaces=body.get("workspaces"),
+            expiration=_str_or_none(body, "expiration"), expires_at=body.get("expires_at"),
+            owner=owner, type=body.get("type"),
+        )
+        return JSONResponse({"token": secret, **self._token(token)}, status_code=201,
+                            headers=_NO_STORE)
+
+    async def list_tokens(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse(self._page(await self.tokens.list_own(actor, self._filters(request))))
+
+    async def delete_all_tokens(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse({"deleted": await self.tokens.delete_all_own(actor)})
+
+    async def get_token(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse(self._token(await self.tokens.get(actor, request.path_params["id"])))
+
+    async def patch_token(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        body = await _body(request)
+        token = await self.tokens.update(actor, request.path_params["id"], body)
+        return JSONResponse(self._token(token))
+
+    async def delete_token(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        await self.tokens.delete(actor, request.path_params["id"])
+        return Response(status_code=204)
+
+    async def add_scopes(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        body = await _body(request)
+        _only(body, {"scopes"})
+        token = await self.tokens.add_scopes(actor, request.path_params["id"],
+                                             body.get("scopes", []))
+        return JSONResponse(self._token(token))
+
+    async def clear_scopes(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse(self._token(
+            await self.tokens.clear_scopes(actor, request.path_params["id"])))
+
+    async def remove_scope(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        token = await self.tokens.remove_scope(actor, request.path_params["id"],
+                                               request.path_params["scope"])
+        return JSONResponse(self._token(token))
+
+    async def revoke(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse(self._token(await self.tokens.revoke(actor,
+                                                                 request.path_params["id"])))
+
+    async def regenerate(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        body = await _body(request)
+        _only(body, {"expiration", "expires_at"})
+        token, secret = await self.tokens.regenerate(
+            actor, request.path_params["id"], expiration=_str_or_none(body, "expiration"),
+            expires_at=body.get("expires_at"),
+        )
+        return JSONResponse({"token": secret, **self._token(token)}, headers=_NO_STORE)
+
+    # -- admin ---------------------------------------------------------------------------
+
+    async def admin_list(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        org_id = request.query_params.get("org_id", actor.org_id)
+        if org_id is None:
+            raise ValidationFailed("org_id: required")
+        page = await self.tokens.list_org(actor, org_id, self._filters(request))
+        return JSONResponse(self._page(page))
+
+    async def admin_revoke(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        actor.require_admin("tokens:admin")
+        return JSONResponse(self._token(await self.tokens.revoke(actor,
+                                                                 request.path_params["id"])))
+
+    # -- users and orgs ------------------------------------------------------------------
+
+    @staticmethod
+    def _user(user: User) -> dict[str, Any]:
+        return user.to_json()
+
+    async def list_users(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        org_id = request.query_params.get("org_id", actor.org_id)
+        if org_id is None:
+            raise ValidationFailed("org_id: required")
+        users = await self.directory.list_users(actor, org_id)
+        return JSONResponse({"items": [u.to_json() for u in users]})
+
+    async def get_user(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse(
+            (await self.directory.get_user(actor, request.path_params["id"])).to_json())
+
+    async def put_user(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        body = await _body(request)
+        user = await self.directory.put_user(actor, request.path_params["id"], body)
+        return JSONResponse(user.to_json())
+
+    async def delete_user(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        revoked = await self.directory.remove_user(actor, request.path_params["id"])
+        return JSONResponse({"removed": request.path_params["id"], "revoked_tokens": revoked})
+
+    async def get_org(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse(
+            (await self.directory.get_org(actor, request.path_params["id"])).to_json())
+
+    async def put_org(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        body = await _body(request)
+        org = await self.directory.put_org(actor, request.path_params["id"], body)
+        return JSONResponse(org.to_json())
+
+    # -- events, verify, meta ------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        actor.require_admin("tokens:admin")
+        q = request.query_params
+        limit = Filters.parse(limit=q.get("limit")).limit
+        query = EventQuery(org_id=None if actor.is_system else actor.org_id,
+                           token_id=q.get("token_id"), actor=q.get("actor"),
+                           type=q.get("type"), limit=limit, cursor=q.get("cursor"))
+        items, cursor = await query_events(self.tokens.store, query)
+        return JSONResponse({"items": items, "next_cursor": cursor})
+
+    async def verify(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        actor.require("tokens:read", own=True)
+        if self.verifier is None:
+            raise ValidationFailed("verification is not available on this listener")
+        body = await _body(request)
+        _only(body, {"token", "method", "path", "headers"})
+        return JSONResponse(await self.verifier(body, actor), headers=_NO_STORE)
+
+    async def me(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        return JSONResponse({
+            "type": actor.kind, "id": actor.id, "org_id": actor.org_id, "role": actor.role,
+            "token_id": actor.token_id, "scopes": sorted(actor.scopes), "time": time.time(),
+        })
+
+    async def openapi_document(self, request: Request) -> Response:
+        return JSONResponse(self.openapi or {})
+
+    def routes(self) -> list[Route]:
+        r = Route
+        return [
+            r("/v1/openapi.json", self.openapi_document, methods=["GET"]),
+            r("/v1/me", self.me, methods=["GET"]),
+            r("/v1/tokens", self.create_token, methods=["POST"]),
+            r("/v1/tokens", self.list_tokens, methods=["GET"]),
+            r("/v1/tokens", self.delete_all_tokens, methods=["DELETE"]),
+            r("/v1/tokens/{id}", self.get_token, methods=["GET"]),
+            r("/v1/tokens/{id}", self.patch_token, methods=["PATCH"]),
+            r("/v1/tokens/{id}", self.delete_token, methods=["DELETE"]),
+            r("/v1/tokens/{id}/scopes", self.add_scopes, methods=["POST"]),
+            r("/v1/tokens/{id}/scopes", self.clear_scopes, methods=["DELETE"]),
+            r("/v1/tokens/{id}/scopes/{scope}", self.remove_scope, methods=["DELETE"]),
+            r("/v1/tokens/{id}/revoke", self.revoke, methods=["POST"]),
+            r("/v1/tokens/{id}/regenerate", self.regenerate, methods=["POST"]),
+            r("/v1/admin/tokens", self.admin_list, methods=["GET"]),
+            r("/v1/admin/tokens/{id}/revoke", self.admin_revoke, methods=["POST"]),
+            r("/v1/users", self.list_users, methods=["GET"]),
+            r("/v1/users/{id}", self.get_user, methods=["GET"]),
+            r("/v1/users/{id}", self.put_user, methods=["PUT"]),
+            r("/v1/users/{id}", self.delete_user, methods=["DELETE"]),
+            r("/v1/orgs/{id}", self.get_org, methods=["GET"]),
+            r("/v1/orgs/{id}", self.put_org, methods=["PUT"]),
+            r("/v1/events", self.events, methods=["GET"]),
+            r("/v1/verify", self.verify, methods=["POST"]),
+        ]

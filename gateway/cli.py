@@ -1,0 +1,139 @@
+"""The ``patgate`` command line.
+
+The CLI only turns arguments into :class:`~gateway.settings.Settings` and calls the
+service layer (as the local operator, :meth:`Actor.system`) or starts servers. Errors are
+one line on stderr and a non-zero exit: 1 for a refused operation, 2 for bad usage or
+configuration, 3 when the store is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from middleware.errors import ConfigError, PatgateError, ServiceError, StoreUnavailable
+from policies import cli as policy_cli
+
+from . import cli_tokens
+from .cli_context import Context
+from .settings import Settings, parse_hostport
+
+__all__ = ["build_parser", "main"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        redis_url=args.redis_url,
+        data_dir=args.data_dir,
+        namespace=args.namespace,
+        upstream_url=getattr(args, "upstream", None),
+        policy_file=getattr(args, "policy", None),
+        listen=getattr(args, "listen", None),
+        admin_listen=getattr(args, "admin_listen", None),
+        authz_listen=getattr(args, "authz_listen", None),
+    )
+
+
+def _hostport(name: str) -> Callable[[str], tuple[str, int]]:
+    def parse(value: str) -> tuple[str, int]:
+        try:
+            return parse_hostport(value, name)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _add_server_commands(sub: Any) -> None:
+    from pathlib import Path
+
+    def server(name: str, help_: str, listens: Sequence[str]) -> None:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--policy", type=Path, help="policy file (PATGATE_POLICY_FILE)")
+        if name in ("serve", "gateway"):
+            p.add_argument("--upstream", help="upstream base URL (PATGATE_UPSTREAM_URL)")
+        for listen in listens:
+            flag = "--" + listen.replace("_", "-")
+            p.add_argument(flag, dest=listen, type=_hostport(flag), metavar="HOST:PORT")
+        p.set_defaults(run=_run_server, role=name)
+
+    server("serve", "all-in-one: gateway + management API + metrics (embedded store by "
+           "default; a sample upstream when none is configured)", ["listen", "admin_listen"])
+    server("gateway", "the reverse-proxy gateway (plus admin listener)",
+           ["listen", "admin_listen"])
+    server("authz", "the forward-auth decision endpoint (nginx, Traefik, Envoy)",
+           ["authz_listen"])
+    server("api", "the management API, /metrics and health on the admin listener",
+           ["admin_listen"])
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    from .server import run_role
+
+    return run_role(_settings(args), args.role)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="patgate",
+        description="Personal access tokens for HTTP APIs: gateway, middleware, management.",
+    )
+    parser.add_argument("--redis-url", help="Redis/Valkey URL (default: embedded Valkey)")
+    parser.add_argument("--data-dir", type=Path, help="embedded store directory (.patgate)")
+    parser.add_argument("--namespace", help="Redis key namespace (patgate)")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_server_commands(sub)
+    cli_tokens.register(sub)
+    policy_cli.register(sub)
+    return parser
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    if hasattr(args, "run"):
+        result: int = args.run(args)
+        return result
+    if hasattr(args, "action"):
+        action: Callable[[Context, argparse.Namespace], Awaitable[int]] = args.action
+
+        async def go() -> int:
+            async with Context.open(_settings(args), json_output=args.json) as ctx:
+                return await action(ctx, args)
+
+        return asyncio.run(go())
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _invoke(args)
+    except StoreUnavailable as exc:
+        print(f"patgate: error: {exc} (is the store running? PATGATE_REDIS_URL)",
+              file=sys.stderr)
+        return 3
+    except ServiceError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.code, "detail": exc.detail}))
+        print(f"patgate: error: {exc.detail}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"patgate: error: {exc}", file=sys.stderr)
+        return 2
+    except PatgateError as exc:
+        print(f"patgate: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""CLI management commands: bootstrap, tokens, users, orgs, events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from middleware.errors import ValidationFailed
+from middleware.records import Token, User
+
+from .cli_context import Context
+from .lifecycle import EventQuery, Filters, Owner, bootstrap, query_events
+from .lifecycle.listing import Page, scan
+
+__all__ = ["register"]
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _reveal(ctx: Context, token: Token, secret: str) -> None:
+    """The one place a secret is printed: create, regenerate, bootstrap."""
+    now = ctx.tokens.clock()
+    if ctx.json_output:
+        ctx.emit({"token": secret, **token.to_json(now)})
+        return
+    print(secret)
+    print(f"token {token.id} ({token.name}) for {token.owner_kind} {token.owner_id}, "
+          f"scopes: {' '.join(token.scopes) or '(none)'}, expires: {_when(token.expires_at)}",
+          file=sys.stderr)
+    print("Copy the secret now: it is not stored and will not be shown again.", file=sys.stderr)
+
+
+def _show(ctx: Context, token: Token) -> None:
+    now = ctx.tokens.clock()
+    data = token.to_json(now)
+    lu = token.last_used
+    ctx.table(data, [
+        ["id", token.id], ["name", token.name], ["prefix", token.prefix],
+        ["owner", f"{token.owner_kind}:{token.owner_id}"], ["org", token.org_id],
+        ["type", token.type], ["status", token.status(now)],
+        ["scopes", " ".join(token.scopes)],
+        ["workspaces", "*" if token.workspaces is None else " ".join(token.workspaces)],
+        ["expires", _when(token.expires_at)], ["created", _when(token.created_at)],
+        ["created by", token.created_by],
+        ["last used", "never" if lu is None else
+         f"{_when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}"],
+        ["description", token.description],
+    ], ["field", "value"])
+
+
+def _page(ctx: Context, page: Page) -> None:
+    now = ctx.tokens.clock()
+    data = {"items": [t.to_json(now) for t in page.items], "next_cursor": page.next_cursor}
+    rows = [[t.id, t.name, t.prefix, f"{t.owner_kind}:{t.owner_id}", t.status(now),
+             " ".join(t.scopes), _when(t.expires_at),
+             "never" if t.last_used is None else _when(t.last_used.at)] for t in page.items]
+    ctx.table(data, rows, ["ID", "NAME", "PREFIX", "OWNER", "STATUS", "SCOPES", "EXPIRES",
+                           "LAST USED"])
+    if page.next_cursor and not ctx.json_output:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+
+
+def _owner(args: argparse.Namespace) -> Owner:
+    if bool(args.user) == bool(args.org):
+        raise ValidationFailed("give exactly one of --user ID or --org ID")
+    return Owner("user", args.user) if args.user else Owner("org", args.org)
+
+
+def _user(ctx: Context, user: User) -> None:
+    ctx.table(user.to_json(), [[k, v] for k, v in user.to_json().items()], ["field", "value"])
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+async def _bootstrap(ctx: Context, a: argparse.Namespace) -> int:
+    token, secret = await bootstrap(ctx.tokens, ctx.directory,
+                                    org_id=a.org or ctx.settings.default_org, user_id=a.user,
+                                    email=a.email, expiration=a.expiration)
+    _reveal(ctx, token, secret)
+    return 0
+
+
+async def _create(ctx: Context, a: argparse.Namespace) -> int:
+    token, secret = await ctx.tokens.create(
+        ctx.actor, name=a.name, description=a.description, scopes=a.scope or [],
+        workspaces=a.workspace or None, expiration=a.expiration, expires_at=a.expires_at,
+        owner=_owner(a), type=a.type,
+    )
+    _reveal(ctx, token, secret)
+    return 0
+
+
+async def _list(ctx: Context, a: argparse.Namespace) -> int:
+    f = Filters.parse(status=a.status, q=a.q, type=a.type, limit=a.limit, cursor=a.cursor)
+    keys = ctx.store.keys
+    if a.user or (a.org and not a.all):
+        zkey = keys.owner_tokens(("u:" + a.user) if a.user else ("o:" + a.org))
+        _page(ctx, await scan(ctx.store, zkey, f, ctx.tokens.clock()))
+    else:
+        org = a.org or ctx.settings.default_org
+        _page(ctx, await ctx.tokens.list_org(ctx.actor, org, f))
+    return 0
+
+
+async def _get(ctx: Context, a: argparse.Namespace) -> int:
+    _show(ctx, await ctx.tokens.get(ctx.actor, a.id))
+    return 0
+
+
+async def _edit(ctx: Context, a: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if a.name is not None:
+        changes["name"] = a.name
+    if a.description is not None:
+        changes["description"] = a.description
+    if a.workspace is not None:
+        changes["workspaces"] = "*" if a.workspace == ["*"] else a.workspace
+    _show(ctx, await ctx.tokens.update(ctx.actor, a.id, changes))
+    return 0
+
+
+async def _revoke(ctx: Context, a: argparse.Namespace) -> int:
+    token = await ctx.tokens.revoke(ctx.actor, a.id)
+    ctx.emit(token.to_json(ctx.tokens.clock()), f"revoked {token.id} ({token.name})")
+    return 0
+
+
+async def _regenerate(ctx: Context, a: argparse.Namespace) -> int:
+    token, secret = await ctx.tokens.regenerate(ctx.actor, a.id, expiration=a.expiration,
+                                                expires_at=a.expires_at)
+    _reveal(ctx, token, secret)
+    return 0
+
+
+async def _delete(ctx: Context, a: argparse.Namespace) -> int:
+    await ctx.tokens.delete(ctx.actor, a.id)
+    ctx.emit({"deleted": a.id}, f"deleted {a.id}")
+    return 0
+
+
+async def _scopes(ctx: Context, a: argparse.Namespace) -> int:
+    if a.op == "add":
+        token = await ctx.tokens.add_scopes(ctx.actor, a.id, a.scopes)
+    elif a.op == "remove":
+        if len(a.scopes) != 1:
+            raise ValidationFailed("scopes remove takes exactly one scope")
+        token = await ctx.tokens.remove_scope(ctx.actor, a.id, a.scopes[0])
+    else:
+        if a.scopes:
+            raise ValidationFailed("scopes clear takes no scopes")
+        token = await ctx.tokens.clear_scopes(ctx.actor, a.id)
+    ctx.emit(token.to_json(ctx.tokens.clock()), " ".join(token.scopes) or "(no scopes)")
+    return 0
+
+
+async def _user_put(ctx: Context, a: argparse.Namespace) -> int:
+    body = {k: v for k, v in {
+        "org_id": a.org, "email": a.email, "name": a.name, "role": a.role,
+        "enabled": a.enabled, "can_manage_tokens": a.can_manage_tokens,
+    }.items() if v is not None}
+    _user(ctx, await ctx.directory.put_user(ctx.actor, a.id, body))
+    return 0
+
+
+async def _user_show(ctx: Context, a: argparse.Namespace) -> int:
+    _user(ctx, await ctx.directory.get_user(ctx.actor, a.id))
+    return 0
+
+
+async def _user_list(ctx: Context, a: argparse.Namespace) -> int:
+    users = await ctx.directory.list_users(ctx.actor, a.org or ctx.settings.default_org)
+    ctx.table({"items": [u.to_json() for u in users]},
+              [[u.id, u.email, u.name, u.role, u.enabled, u.can_manage_tokens] for u in users],
+              ["ID", "EMAIL", "NAME", "ROLE", "ENABLED", "CAN_MANAGE_TOKENS"])
+    return 0
+
+
+async def _user_remove(ctx: Context, a: argparse.Namespace) -> int:
+    revoked = await ctx.directory.remove_user(ctx.actor, a.id)
+    ctx.emit({"removed": a.id, "revoked_tokens": revoked},
+             f"removed {a.id}; revoked {len(revoked)} personal token(s)")
+    return 0
+
+
+async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
+    body: dict[str, Any] = {k: v for k, v in {
+        "name": a.name, "token_limit": a.token_limit, "allow_never": a.allow_never,
+    }.items() if v is not None}
+    if a.max_lifetime is not None:
+        body["max_lifetime"] = None if a.max_lifetime == "none" else (
+            float(a.max_lifetime) if a.max_lifetime.isdigit() else a.max_lifetime)
+    org = await ctx.directory.put_org(ctx.actor, a.id, body)
+    ctx.table(org.to_json(), [[k, v] for k, v in org.to_json().items()], ["field", "value"])
+    return 0
+
+
+async def _org_show(ctx: Context, a: argparse.Namespace) -> int:
+    org = await ctx.directory.get_org(ctx.actor, a.id)
+    ctx.table(org.to_json(), [[k, v] for k, v in org.to_json().items()], ["field", "value"])
+    return 0
+
+
+async def _events(ctx: Context, a: argparse.Namespace) -> int:
+    items, cursor = await query_events(ctx.store, EventQuery(
+        org_id=a.org, token_id=a.token, actor=a.actor, type=a.type, limit=a.limit,
+        cursor=a.cursor))
+    ctx.table({"items": items, "next_cursor": cursor},
+              [[_when(e["at"]), e["type"], e["actor"]["id"], e.get("token_id") or "",
+                e.get("user_id") or "", e.get("ip") or ""] for e in items],
+              ["TIME", "TYPE", "ACTOR", "TOKEN", "USER", "IP"])
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _expiry_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--expiration", help="1d 7d 30d 60d 90d 180d 1y never")
+    g.add_argument("--expires-at", help="explicit ISO 8601 time, e.g. 2027-01-31T00:00:00Z")
+
+
+def _owner_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", help="owning user id")
+    p.add_argument("--org", help="owning organization id (org-owned token)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bootstrap", help="create the first org, admin user and admin token")
+    p.add_argument("--org", help="organization id (PATGATE_DEFAULT_ORG)")
+    p.add_argument("--user", default="admin", help="admin user id (admin)")
+    p.add_argument("--email", default="admin@localhost")
+    p.add_argument("--expiration", default="90d", help="admin token lifetime (90d)")
+    p.set_defaults(action=_bootstrap)
+
+    tokens = sub.add_parser("tokens", help="create, list, show, edit, revoke, delete tokens")
+    t = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    p = t.add_parser("create", help="create a token and print its secret once")
+    _owner_args(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--description")
+    p.add_argument("--scope", action="append", help="repeatable, e.g. threads:read")
+    p.add_argument("--workspace", action="append", help="repeatable; default every workspace")
+    p.add_argument("--type", choices=["personal", "service", "oauth"])
+    _expiry_args(p)
+    p.set_defaults(action=_create)
+    p = t.add_parser("list", help="list tokens of a user, an org's own, or a whole org")
+    _owner_args(p)
+    p.add_argument("--all", action="store_true", help="with --org: every token in the org")
+    p.add_argument("--status", choices=["active", "expired", "revoked"])
+    p.add_argument("--q", help="match name (or owner in an org listing)")
+    p.add_argument("--type", choices=["personal", "service", "oauth"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor")
+    p.set_defaults(action=_list)
+    for name, func, help_ in (("show", _get, "show one token"),
+                              ("revoke", _revoke, "revoke (idempotent)"),
+                              ("delete", _delete, "revoke and delete")):
+        p = t.add_parser(name, help=help_)
+        p.add_argument("id")
+        p.set_defaults(action=func)
+    p = t.add_parser("regenerate", help="new secret, same id/name/scopes; prints it once")
+    p.add_argument("id")
+    _expiry_args(p)
+    p.set_defaults(action=_regenerate)
+    p = t.add_parser("edit", help="change name, description or workspaces")
+    p.add_argument("id")
+    p.add_argument("--name")
+    p.add_argument("--description")
+    p.add_argument("--workspace", action="append", help="repeatable; '*' for every one")
+    p.set_defaults(action=_edit)
+    p = t.add_parser("scopes", help="add, remove or clear scopes")
+    p.add_argument("op", choices=["add", "remove", "clear"])
+    p.add_argument("id")
+    p.add_argument("scopes", nargs="*")
+    p.set_defaults(action=_scopes)
+
+    users = sub.add_parser("users", help="users synced from the host product")
+    u = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    p = u.add_parser("put", help="create or update a user")
+    p.add_argument("id")
+    p.add_argument("--org")
+    p.add_argument("--email")
+    p.add_argument("--name")
+    p.add_argument("--role", choices=["member", "admin"])
+    p.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--can-manage-tokens", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(action=_user_put)
+    for name, func, help_ in (("show", _user_show, "show a user"),
+                              ("remove", _user_remove, "remove; revokes personal tokens")):
+        p = u.add_parser(name, help=help_)
+        p.add_argument("id")
+        p.set_defaults(action=func)
+    p = u.add_parser("list", help="users of an organization")
+    p.add_argument("--org")
+    p.set_defaults(action=_user_list)
+
+    orgs = sub.add_parser("orgs", help="organizations: token limit and lifetime policy")
+    o = orgs.add_subparsers(dest="orgs_command", metavar="ACTION", required=True)
+    p = o.add_parser("put", help="create or update an organization")
+    p.add_argument("id")
+    p.add_argument("--name")
+    p.add_argument("--token-limit", type=int)
+    p.add_argument("--max-lifetime", help="preset (90d), seconds, or 'none'")
+    p.add_argument("--allow-never", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(action=_org_put)
+    p = o.add_parser("show", help="show an organization")
+    p.add_argument("id")
+    p.set_defaults(action=_org_show)
+
+    p = sub.add_parser("events", help="the audit log, newest first")
+    p.add_argument("--org")
+    p.add_argument("--token")
+    p.add_argument("--actor")
+    p.add_argument("--type")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor")
+    p.set_defaults(action=_events)

@@ -1,0 +1,207 @@
+"""Users and organizations, synced from the host product.
+
+Disabling a user or their ``can_manage_tokens`` permission suspends their tokens without
+deleting them (every process drops them from its cache at once: ``u <id>``);
+re-enabling makes them work again. Removing a user revokes their personal tokens;
+org-owned tokens they created survive and keep ``created_by``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from middleware.errors import Conflict, NotFound, ValidationFailed
+from middleware.records import Org, Role, User
+from middleware.store import StaleWrite, TokenStore
+
+from .actor import Actor
+from .audit import event_json
+from .expiry import parse_duration
+from .inputs import check_id
+
+__all__ = ["Directory"]
+
+_RETRIES = 8
+_ROLES: tuple[Role, ...] = ("member", "admin")
+_USER_FIELDS = {"org_id", "email", "name", "role", "enabled", "can_manage_tokens"}
+_ORG_FIELDS = {"name", "token_limit", "max_lifetime", "allow_never"}
+
+
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise ValidationFailed(f"{key}: expected true or false")
+    return value
+
+
+def _text(body: dict[str, Any], key: str, default: str, limit: int = 200) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise ValidationFailed(f"{key}: expected a printable string of at most {limit} chars")
+    return value
+
+
+def _unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValidationFailed(f"unknown fields: {', '.join(sorted(unknown))}")
+
+
+class Directory:
+    def __init__(self, store: TokenStore, *, clock: Callable[[], float] = time.time,
+                 default_token_limit: int = 10) -> None:
+        self.store = store
+        self.clock = clock
+        self.default_token_limit = default_token_limit
+
+    # -- orgs ----------------------------------------------------------------------------
+
+    async def get_org(self, actor: Actor, org_id: str) -> Org:
+        actor.require_org(org_id)
+        org = await self.store.get_org(org_id)
+        if org is None:
+            raise NotFound(f"organization {org_id} not found")
+        return org
+
+    async def put_org(self, actor: Actor, org_id: str, body: dict[str, Any]) -> Org:
+        """Create or update (merge) an organization."""
+        check_id(org_id, "org id")
+        _unknown(body, _ORG_FIELDS)
+        actor.require_admin("users:admin")
+        actor.require_org(org_id)
+        for _ in range(_RETRIES):
+            old = await self.store.get_org(org_id)
+            now = self.clock()
+            base = old or Org(id=org_id, name=org_id, token_limit=self.default_token_limit,
+                              created_at=now)
+            limit = body.get("token_limit", base.token_limit)
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+                raise ValidationFailed("token_limit: expected an integer from 1 to 10000")
+            lifetime = (parse_duration(body["max_lifetime"], "max_lifetime")
+                        if "max_lifetime" in body else base.max_lifetime)
+            new = base.evolve(
+                name=_text(body, "name", base.name), token_limit=limit, max_lifetime=lifetime,
+                allow_never=_bool(body, "allow_never", base.allow_never), updated_at=now,
+            )
+            if new == old:
+                return new
+            plan = self.store.plan()
+            plan.put_org(old, new)
+            plan.events.append(event_json(
+                "org.created" if old is None else "org.updated", actor, now, org_id=org_id,
+                data={k: v for k, v in new.to_json().items() if k in _ORG_FIELDS},
+            ))
+            try:
+                await self.store.commit(plan)
+            except StaleWrite:
+                continue
+            return new
+        raise Conflict("the organization changed concurrently; try again", code="conflict")
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def get_user(self, actor: Actor, user_id: str) -> User:
+        user = await self.store.get_user(user_id)
+        if user is None or not (actor.is_system or actor.org_id == user.org_id):
+            raise NotFound(f"user {user_id} not found")
+        if actor.kind == "user" and actor.id == user_id:
+            return user
+        actor.require_admin("users:admin")
+        return user
+
+    async def list_users(self, actor: Actor, org_id: str) -> list[User]:
+        actor.require_admin("users:admin")
+        actor.require_org(org_id)
+        return await self.store.get_users(await self.store.org_user_ids(org_id))
+
+    async def put_user(self, actor: Actor, user_id: str, body: dict[str, Any]) -> User:
+        """Create or update (merge) a user; permission changes reach every cache at once."""
+        check_id(user_id, "user id")
+        _unknown(body, _USER_FIELDS)
+        actor.require_admin("users:admin")
+        for _ in range(_RETRIES):
+            old = await self.store.get_user(user_id)
+            now = self.clock()
+            if old is None:
+                org_id = body.get("org_id", actor.org_id)
+                if org_id is None:
+                    raise ValidationFailed("org_id: required for a new user")
+                org_id = check_id(org_id, "org_id")
+                if "email" not in body:
+                    raise ValidationFailed("email: required for a new user")
+                base = User(id=user_id, org_id=org_id, email="", name="", created_at=now)
+            else:
+                base = old
+                if body.get("org_id", old.org_id) != old.org_id:
+                    raise ValidationFailed("org_id: a user cannot move to another organization")
+            actor.require_org(base.org_id)
+            if await self.store.get_org(base.org_id) is None:
+                raise NotFound(f"organization {base.org_id} not found")
+            role = body.get("role", base.role)
+            if role not in _ROLES:
+                raise ValidationFailed("role: expected member or admin")
+            email = _text(body, "email", base.email)
+            if old is None and "@" not in email:
+                raise ValidationFailed("email: expected an email address")
+            new = base.evolve(
+                email=email, name=_text(body, "name", base.name), role=role,
+                enabled=_bool(body, "enabled", base.enabled),
+                can_manage_tokens=_bool(body, "can_manage_tokens", base.can_manage_tokens),
+                updated_at=now,
+            )
+            if old is not None and new.evolve(updated_at=old.updated_at) == old:
+                return old
+            plan = self.store.plan()
+            plan.put_user(old, new)
+            permission = old is not None and (
+                (old.enabled, old.can_manage_tokens, old.role)
+                != (new.enabled, new.can_manage_tokens, new.role)
+            )
+            kind = "user.created" if old is None else (
+                "user.permission_changed" if permission else "user.updated")
+            if permission:
+                plan.publish.append("u " + user_id)
+            plan.events.append(event_json(
+                kind, actor, now, org_id=new.org_id, user_id=user_id,
+                data={k: v for k, v in new.to_json().items() if k in _USER_FIELDS},
+            ))
+            try:
+                await self.store.commit(plan)
+            except StaleWrite:
+                continue
+            return new
+        raise Conflict("the user changed concurrently; try again", code="conflict")
+
+    async def remove_user(self, actor: Actor, user_id: str) -> list[str]:
+        """Delete the user and revoke their personal tokens; returns the revoked ids."""
+        actor.require_admin("users:admin")
+        keys = self.store.keys
+        for _ in range(_RETRIES):
+            user = await self.store.get_user(user_id)
+            if user is None:
+                raise NotFound(f"user {user_id} not found")
+            actor.require_org(user.org_id)
+            now = self.clock()
+            ids = [i for i, _ in await self.store.token_page(
+                keys.owner_tokens("u:" + user_id), before=None, count=100_000)]
+            plan = self.store.plan()
+            plan.delete_user(user)
+            revoked = []
+            for token in await self.store.get_tokens(ids):
+                if token.revoked_at is None:
+                    plan.put_token(token, token.evolve(revoked_at=now, updated_at=now))
+                    revoked.append(token.id)
+                plan.publish.append("t " + token.digest.hex())
+            plan.publish.append("u " + user_id)
+            plan.events.append(event_json(
+                "user.removed", actor, now, org_id=user.org_id, user_id=user_id,
+                data={"revoked_token_ids": revoked},
+            ))
+            try:
+                await self.store.commit(plan)
+            except StaleWrite:
+                continue
+            return revoked
+        raise Conflict("the user changed concurrently; try again", code="conflict")

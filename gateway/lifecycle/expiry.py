@@ -1,0 +1,95 @@
+"""Expiry presets and the org lifetime policy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from middleware.errors import Unprocessable, ValidationFailed
+from middleware.records import Org
+
+__all__ = ["PRESETS", "parse_duration", "resolve_expiry"]
+
+_DAY = 86_400.0
+#: the presets the settings page offers; ``never`` is ``None``.
+PRESETS: dict[str, float | None] = {
+    "1d": _DAY,
+    "7d": 7 * _DAY,
+    "30d": 30 * _DAY,
+    "60d": 60 * _DAY,
+    "90d": 90 * _DAY,
+    "180d": 180 * _DAY,
+    "1y": 365 * _DAY,
+    "never": None,
+}
+
+
+def parse_duration(value: str | float | int | None, field: str) -> float | None:
+    """A preset name or a number of seconds (> 0); ``None``/``never`` mean no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationFailed(f"{field}: expected a preset or seconds, got {value!r}")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValidationFailed(f"{field}: must be positive")
+        return float(value)
+    if value in PRESETS:
+        return PRESETS[value]
+    raise ValidationFailed(
+        f"{field}: unknown preset {value!r}; use one of {', '.join(PRESETS)} or seconds"
+    )
+
+
+def _parse_time(value: str | float | int, field: str) -> float:
+    if isinstance(value, bool):
+        raise ValidationFailed(f"{field}: expected an ISO 8601 time")
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(f"{field}: {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise ValidationFailed(f"{field}: {value!r} needs a time zone (e.g. Z)")
+    return parsed.timestamp()
+
+
+def resolve_expiry(
+    *,
+    expiration: str | None,
+    expires_at: str | float | int | None,
+    default: float | None,
+    org: Org,
+    now: float,
+) -> float | None:
+    """The absolute expiry for a new secret, checked against the org's lifetime policy.
+
+    ``expiration`` is a preset (``30d``, ``never`` ...), ``expires_at`` an explicit time;
+    giving both is an error. With neither, ``default`` seconds (None = never) apply.
+    """
+    if expiration is not None and expires_at is not None:
+        raise ValidationFailed("give either expiration (a preset) or expires_at, not both")
+    if expires_at is not None:
+        at: float | None = _parse_time(expires_at, "expires_at")
+        assert at is not None
+        if at <= now:
+            raise ValidationFailed("expires_at must be in the future")
+    else:
+        if expiration is not None and expiration not in PRESETS:
+            raise ValidationFailed(
+                f"expiration: unknown preset {expiration!r}; use one of {', '.join(PRESETS)}"
+            )
+        lifetime = default if expiration is None else PRESETS[expiration]
+        at = None if lifetime is None else now + lifetime
+    if at is None:
+        if not org.allow_never or org.max_lifetime is not None:
+            raise Unprocessable(
+                f"organization {org.id} does not allow tokens that never expire", code="lifetime"
+            )
+        return None
+    if org.max_lifetime is not None and at - now > org.max_lifetime + 1:
+        days = org.max_lifetime / _DAY
+        raise Unprocessable(
+            f"organization {org.id} allows token lifetimes up to {days:g} days", code="lifetime"
+        )
+    return at

@@ -1,0 +1,97 @@
+"""Validation of management input: one clear message per bad field, nothing changed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from middleware.errors import ValidationFailed
+from middleware.records import TokenType
+from policies.scopes import validate_scopes
+
+__all__ = [
+    "check_description",
+    "check_id",
+    "check_name",
+    "check_scopes",
+    "check_token_type",
+    "check_workspaces",
+]
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+_WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MAX_WORKSPACES = 100
+_TOKEN_TYPES: tuple[TokenType, ...] = ("personal", "service", "oauth")
+
+
+def _printable(value: str) -> bool:
+    return value.isprintable()
+
+
+def check_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationFailed("name: expected a string")
+    name = value.strip()
+    if not 1 <= len(name) <= 100:
+        raise ValidationFailed("name: must be 1 to 100 characters")
+    if not _printable(name):
+        raise ValidationFailed("name: must not contain control characters")
+    return name
+
+
+def check_description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationFailed("description: expected a string")
+    if len(value) > 1000:
+        raise ValidationFailed("description: at most 1000 characters")
+    if not all(ch.isprintable() or ch in "\n\t" for ch in value):
+        raise ValidationFailed("description: must not contain control characters")
+    return value
+
+
+def check_scopes(value: Any, field: str = "scopes") -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationFailed(f"{field}: expected a list of scope strings")
+    items = list(value)
+    if not all(isinstance(s, str) for s in items):
+        raise ValidationFailed(f"{field}: expected a list of scope strings")
+    try:
+        return validate_scopes(items)
+    except ValueError as exc:
+        raise ValidationFailed(f"{field}: {exc}") from None
+
+
+def check_workspaces(value: Any) -> tuple[str, ...] | None:
+    """``None``, ``"*"`` or ``["*"]`` mean every workspace; else a list of workspace ids."""
+    if value is None or value == "*" or value == ["*"]:
+        return None
+    if isinstance(value, str) or not isinstance(value, list):
+        raise ValidationFailed('workspaces: expected "*" or a list of workspace ids')
+    if not value:
+        raise ValidationFailed('workspaces: an empty list allows nothing; use "*" or ids')
+    if len(value) > _MAX_WORKSPACES:
+        raise ValidationFailed(f"workspaces: at most {_MAX_WORKSPACES}")
+    for ws in value:
+        if not isinstance(ws, str) or not _WORKSPACE_RE.fullmatch(ws):
+            raise ValidationFailed(f"workspaces: {ws!r} is not a valid workspace id")
+    return tuple(sorted(set(value)))
+
+
+def check_id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ValidationFailed(
+            f"{field}: 1-128 characters of letters, digits, '_', '.', '@' or '-'"
+        )
+    return value
+
+
+def check_token_type(value: Any, default: TokenType) -> TokenType:
+    if value is None:
+        return default
+    for t in _TOKEN_TYPES:
+        if value == t:
+            return t
+    raise ValidationFailed(f"type: expected one of {', '.join(_TOKEN_TYPES)}")

@@ -1,0 +1,364 @@
+"""The token lifecycle: create, read, edit, revoke, regenerate, delete.
+
+Every write reads the records it changes, builds one :class:`~middleware.store.Plan`
+(compare-and-set on what it read + the audit event + the cache invalidation) and commits
+it atomically; a concurrent change makes the commit fail with ``StaleWrite`` and the
+operation re-reads and tries again. The secret leaves this module exactly twice: as the
+second value returned by :meth:`TokenService.create` and :meth:`TokenService.regenerate`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from middleware.records import OwnerKind, Token, TokenType
+from middleware.store import Plan, StaleWrite, TokenStore
+from middleware.tokenformat import TokenFormat
+
+from .actor import Actor
+from .audit import event_json
+from .expiry import resolve_expiry
+from .inputs import check_description, check_id, check_name, check_scopes, check_token_type
+from .inputs import check_workspaces as _check_workspaces
+from .listing import Filters, Page, scan
+
+__all__ = ["DEFAULT_LIFETIME", "Owner", "TokenService"]
+
+#: lifetime when a create names no expiry (GitHub's default for fine-grained PATs).
+DEFAULT_LIFETIME = 30 * 86_400.0
+_RETRIES = 8
+
+Access = Literal["read", "write", "revoke"]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    kind: OwnerKind
+    id: str
+
+
+def _new_id() -> str:
+    return "tok_" + secrets.token_hex(8)
+
+
+class TokenService:
+    def __init__(
+        self,
+        store: TokenStore,
+        token_format: TokenFormat,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.format = token_format
+        self.clock = clock
+
+    # -- access rules --------------------------------------------------------------------
+
+    @staticmethod
+    def _is_own(actor: Actor, token: Token) -> bool:
+        return (actor.kind == "user" and token.owner_kind == "user" and
+                token.owner_id == actor.id) or (
+            actor.kind == "org" and token.owner_kind == "org" and token.owner_id == actor.id
+        )
+
+    def _authorize(self, actor: Actor, token: Token, access: Access) -> None:
+        """Own tokens need ``tokens:<read|write>:own``; admins manage org-owned tokens and
+        may read and revoke anyone's in their org. Tokens an actor may not see are 404,
+        so ids do not reveal other users' tokens."""
+        if actor.is_system:
+            return
+        if token.org_id != actor.org_id:
+            raise NotFound(f"token {token.id} not found")
+        if self._is_own(actor, token):
+            actor.require("tokens:read" if access == "read" else "tokens:write", own=True)
+            return
+        if (token.owner_kind == "org" or access != "write") and actor.is_admin("tokens:admin"):
+            return
+        raise NotFound(f"token {token.id} not found")
+
+    async def _load(self, actor: Actor, token_id: str, access: Access) -> Token:
+        token = await self.store.get_token(token_id)
+        if token is None:
+            raise NotFound(f"token {token_id} not found")
+        self._authorize(actor, token, access)
+        return token
+
+    async def _change(
+        self,
+        actor: Actor,
+        token_id: str,
+        access: Access,
+        mutate: Callable[[Token, float], Awaitable[tuple[Token, str, dict[str, Any]] | None]],
+        *,
+        durable: bool = False,
+    ) -> tuple[Token, Token]:
+        """Read → mutate → commit with CAS, retrying on concurrent changes.
+
+        ``mutate`` returns (new token, event type, event data), or None for "no change"
+        (e.g. revoking a revoked token is idempotent and writes nothing)."""
+        for _ in range(_RETRIES):
+            old = await self._load(actor, token_id, access)
+            now = self.clock()
+            result = await mutate(old, now)
+            if result is None:
+                return old, old
+            new, kind, data = result
+            plan = self.store.plan()
+            plan.put_token(old, new)
+            self._finish(plan, actor, new, kind, now, data, old.digest)
+            try:
+                await self.store.commit(plan, durable=durable)
+            except StaleWrite:
+                continue
+            return old, new.evolve(last_used=old.last_used)
+        raise Conflict("the token changed concurrently too often; try again", code="conflict")
+
+    @staticmethod
+    def _finish(
+        plan: Plan,
+        actor: Actor,
+        token: Token,
+        kind: str,
+        now: float,
+        data: dict[str, Any],
+        digest: bytes | None,
+    ) -> None:
+        if digest is not None:
+            plan.publish.append("t " + digest.hex())
+        plan.events.append(event_json(
+            kind, actor, now, org_id=token.org_id, token_id=token.id,
+            user_id=token.owner_id if token.owner_kind == "user" else None, data=data,
+        ))
+
+    # -- create / read -------------------------------------------------------------------
+
+    async def create(
+        self,
+        actor: Actor,
+        *,
+        name: Any,
+        description: Any = None,
+        scopes: Iterable[str] = (),
+        workspaces: Any = None,
+        expiration: str | None = None,
+        expires_at: Any = None,
+        owner: Owner | None = None,
+        type: Any = None,
+    ) -> tuple[Token, str]:
+        """A new token and its secret — the only time the secret is returned."""
+        name = check_name(name)
+        description = check_description(description)
+        scope_tuple = check_scopes(scopes)
+        ws = _check_workspaces(workspaces)
+        owner = await self._resolve_owner(actor, owner)
+        token_type: TokenType = check_token_type(
+            type, "personal" if owner.kind == "user" else "service"
+        )
+        if token_type == "oauth" and not actor.is_admin("tokens:admin"):
+            raise Forbidden("only admins may create oauth tokens")
+        org_id, org_user_ok = await self._owner_org(actor, owner)
+        org = await self.store.get_org(org_id)
+        if org is None:
+            raise NotFound(f"organization {org_id} not found")
+        now = self.clock()
+        expiry = resolve_expiry(
+            expiration=expiration, expires_at=expires_at, default=DEFAULT_LIFETIME,
+            org=org, now=now,
+        )
+        if not org_user_ok:
+            raise Forbidden(f"user {owner.id} may not hold tokens (disabled or no permission)")
+        secret = self.format.generate()
+        token = Token(
+            id=_new_id(), name=name, description=description, owner_kind=owner.kind,
+            owner_id=owner.id, org_id=org_id, type=token_type, scopes=scope_tuple,
+            workspaces=ws, expires_at=expiry, created_at=now, created_by=actor.id,
+            revoked_at=None, prefix=self.format.display_prefix(secret),
+            digest=self.format.digest(secret), updated_at=now, issued_at=now,
+        )
+        plan = self.store.plan()
+        plan.put_token(None, token, limit=org.token_limit)
+        self._finish(plan, actor, token, "token.created", now,
+                     {"name": name, "scopes": list(scope_tuple), "expires_at": expiry}, None)
+        await self.store.commit(plan, durable=True)
+        return token, secret
+
+    async def _resolve_owner(self, actor: Actor, owner: Owner | None) -> Owner:
+        if owner is None:
+            if actor.is_system:
+                raise ValidationFailed("owner: required (which user or org owns the token)")
+            owner = Owner("user" if actor.kind == "user" else "org", actor.id)
+        check_id(owner.id, "owner.id")
+        own = (actor.kind == "user" and owner == Owner("user", actor.id)) or (
+            actor.kind == "org" and owner == Owner("org", actor.id)
+        )
+        if own:
+            actor.require("tokens:write", own=True)
+        else:
+            actor.require_admin("tokens:admin")
+        return owner
+
+    async def _owner_org(self, actor: Actor, owner: Owner) -> tuple[str, bool]:
+        """The owner's org id, and whether the owner may hold tokens right now."""
+        if owner.kind == "org":
+            actor.require_org(owner.id)
+            return owner.id, True
+        user = await self.store.get_user(owner.id)
+        if user is None:
+            raise NotFound(f"user {owner.id} not found")
+        actor.require_org(user.org_id)
+        return user.org_id, user.can_authenticate
+
+    async def get(self, actor: Actor, token_id: str) -> Token:
+        return await self._load(actor, token_id, "read")
+
+    async def list_own(self, actor: Actor, filters: Filters) -> Page:
+        if actor.is_system:
+            raise ValidationFailed("the local operator has no own tokens; list an org instead")
+        actor.require("tokens:read", own=True)
+        owner = ("u:" if actor.kind == "user" else "o:") + actor.id
+        return await scan(self.store, self.store.keys.owner_tokens(owner), filters, self.clock())
+
+    async def list_org(self, actor: Actor, org_id: str, filters: Filters) -> Page:
+        actor.require_admin("tokens:admin")
+        actor.require_org(org_id)
+        return await scan(self.store, self.store.keys.org_tokens(org_id), filters, self.clock(),
+                          match_owner=True)
+
+    # -- edits ---------------------------------------------------------------------------
+
+    async def update(self, actor: Actor, token_id: str, changes: dict[str, Any]) -> Token:
+        """PATCH: any of name, description, scopes, workspaces; unknown fields are errors."""
+        allowed = {"name", "description", "scopes", "workspaces"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValidationFailed(f"cannot change {', '.join(sorted(unknown))}")
+        if not changes:
+            raise ValidationFailed("nothing to change")
+        values: dict[str, Any] = {}
+        if "name" in changes:
+            values["name"] = check_name(changes["name"])
+        if "description" in changes:
+            values["description"] = check_description(changes["description"])
+        if "scopes" in changes:
+            values["scopes"] = check_scopes(changes["scopes"])
+        if "workspaces" in changes:
+            values["workspaces"] = _check_workspaces(changes["workspaces"])
+
+        async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
+            kind = "token.scopes_changed" if set(values) == {"scopes"} else "token.updated"
+            data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+            return old.evolve(**values, updated_at=now), kind, data
+
+        return (await self._change(actor, token_id, "write", mutate))[1]
+
+    async def add_scopes(self, actor: Actor, token_id: str, scopes: Any) -> Token:
+        extra = check_scopes(scopes)
+        if not extra:
+            raise ValidationFailed("scopes: give at least one scope to add")
+        return await self._set_scopes(actor, token_id, lambda cur: cur + extra)
+
+    async def remove_scope(self, actor: Actor, token_id: str, scope: str) -> Token:
+        (target,) = check_scopes([scope], "scope")
+
+        def drop(cur: tuple[str, ...]) -> tuple[str, ...]:
+            if target not in cur:
+                raise NotFound(f"token {token_id} does not have the scope {target}")
+            return tuple(s for s in cur if s != target)
+
+        return await self._set_scopes(actor, token_id, drop)
+
+    async def clear_scopes(self, actor: Actor, token_id: str) -> Token:
+        return await self._set_scopes(actor, token_id, lambda cur: ())
+
+    async def _set_scopes(
+        self, actor: Actor, token_id: str, compute: Callable[[tuple[str, ...]], tuple[str, ...]]
+    ) -> Token:
+        async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]] | None:
+            scopes = check_scopes(compute(old.scopes))
+            if scopes == old.scopes:
+                return None
+            data = {"added": sorted(set(scopes) - set(old.scopes)),
+                    "removed": sorted(set(old.scopes) - set(scopes))}
+            return old.evolve(scopes=scopes, updated_at=now), "token.scopes_changed", data
+
+        return (await self._change(actor, token_id, "write", mutate))[1]
+
+    # -- revoke / regenerate / delete ----------------------------------------------------
+
+    async def revoke(self, actor: Actor, token_id: str) -> Token:
+        """Idempotent: revoking a revoked token changes nothing and succeeds."""
+
+        async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]] | None:
+            if old.revoked_at is not None:
+                return None
+            return old.evolve(revoked_at=now, updated_at=now), "token.revoked", {}
+
+        return (await self._change(actor, token_id, "revoke", mutate))[1]
+
+    async def regenerate(
+        self, actor: Actor, token_id: str, *, expiration: str | None = None,
+        expires_at: Any = None,
+    ) -> tuple[Token, str]:
+        """New secret, same id/name/scopes; works on active, revoked and expired tokens.
+
+        With no expiry given the new secret gets the same lifetime the old one had."""
+        secret = self.format.generate()
+
+        async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
+            org = await self.store.get_org(old.org_id)
+            if org is None:
+                raise NotFound(f"organization {old.org_id} not found")
+            previous = None if old.expires_at is None else old.expires_at - old.issued_at
+            expiry = resolve_expiry(expiration=expiration, expires_at=expires_at,
+                                    default=previous, org=org, now=now)
+            new = old.evolve(
+                digest=self.format.digest(secret), prefix=self.format.display_prefix(secret),
+                expires_at=expiry, revoked_at=None, issued_at=now, updated_at=now,
+            )
+            return new, "token.regenerated", {"expires_at": expiry}
+
+        _, new = await self._change(actor, token_id, "write", mutate, durable=True)
+        return new, secret
+
+    async def delete(self, actor: Actor, token_id: str) -> None:
+        for _ in range(_RETRIES):
+            old = await self._load(actor, token_id, "write")
+            if await self._delete_many(actor, [old]):
+                return
+        raise Conflict("the token changed concurrently too often; try again", code="conflict")
+
+    async def delete_all_own(self, actor: Actor) -> int:
+        """Delete every token the actor owns; returns how many."""
+        if actor.is_system:
+            raise ValidationFailed("the local operator has no own tokens")
+        actor.require("tokens:write", own=True)
+        owner = ("u:" if actor.kind == "user" else "o:") + actor.id
+        deleted = 0
+        for _ in range(_RETRIES):
+            ids = [i for i, _ in await self.store.token_page(
+                self.store.keys.owner_tokens(owner), before=None, count=10_000)]
+            tokens = await self.store.get_tokens(ids)
+            if not tokens:
+                return deleted
+            if await self._delete_many(actor, tokens):
+                deleted += len(tokens)
+        raise Conflict("tokens changed concurrently too often; try again", code="conflict")
+
+    async def _delete_many(self, actor: Actor, tokens: list[Token]) -> bool:
+        now = self.clock()
+        plan = self.store.plan()
+        for token in tokens:
+            plan.delete_token(token)
+            self._finish(plan, actor, token, "token.deleted", now, {"name": token.name},
+                         token.digest)
+        try:
+            await self.store.commit(plan)
+        except StaleWrite:
+            return False
+        return True

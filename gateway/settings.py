@@ -1,0 +1,163 @@
+"""One frozen settings object, read from ``PATGATE_*`` environment variables.
+
+The CLI turns its arguments into a :class:`Settings`; ``create_app(settings)`` and friends
+take it. Nothing else reads the environment. The README's configuration table is checked
+against :data:`ENV_VARS` by a test.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from middleware.errors import ConfigError
+
+__all__ = ["ENV_VARS", "Settings", "parse_hostport"]
+
+
+def parse_hostport(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}: expected true/false, got {value!r}")
+
+
+def _number(value: str, name: str, kind: type[int] | type[float], minimum: float) -> Any:
+    try:
+        parsed = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if parsed < minimum:
+        raise ConfigError(f"{name}: must be ≥ {minimum}, got {value!r}")
+    return parsed
+
+
+def _networks(value: str, name: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR") from None
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    data_dir: Path = Path(".patgate")
+    namespace: str = "patgate"
+    token_prefix: str = "pat"
+    pepper: bytes | None = field(default=None, repr=False)
+    durable_writes: bool = True
+    policy_file: Path | None = None
+    upstream_url: str | None = None
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    admin_listen: tuple[str, int] = ("127.0.0.1", 8081)
+    authz_listen: tuple[str, int] = ("127.0.0.1", 8082)
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    realm: str = "patgate"
+    cache_size: int = 10_000
+    cache_ttl: float = 30.0
+    negative_ttl: float = 2.0
+    lastused_interval: float = 5.0
+    lastused_max_pending: int = 100_000
+    upstream_timeout: float = 30.0
+    upstream_connect_timeout: float = 5.0
+    upstream_pool_size: int = 256
+    events_maxlen: int = 1_000_000
+    default_token_limit: int = 10
+    default_org: str = "default"
+    workers: int = 1
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``PATGATE_*`` variables, then ``overrides`` (from CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var, (attr, parse) in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is not None and raw != "":
+                values[attr] = parse(raw, var)
+        pepper_file = env.get("PATGATE_PEPPER_FILE")
+        if pepper_file and "pepper" not in values:
+            try:
+                values["pepper"] = Path(pepper_file).read_bytes().strip() or None
+            except OSError as exc:
+                raise ConfigError(f"PATGATE_PEPPER_FILE: cannot read {pepper_file}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def evolve(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _str(value: str, _name: str) -> str:
+    return value
+
+
+def _path(value: str, _name: str) -> Path:
+    return Path(value)
+
+
+def _url(value: str, name: str) -> str:
+    if "://" not in value:
+        raise ConfigError(f"{name}: expected a URL such as redis://host:6379/0, got {value!r}")
+    return value.rstrip("/") if name == "PATGATE_UPSTREAM_URL" else value
+
+
+#: environment variable → (Settings attribute, parser); documented in the README table.
+ENV_VARS: dict[str, tuple[str, Any]] = {
+    "PATGATE_REDIS_URL": ("redis_url", _url),
+    "PATGATE_DATA_DIR": ("data_dir", _path),
+    "PATGATE_NAMESPACE": ("namespace", _str),
+    "PATGATE_TOKEN_PREFIX": ("token_prefix", _str),
+    "PATGATE_PEPPER": ("pepper", lambda v, n: v.encode()),
+    "PATGATE_DURABLE_WRITES": ("durable_writes", _bool),
+    "PATGATE_POLICY_FILE": ("policy_file", _path),
+    "PATGATE_UPSTREAM_URL": ("upstream_url", _url),
+    "PATGATE_LISTEN": ("listen", parse_hostport),
+    "PATGATE_ADMIN_LISTEN": ("admin_listen", parse_hostport),
+    "PATGATE_AUTHZ_LISTEN": ("authz_listen", parse_hostport),
+    "PATGATE_TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "PATGATE_REALM": ("realm", _str),
+    "PATGATE_CACHE_SIZE": ("cache_size", lambda v, n: _number(v, n, int, 0)),
+    "PATGATE_CACHE_TTL": ("cache_ttl", lambda v, n: _number(v, n, float, 0)),
+    "PATGATE_NEGATIVE_TTL": ("negative_ttl", lambda v, n: _number(v, n, float, 0)),
+    "PATGATE_LASTUSED_INTERVAL": ("lastused_interval", lambda v, n: _number(v, n, float, 0.01)),
+    "PATGATE_LASTUSED_MAX_PENDING": (
+        "lastused_max_pending",
+        lambda v, n: _number(v, n, int, 1),
+    ),
+    "PATGATE_UPSTREAM_TIMEOUT": ("upstream_timeout", lambda v, n: _number(v, n, float, 0.001)),
+    "PATGATE_UPSTREAM_CONNECT_TIMEOUT": (
+        "upstream_connect_timeout",
+        lambda v, n: _number(v, n, float, 0.001),
+    ),
+    "PATGATE_UPSTREAM_POOL_SIZE": ("upstream_pool_size", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_EVENTS_MAXLEN": ("events_maxlen", lambda v, n: _number(v, n, int, 1000)),
+    "PATGATE_DEFAULT_TOKEN_LIMIT": ("default_token_limit", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_DEFAULT_ORG": ("default_org", _str),
+    "PATGATE_WORKERS": ("workers", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_LOG_LEVEL": ("log_level", _str),
+}

@@ -1,0 +1,1 @@
+"""patgate's reusable library: token format, store, cache, ASGI middleware, metrics."""

@@ -1,0 +1,44 @@
+"""Step 1 of the auth path: find the Bearer credential in a request (RFC 6750 §2).
+
+Only the ``Authorization`` request header is accepted (§2.1). The form-body and URI-query
+methods (§2.2, §2.3) are not supported: query strings end up in logs and caches, which is
+exactly how tokens leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import InvalidRequest, MissingCredentials
+
+__all__ = ["bearer_token"]
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The token from ASGI ``headers``.
+
+    - no ``Authorization`` header, or a non-Bearer scheme → :class:`MissingCredentials`
+      (401 with a bare challenge: §3.1 says a request without authentication information
+      gets no error code);
+    - two ``Authorization`` headers, or a Bearer header without exactly one token →
+      :class:`InvalidRequest` (400; §3.1 "uses more than one method", "malformed");
+    - the scheme name is case-insensitive (RFC 9110 §11.1).
+    """
+    value: bytes | None = None
+    for name, raw in headers:
+        if name == b"authorization":
+            if value is not None:
+                raise InvalidRequest("more than one Authorization header")
+            value = raw
+    if value is None:
+        raise MissingCredentials()
+    scheme, _, rest = value.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        raise MissingCredentials()
+    token = rest.strip(b" \t")
+    if not token or b" " in token or b"," in token or b"\t" in token:
+        raise InvalidRequest("malformed Bearer credentials")
+    try:
+        return token.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequest("malformed Bearer credentials") from None

@@ -1,0 +1,169 @@
+"""patgate's one error hierarchy.
+
+::
+
+    PatgateError
+    ├── AuthError                      data plane; RFC 6750 §3 responses
+    │   ├── MissingCredentials         401, no error code
+    │   ├── InvalidRequest             400 invalid_request (e.g. two credentials)
+    │   ├── InvalidToken               401 invalid_token
+    │   └── InsufficientScope          403 insufficient_scope, scope="..."
+    ├── StoreUnavailable               503; Redis/Valkey could not be reached
+    ├── ServiceError                   management API / CLI; JSON {"error", "detail"}
+    │   ├── ValidationFailed           400 validation
+    │   ├── Unauthenticated            401 unauthenticated
+    │   ├── Forbidden                  403 forbidden
+    │   ├── NotFound                   404 not_found
+    │   ├── Conflict                   409 name_taken (or another conflict code)
+    │   ├── Unprocessable              422 unprocessable
+    │   └── LimitReached               429 limit_reached
+    └── ConfigError                    bad settings or policy file; the CLI exits 2
+
+Redis and HTTP client exceptions are wrapped at the boundary with ``raise ... from exc``
+so callers only ever catch these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "Conflict",
+    "Forbidden",
+    "InsufficientScope",
+    "InvalidRequest",
+    "InvalidToken",
+    "LimitReached",
+    "MissingCredentials",
+    "NotFound",
+    "PatgateError",
+    "ServiceError",
+    "StoreUnavailable",
+    "Unauthenticated",
+    "Unprocessable",
+    "ValidationFailed",
+]
+
+
+class PatgateError(Exception):
+    """Base of every error patgate raises on purpose."""
+
+
+class AuthError(PatgateError):
+    """A request failed authentication or authorization (RFC 6750 §3)."""
+
+    status_code: int = 401
+    error: str | None = None
+    #: the ``reason`` label of ``patgate_decisions_total``; bounded set.
+    reason: str = "invalid_token"
+
+    def __init__(self, description: str | None = None, *, scope: str | None = None) -> None:
+        super().__init__(description or self.error or "unauthorized")
+        self.description = description
+        self.scope = scope
+
+    def www_authenticate(self, realm: str) -> str:
+        """The ``WWW-Authenticate`` challenge for this error (RFC 6750 §3)."""
+        parts = [f'Bearer realm="{realm}"']
+        if self.error is not None:
+            parts.append(f'error="{self.error}"')
+            if self.description:
+                parts.append(f'error_description="{self.description}"')
+            if self.scope:
+                parts.append(f'scope="{self.scope}"')
+        return ", ".join(parts)
+
+
+class MissingCredentials(AuthError):
+    """No Bearer credentials: RFC 6750 §3.1 says the challenge carries no error code."""
+
+    status_code = 401
+    error = None
+    reason = "missing_credentials"
+
+
+class InvalidRequest(AuthError):
+    """Malformed request, e.g. credentials in more than one place (RFC 6750 §2, §3.1)."""
+
+    status_code = 400
+    error = "invalid_request"
+    reason = "invalid_request"
+
+
+class InvalidToken(AuthError):
+    """Unknown, malformed, revoked, expired or disabled token (RFC 6750 §3.1)."""
+
+    status_code = 401
+    error = "invalid_token"
+
+    def __init__(
+        self, description: str | None = None, *, reason: str = "invalid_token"
+    ) -> None:
+        super().__init__(description)
+        self.reason = reason
+
+
+class InsufficientScope(AuthError):
+    """A valid token without the scope the route needs (RFC 6750 §3.1)."""
+
+    status_code = 403
+    error = "insufficient_scope"
+    reason = "insufficient_scope"
+
+
+class StoreUnavailable(PatgateError):
+    """The Redis/Valkey store could not be reached; the data plane answers 503."""
+
+    status_code = 503
+
+
+class ServiceError(PatgateError):
+    """A management operation was refused; rendered as ``{"error": code, "detail": text}``."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class ValidationFailed(ServiceError):
+    status_code = 400
+    code = "validation"
+
+
+class Unauthenticated(ServiceError):
+    status_code = 401
+    code = "unauthenticated"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "name_taken"
+
+
+class Unprocessable(ServiceError):
+    status_code = 422
+    code = "unprocessable"
+
+
+class LimitReached(ServiceError):
+    status_code = 429
+    code = "limit_reached"
+
+
+class ConfigError(PatgateError):
+    """Invalid settings or policy; raised at start-up, never on the hot path."""

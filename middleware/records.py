@@ -1,0 +1,297 @@
+"""The records patgate keeps in Redis, and their compact msgpack encoding.
+
+Records are msgpack arrays (positional, no field names) to keep Redis memory per token
+small (SPEC target: ≤ 400 B at 100k tokens). Adding a field means appending to the end;
+decoders accept shorter arrays from older versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import msgpack
+
+__all__ = [
+    "Identity",
+    "LastUsed",
+    "Org",
+    "OwnerKind",
+    "Role",
+    "Token",
+    "TokenStatus",
+    "TokenType",
+    "User",
+    "owner_key",
+]
+
+OwnerKind = Literal["user", "org"]
+TokenType = Literal["personal", "service", "oauth"]
+TokenStatus = Literal["active", "revoked", "expired"]
+Role = Literal["member", "admin"]
+
+
+def owner_key(kind: OwnerKind, owner_id: str) -> str:
+    """``u:<id>`` or ``o:<id>``: the owner part of per-owner keys."""
+    return ("u:" if kind == "user" else "o:") + owner_id
+
+
+def _pack(values: list[Any]) -> bytes:
+    return msgpack.packb(values, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(blob: bytes) -> list[Any]:
+    return msgpack.unpackb(blob, raw=False, use_list=True)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class LastUsed:
+    at: float
+    method: str
+    path: str
+    ip: str | None
+    user_agent: str | None
+
+    def encode(self) -> bytes:
+        return _pack([self.at, self.method, self.path, self.ip, self.user_agent])
+
+    @classmethod
+    def decode(cls, blob: bytes) -> LastUsed:
+        at, method, path, ip, ua = _unpack(blob)[:5]
+        return cls(at, method, path, ip, ua)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "method": self.method,
+            "path": self.path,
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token's record of truth. ``digest`` is the stored hash, never the secret."""
+
+    id: str
+    name: str
+    description: str
+    owner_kind: OwnerKind
+    owner_id: str
+    org_id: str
+    type: TokenType
+    scopes: tuple[str, ...]
+    #: ``None`` means every workspace (``*``).
+    workspaces: tuple[str, ...] | None
+    expires_at: float | None
+    created_at: float
+    created_by: str
+    revoked_at: float | None
+    prefix: str
+    digest: bytes
+    updated_at: float = 0.0
+    #: when the current secret was issued (creation or last regeneration).
+    issued_at: float = 0.0
+    last_used: LastUsed | None = field(default=None, compare=False)
+
+    def status(self, now: float) -> TokenStatus:
+        """Computed on every read; expiry is never cached as a state."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    @property
+    def owner_key(self) -> str:
+        return owner_key(self.owner_kind, self.owner_id)
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                self.id,
+                self.name,
+                self.description,
+                self.owner_kind,
+                self.owner_id,
+                self.org_id,
+                self.type,
+                list(self.scopes),
+                None if self.workspaces is None else list(self.workspaces),
+                self.expires_at,
+                self.created_at,
+                self.created_by,
+                self.revoked_at,
+                self.prefix,
+                self.digest,
+                self.updated_at,
+                self.issued_at,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, blob: bytes, last_used: bytes | None = None) -> Token:
+        v = _unpack(blob)
+        ws = v[8]
+        return cls(
+            id=v[0],
+            name=v[1],
+            description=v[2],
+            owner_kind=v[3],
+            owner_id=v[4],
+            org_id=v[5],
+            type=v[6],
+            scopes=tuple(v[7]),
+            workspaces=None if ws is None else tuple(ws),
+            expires_at=v[9],
+            created_at=v[10],
+            created_by=v[11],
+            revoked_at=v[12],
+            prefix=v[13],
+            digest=v[14],
+            updated_at=v[15] if len(v) > 15 else v[10],
+            issued_at=v[16] if len(v) > 16 else v[10],
+            last_used=LastUsed.decode(last_used) if last_used else None,
+        )
+
+    def evolve(self, **changes: Any) -> Token:
+        return replace(self, **changes)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The public view: everything but the digest (and, of course, the secret)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "owner": {"type": self.owner_kind, "id": self.owner_id},
+            "org_id": self.org_id,
+            "type": self.type,
+            "scopes": list(self.scopes),
+            "workspaces": ["*"] if self.workspaces is None else list(self.workspaces),
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "updated_at": self.updated_at,
+            "issued_at": self.issued_at,
+            "status": self.status(now),
+            "revoked_at": self.revoked_at,
+            "prefix": self.prefix,
+            "last_used": None if self.last_used is None else self.last_used.to_json(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    org_id: str
+    email: str
+    name: str
+    role: Role = "member"
+    enabled: bool = True
+    can_manage_tokens: bool = True
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def can_authenticate(self) -> bool:
+        """Disabled users and users without the token permission fail authentication."""
+        return self.enabled and self.can_manage_tokens
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                self.id,
+                self.org_id,
+                self.email,
+                self.name,
+                self.role,
+                self.enabled,
+                self.can_manage_tokens,
+                self.created_at,
+                self.updated_at,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, blob: bytes) -> User:
+        v = _unpack(blob)
+        return cls(*v[:9])
+
+    def evolve(self, **changes: Any) -> User:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "org_id": self.org_id,
+            "email": self.email,
+            "name": self.name,
+            "role": self.role,
+            "enabled": self.enabled,
+            "can_manage_tokens": self.can_manage_tokens,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    name: str
+    #: the most tokens one owner (a user, or the org itself) may hold in this org.
+    token_limit: int = 10
+    #: longest allowed lifetime in seconds; ``None`` = no maximum.
+    max_lifetime: float | None = None
+    #: whether tokens that never expire may be created.
+    allow_never: bool = True
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def encode(self) -> bytes:
+        return _pack(
+            [
+                self.id,
+                self.name,
+                self.token_limit,
+                self.max_lifetime,
+                self.allow_never,
+                self.created_at,
+                self.updated_at,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Org:
+        v = _unpack(blob)
+        return cls(*v[:7])
+
+    def evolve(self, **changes: Any) -> Org:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "token_limit": self.token_limit,
+            "max_lifetime": self.max_lifetime,
+            "allow_never": self.allow_never,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a validated token speaks for; what the data plane annotates requests with."""
+
+    token_id: str
+    token_name: str
+    token_type: TokenType
+    owner_kind: OwnerKind
+    owner_id: str
+    org_id: str
+    scopes: frozenset[str]
+    #: ``None`` means every workspace.
+    workspaces: frozenset[str] | None
+    expires_at: float | None

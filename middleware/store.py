@@ -1,0 +1,364 @@
+"""The token store on Redis/Valkey: a narrow async interface over a few hashes and zsets.
+
+Writes go through one Lua script, ``COMMIT``, that applies a :class:`Plan` atomically:
+compare-and-set checks on the records it read, uniqueness and limit checks, the writes,
+the audit event (XADD) and the cache invalidations (PUBLISH) — all or nothing. That is
+what makes name uniqueness and token limits hold under concurrent creates (SPEC: "atomic
+in Redis, not check-then-set in Python"), keeps the audit trail complete, and makes a
+revoke that could not publish its invalidation fail instead of silently succeeding.
+
+The data plane's cache-miss path is one ``EVALSHA`` (``LOOKUP``): digest → id → record →
+owner's user record in a single round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from .errors import Conflict, LimitReached, PatgateError, StoreUnavailable
+from .keys import Keys
+from .records import LastUsed, Org, Token, User
+
+__all__ = ["Plan", "StaleWrite", "TokenStore", "redis_errors_wrapped"]
+
+_COMMIT = """
+local plan = cmsgpack.unpack(ARGV[1])
+for i, c in ipairs(plan.c or {}) do
+  local cur = redis.call('HGET', c[1], c[2])
+  if c[3] == '' then
+    if cur then return {'stale', c[2]} end
+  elseif cur ~= c[3] then
+    return {'stale', c[2]}
+  end
+end
+for _, u in ipairs(plan.u or {}) do
+  if redis.call('HEXISTS', u[1], u[2]) == 1 then return {'exists', u[2]} end
+end
+for _, l in ipairs(plan.l or {}) do
+  if redis.call('ZCARD', l[1]) >= tonumber(l[2]) then return {'limit', l[1]} end
+end
+for _, w in ipairs(plan.hd or {}) do redis.call('HDEL', w[1], w[2]) end
+for _, w in ipairs(plan.zr or {}) do redis.call('ZREM', w[1], w[2]) end
+for _, w in ipairs(plan.hs or {}) do redis.call('HSET', w[1], w[2], w[3]) end
+for _, w in ipairs(plan.za or {}) do redis.call('ZADD', w[1], w[2], w[3]) end
+for _, m in ipairs(plan.p or {}) do redis.call('PUBLISH', ARGV[3], m) end
+for _, e in ipairs(plan.e or {}) do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', e)
+end
+return {'ok'}
+"""
+
+# The index value is "<token id>" or "<token id> <owning user id>", so the script can
+# fetch the owner's record without decoding the token in Lua.
+_LOOKUP = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local sp = string.find(v, ' ', 1, true)
+local id = v
+local user = ''
+if sp then
+  id = string.sub(v, 1, sp - 1)
+  user = redis.call('HGET', KEYS[3], string.sub(v, sp + 1)) or ''
+end
+local rec = redis.call('HGET', KEYS[2], id)
+if not rec then return false end
+return {rec, user}
+"""
+
+# Last-used writes only touch tokens that still exist: a flush racing a delete must not
+# resurrect the deleted token's entry (SPEC, data plane: "never resurrects a deleted token").
+_TOUCH = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+class StaleWrite(PatgateError):
+    """A record changed between read and commit; the service re-reads and retries."""
+
+
+@contextlib.contextmanager
+def redis_errors_wrapped() -> Iterator[None]:
+    """Turn redis-py's connection/timeout errors into :class:`StoreUnavailable`."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"store unreachable: {exc.__class__.__name__}") from exc
+    except redis_errors.ResponseError as exc:
+        if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN")):
+            raise StoreUnavailable(f"store not ready: {exc}") from exc
+        raise
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+def _index_value(token: Token) -> str:
+    return token.id + " " + token.owner_id if token.owner_kind == "user" else token.id
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything one atomic change does; built in Python, applied by ``COMMIT``."""
+
+    keys: Keys
+    checks: list[list[Any]] = field(default_factory=list)
+    unique: list[list[Any]] = field(default_factory=list)
+    limits: list[list[Any]] = field(default_factory=list)
+    hset: list[list[Any]] = field(default_factory=list)
+    hdel: list[list[Any]] = field(default_factory=list)
+    zadd: list[list[Any]] = field(default_factory=list)
+    zrem: list[list[Any]] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    #: audit events (JSON), appended to the stream in order.
+    events: list[str] = field(default_factory=list)
+
+    def expect(self, key: str, fld: str, value: bytes | None) -> None:
+        """Abort with :class:`StaleWrite` unless ``key[fld]`` is still ``value`` (None: absent)."""
+        self.checks.append([key, fld, b"" if value is None else value])
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def put_token(self, old: Token | None, new: Token, *, limit: int | None = None) -> None:
+        k = self.keys
+        self.expect(k.tokens, new.id, None if old is None else old.encode())
+        new_name = k.name_field(new.owner_key, new.name)
+        old_name = None if old is None else k.name_field(old.owner_key, old.name)
+        if new_name != old_name:
+            self.unique.append([k.names, new_name])
+            if old_name is not None:
+                self.hdel.append([k.names, old_name])
+            self.hset.append([k.names, new_name, new.id])
+        if old is None or old.digest != new.digest:
+            if old is not None:
+                self.hdel.append([k.index, old.digest])
+            self.hset.append([k.index, new.digest, _index_value(new)])
+        if old is None:
+            own = k.owner_tokens(new.owner_key)
+            if limit is not None:
+                self.limits.append([own, limit])
+            self.zadd.append([own, _ms(new.created_at), new.id])
+            self.zadd.append([k.org_tokens(new.org_id), _ms(new.created_at), new.id])
+        self.hset.append([k.tokens, new.id, new.encode()])
+
+    def delete_token(self, old: Token) -> None:
+        k = self.keys
+        self.expect(k.tokens, old.id, old.encode())
+        self.hdel.append([k.tokens, old.id])
+        self.hdel.append([k.index, old.digest])
+        self.hdel.append([k.names, k.name_field(old.owner_key, old.name)])
+        self.hdel.append([k.last_used, old.id])
+        self.zrem.append([k.owner_tokens(old.owner_key), old.id])
+        self.zrem.append([k.org_tokens(old.org_id), old.id])
+
+    # -- users and orgs ------------------------------------------------------------------
+
+    def put_user(self, old: User | None, new: User) -> None:
+        k = self.keys
+        self.expect(k.users, new.id, None if old is None else old.encode())
+        self.hset.append([k.users, new.id, new.encode()])
+        if old is None:
+            self.zadd.append([k.org_users(new.org_id), _ms(new.created_at), new.id])
+
+    def delete_user(self, old: User) -> None:
+        k = self.keys
+        self.expect(k.users, old.id, old.encode())
+        self.hdel.append([k.users, old.id])
+        self.zrem.append([k.org_users(old.org_id), old.id])
+
+    def put_org(self, old: Org | None, new: Org) -> None:
+        self.expect(self.keys.orgs, new.id, None if old is None else old.encode())
+        self.hset.append([self.keys.orgs, new.id, new.encode()])
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("c", self.checks),
+                ("u", self.unique),
+                ("l", self.limits),
+                ("hs", self.hset),
+                ("hd", self.hdel),
+                ("za", self.zadd),
+                ("zr", self.zrem),
+                ("p", self.publish),
+                ("e", self.events),
+            )
+            if value
+        }
+        return msgpack.packb(body, use_bin_type=False)  # type: ignore[no-any-return]
+
+
+class TokenStore:
+    """Async access to patgate's records. One instance per process; cheap to share."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        events_maxlen: int = 1_000_000,
+        durable_writes: bool = True,
+        durable_timeout_ms: int = 2000,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self._events_maxlen = str(events_maxlen)
+        self._durable_writes = durable_writes
+        self._durable_timeout_ms = durable_timeout_ms
+        self._commit = client.register_script(_COMMIT)
+        self._lookup = client.register_script(_LOOKUP)
+        self._touch = client.register_script(_TOUCH)
+
+    def plan(self) -> Plan:
+        return Plan(self.keys)
+
+    async def commit(self, plan: Plan, *, durable: bool = False) -> None:
+        """Apply ``plan`` atomically; ``durable`` waits until the AOF has it on disk."""
+        with redis_errors_wrapped():
+            result = await self._commit(
+                keys=[self.keys.events, self.keys.tokens],
+                args=[plan.encode(), self._events_maxlen, self.keys.channel],
+            )
+            status = result[0].decode() if isinstance(result[0], bytes) else result[0]
+            if status == "ok":
+                if durable and self._durable_writes:
+                    await self._wait_aof()
+                return
+        detail = result[1]
+        if status == "stale":
+            raise StaleWrite("record changed concurrently")
+        if status == "exists":
+            raise Conflict("a token with this name already exists for this owner")
+        if status == "limit":
+            raise LimitReached("token limit reached for this owner; delete a token first")
+        raise PatgateError(f"unexpected commit result {status!r} {detail!r}")
+
+    async def _wait_aof(self) -> None:
+        # WAITAOF numlocal=1: the write is fsynced to the local AOF before we show the
+        # secret, so a crash cannot lose a token whose secret a user already copied.
+        local, _replicas = await self.client.execute_command(
+            "WAITAOF", 1, 0, self._durable_timeout_ms
+        )
+        if int(local) < 1:
+            raise StoreUnavailable("the store did not confirm the write to its AOF in time")
+
+    # -- data plane ----------------------------------------------------------------------
+
+    async def lookup(self, digest: bytes) -> tuple[bytes, bytes | None] | None:
+        """Token record and owner user record for a digest, in one round trip."""
+        with redis_errors_wrapped():
+            found = await self._lookup(
+                keys=[self.keys.index, self.keys.tokens, self.keys.users], args=[digest]
+            )
+        if not found:
+            return None
+        record, user = found
+        return record, (user or None)
+
+    async def touch(self, batch: Sequence[tuple[str, LastUsed]]) -> int:
+        """Store last-used entries for tokens that still exist; returns how many."""
+        if not batch:
+            return 0
+        args: list[Any] = []
+        for token_id, used in batch:
+            args.append(token_id)
+            args.append(used.encode())
+        with redis_errors_wrapped():
+            return int(
+                await self._touch(keys=[self.keys.tokens, self.keys.last_used], args=args)
+            )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_token(self, token_id: str) -> Token | None:
+        tokens = await self.get_tokens([token_id])
+        return tokens[0] if tokens else None
+
+    async def get_tokens(self, ids: Sequence[str]) -> list[Token]:
+        """The tokens that exist among ``ids``, in order, with last-used attached."""
+        if not ids:
+            return []
+        with redis_errors_wrapped():
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.keys.tokens, list(ids))
+                pipe.hmget(self.keys.last_used, list(ids))
+                records, used = await pipe.execute()
+        return [Token.decode(r, u) for r, u in zip(records, used, strict=True) if r is not None]
+
+    async def token_page(
+        self, zkey: str, *, before: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Token ids from a zset, newest first, strictly after the ``before`` cursor."""
+        with redis_errors_wrapped():
+            if before is None:
+                rows = await self.client.zrevrangebyscore(
+                    zkey, "+inf", "-inf", start=0, num=count, withscores=True
+                )
+            else:
+                score, last_id = before
+                # Ties on the same millisecond are ordered by member (descending), so the
+                # cursor carries both; fetch from the score inclusive and skip past it.
+                rows = await self.client.zrevrangebyscore(
+                    zkey, score, "-inf", start=0, num=count + 64, withscores=True
+                )
+                rows = [
+                    r
+                    for r in rows
+                    if int(r[1]) < score or (int(r[1]) == score and r[0].decode() < last_id)
+                ][:count]
+        return [(m.decode(), int(s)) for m, s in rows]
+
+    async def count(self, zkey: str) -> int:
+        with redis_errors_wrapped():
+            return int(await self.client.zcard(zkey))
+
+    async def get_user(self, user_id: str) -> User | None:
+        with redis_errors_wrapped():
+            blob = await self.client.hget(self.keys.users, user_id)
+        return None if blob is None else User.decode(blob)
+
+    async def get_users(self, ids: Iterable[str]) -> list[User]:
+        ids = list(ids)
+        if not ids:
+            return []
+        with redis_errors_wrapped():
+            blobs = await self.client.hmget(self.keys.users, ids)
+        return [User.decode(b) for b in blobs if b is not None]
+
+    async def org_user_ids(self, org_id: str) -> list[str]:
+        with redis_errors_wrapped():
+            ids = await self.client.zrange(self.keys.org_users(org_id), 0, -1)
+        return [i.decode() for i in ids]
+
+    async def get_org(self, org_id: str) -> Org | None:
+        with redis_errors_wrapped():
+            blob = await self.client.hget(self.keys.orgs, org_id)
+        return None if blob is None else Org.decode(blob)
+
+    async def events(
+        self, *, before: str | None = None, count: int = 100
+    ) -> list[tuple[str, bytes]]:
+        """Audit events newest first, as (stream id, JSON bytes)."""
+        with redis_errors_wrapped():
+            top = "+" if before is None else "(" + before
+            rows = await self.client.xrevrange(self.keys.events, top, "-", count=count)
+        return [(i.decode(), fields[b"e"]) for i, fields in rows]
+
+    async def ping(self) -> bool:
+        with redis_errors_wrapped():
+            return bool(await self.client.ping())

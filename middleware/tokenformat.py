@@ -1,0 +1,98 @@
+"""Secret format, checksum and hashing.
+
+A secret is ``<prefix>_<30 base62 random><6 base62 CRC32>`` (GitHub's 2021 format). The
+CRC32 covers ``<prefix>_<random>``, so the data plane rejects typos and random guesses
+without a Redis call, and secret scanners can match :data:`SECRET_PATTERN` with almost no
+false positives. Only a SHA-256 digest (an HMAC-SHA256 when a pepper is configured) is
+ever stored; the secret itself exists only in the create/regenerate response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+
+__all__ = [
+    "ALPHABET",
+    "RANDOM_LENGTH",
+    "SECRET_PATTERN",
+    "TokenFormat",
+]
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+RANDOM_LENGTH = 30
+_CHECK_LENGTH = 6
+#: 30 base62 characters carry log2(62**30) ≈ 178 bits of entropy.
+_BODY_LENGTH = RANDOM_LENGTH + _CHECK_LENGTH
+_DISPLAY_CHARS = 4
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{1,15}")
+#: the regex to publish for secret scanners (with the default prefix).
+SECRET_PATTERN = r"\bpat_[0-9A-Za-z]{36}\b"
+_DIGITS = {c: i for i, c in enumerate(ALPHABET)}
+
+
+def _base62(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        value, rem = divmod(value, 62)
+        out.append(ALPHABET[rem])
+    return "".join(reversed(out))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFormat:
+    """Generates, checks and hashes secrets for one prefix and optional pepper."""
+
+    prefix: str = "pat"
+    pepper: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.fullmatch(self.prefix):
+            raise ValueError(
+                f"token prefix {self.prefix!r} must be 2-16 lowercase letters/digits, "
+                "starting with a letter"
+            )
+
+    @property
+    def pattern(self) -> str:
+        """The secret-scanner regex for this prefix."""
+        return rf"\b{self.prefix}_[0-9A-Za-z]{{{_BODY_LENGTH}}}\b"
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + 1 + _BODY_LENGTH
+
+    def generate(self) -> str:
+        """A fresh secret from the OS CSPRNG."""
+        body = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH))
+        head = f"{self.prefix}_{body}"
+        return head + _base62(zlib.crc32(head.encode("ascii")), _CHECK_LENGTH)
+
+    def is_well_formed(self, secret: str) -> bool:
+        """Prefix, length, alphabet and checksum; costs no I/O (the data plane's step 2)."""
+        head = self.prefix + "_"
+        if len(secret) != self.length or not secret.startswith(head):
+            return False
+        body = secret[len(head) :]
+        if not (body.isascii() and body.isalnum()):
+            return False
+        split = len(head) + RANDOM_LENGTH
+        value = 0
+        for ch in secret[split:]:
+            value = value * 62 + _DIGITS[ch]
+        return value == zlib.crc32(secret[:split].encode("ascii"))
+
+    def digest(self, secret: str) -> bytes:
+        """The 32-byte value stored in the hash index; never the secret itself."""
+        data = secret.encode("ascii", "surrogateescape")
+        if self.pepper is not None:
+            return hmac.new(self.pepper, data, hashlib.sha256).digest()
+        return hashlib.sha256(data).digest()
+
+    def display_prefix(self, secret: str) -> str:
+        """What lists show to tell tokens apart, e.g. ``pat_3kF9``."""
+        return secret[: len(self.prefix) + 1 + _DISPLAY_CHARS]

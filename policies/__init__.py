@@ -1,0 +1,1 @@
+"""The route → scope policy language and engine."""
