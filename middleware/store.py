@@ -216,6 +216,9 @@ class TokenStore:
         durable_timeout_ms: int = 2000,
     ) -> None:
         self.client = client
+        # redis-py types command results as unions for its sync and async clients alike;
+        # this handle is the same client, typed loosely for the command calls below.
+        self._r: Any = client
         self.keys = keys
         self._events_maxlen = str(events_maxlen)
         self._durable_writes = durable_writes
@@ -251,7 +254,7 @@ class TokenStore:
     async def _wait_aof(self) -> None:
         # WAITAOF numlocal=1: the write is fsynced to the local AOF before we show the
         # secret, so a crash cannot lose a token whose secret a user already copied.
-        local, _replicas = await self.client.execute_command(
+        local, _replicas = await self._r.execute_command(
             "WAITAOF", 1, 0, self._durable_timeout_ms
         )
         if int(local) < 1:
@@ -304,32 +307,42 @@ class TokenStore:
         self, zkey: str, *, before: tuple[int, str] | None, count: int
     ) -> list[tuple[str, int]]:
         """Token ids from a zset, newest first, strictly after the ``before`` cursor."""
+        rows: list[Any]
         with redis_errors_wrapped():
             if before is None:
-                rows = await self.client.zrevrangebyscore(
+                rows = await self._r.zrevrangebyscore(
                     zkey, "+inf", "-inf", start=0, num=count, withscores=True
                 )
             else:
                 score, last_id = before
                 # Ties on the same millisecond are ordered by member (descending), so the
                 # cursor carries both; fetch from the score inclusive and skip past it.
-                rows = await self.client.zrevrangebyscore(
-                    zkey, score, "-inf", start=0, num=count + 64, withscores=True
-                )
-                rows = [
-                    r
-                    for r in rows
-                    if int(r[1]) < score or (int(r[1]) == score and r[0].decode() < last_id)
-                ][:count]
+                # However many members share the cursor's millisecond (bulk creates), keep
+                # reading until past them: stopping early would end the listing with a gap.
+                rows = []
+                offset = 0
+                while len(rows) < count:
+                    chunk = await self._r.zrevrangebyscore(
+                        zkey, score, "-inf", start=offset, num=count + 64, withscores=True
+                    )
+                    rows += [
+                        r
+                        for r in chunk
+                        if int(r[1]) < score or (int(r[1]) == score and r[0].decode() < last_id)
+                    ]
+                    if len(chunk) < count + 64:
+                        break
+                    offset += len(chunk)
+                rows = rows[:count]
         return [(m.decode(), int(s)) for m, s in rows]
 
     async def count(self, zkey: str) -> int:
         with redis_errors_wrapped():
-            return int(await self.client.zcard(zkey))
+            return int(await self._r.zcard(zkey))
 
     async def get_user(self, user_id: str) -> User | None:
         with redis_errors_wrapped():
-            blob = await self.client.hget(self.keys.users, user_id)
+            blob = await self._r.hget(self.keys.users, user_id)
         return None if blob is None else User.decode(blob)
 
     async def get_users(self, ids: Iterable[str]) -> list[User]:
@@ -337,17 +350,17 @@ class TokenStore:
         if not ids:
             return []
         with redis_errors_wrapped():
-            blobs = await self.client.hmget(self.keys.users, ids)
+            blobs = await self._r.hmget(self.keys.users, ids)
         return [User.decode(b) for b in blobs if b is not None]
 
     async def org_user_ids(self, org_id: str) -> list[str]:
         with redis_errors_wrapped():
-            ids = await self.client.zrange(self.keys.org_users(org_id), 0, -1)
+            ids = await self._r.zrange(self.keys.org_users(org_id), 0, -1)
         return [i.decode() for i in ids]
 
     async def get_org(self, org_id: str) -> Org | None:
         with redis_errors_wrapped():
-            blob = await self.client.hget(self.keys.orgs, org_id)
+            blob = await self._r.hget(self.keys.orgs, org_id)
         return None if blob is None else Org.decode(blob)
 
     async def events(
@@ -356,9 +369,9 @@ class TokenStore:
         """Audit events newest first, as (stream id, JSON bytes)."""
         with redis_errors_wrapped():
             top = "+" if before is None else "(" + before
-            rows = await self.client.xrevrange(self.keys.events, top, "-", count=count)
+            rows = await self._r.xrevrange(self.keys.events, top, "-", count=count)
         return [(i.decode(), fields[b"e"]) for i, fields in rows]
 
     async def ping(self) -> bool:
         with redis_errors_wrapped():
-            return bool(await self.client.ping())
+            return bool(await self._r.ping())

@@ -11,11 +11,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.lifecycle import Directory, TokenService
 from middleware.errors import AuthError, ServiceError, StoreUnavailable
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 
-from ..lifecycle import Directory, TokenService
 from .auth import ActorResolver
 from .openapi import openapi_document
 from .routes import ManagementApi, Verifier

@@ -12,14 +12,13 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
+from gateway.lifecycle import Actor
 from middleware.credentials import bearer_token
 from middleware.errors import InvalidToken
 from middleware.records import Token, User
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
-
-from ..lifecycle import Actor
 
 __all__ = ["ActorResolver"]
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.lifecycle.expiry import PRESETS
 from middleware.tokenformat import TokenFormat
-
-from ..lifecycle.expiry import PRESETS
 
 __all__ = ["openapi_document"]
 

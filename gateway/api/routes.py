@@ -11,11 +11,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.lifecycle import (
+    Actor,
+    Directory,
+    EventQuery,
+    Filters,
+    Owner,
+    TokenService,
+    query_events,
+)
+from gateway.lifecycle.listing import Page
 from middleware.errors import ValidationFailed
 from middleware.records import Token, User
 
-from ..lifecycle import Actor, Directory, EventQuery, Filters, Owner, TokenService, query_events
-from ..lifecycle.listing import Page
 from .auth import ActorResolver
 
 __all__ = ["ManagementApi", "Verifier"]
@@ -25,6 +33,24 @@ _MAX_BODY = 64 * 1024
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 Verifier = Callable[[dict[str, Any], Actor], Awaitable[dict[str, Any]]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _dispatch(handlers: dict[str, Endpoint]) -> Endpoint:
+    get = handlers.get("GET")
+
+    async def endpoint(request: Request) -> Response:
+        handler = handlers.get(request.method)
+        if handler is None and request.method == "HEAD" and get is not None:
+            handler = get
+        assert handler is not None  # the Route only admits the methods in handlers
+        return await handler(request)
+
+    return endpoint
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -34,8 +60,9 @@ async def _body(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        # NaN and Infinity are not JSON (RFC 8259 §6) though Python's parser takes them.
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise ValidationFailed("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object")
@@ -109,6 +136,8 @@ class ManagementApi:
             if not isinstance(o, dict) or o.get("type") not in ("user", "org"):
                 raise ValidationFailed('owner: expected {"type": "user"|"org", "id": ...}')
             owner_id = o.get("id", actor.org_id if o["type"] == "org" else actor.id)
+            if not isinstance(owner_id, str):
+                raise ValidationFailed("owner.id: expected a string")
             owner = Owner(o["type"], owner_id)
         token, secret = await self.tokens.create(
             actor, name=body["name"], description=body.get("description"),
@@ -266,29 +295,35 @@ class ManagementApi:
         return JSONResponse(self.openapi or {})
 
     def routes(self) -> list[Route]:
-        r = Route
-        return [
-            r("/v1/openapi.json", self.openapi_document, methods=["GET"]),
-            r("/v1/me", self.me, methods=["GET"]),
-            r("/v1/tokens", self.create_token, methods=["POST"]),
-            r("/v1/tokens", self.list_tokens, methods=["GET"]),
-            r("/v1/tokens", self.delete_all_tokens, methods=["DELETE"]),
-            r("/v1/tokens/{id}", self.get_token, methods=["GET"]),
-            r("/v1/tokens/{id}", self.patch_token, methods=["PATCH"]),
-            r("/v1/tokens/{id}", self.delete_token, methods=["DELETE"]),
-            r("/v1/tokens/{id}/scopes", self.add_scopes, methods=["POST"]),
-            r("/v1/tokens/{id}/scopes", self.clear_scopes, methods=["DELETE"]),
-            r("/v1/tokens/{id}/scopes/{scope}", self.remove_scope, methods=["DELETE"]),
-            r("/v1/tokens/{id}/revoke", self.revoke, methods=["POST"]),
-            r("/v1/tokens/{id}/regenerate", self.regenerate, methods=["POST"]),
-            r("/v1/admin/tokens", self.admin_list, methods=["GET"]),
-            r("/v1/admin/tokens/{id}/revoke", self.admin_revoke, methods=["POST"]),
-            r("/v1/users", self.list_users, methods=["GET"]),
-            r("/v1/users/{id}", self.get_user, methods=["GET"]),
-            r("/v1/users/{id}", self.put_user, methods=["PUT"]),
-            r("/v1/users/{id}", self.delete_user, methods=["DELETE"]),
-            r("/v1/orgs/{id}", self.get_org, methods=["GET"]),
-            r("/v1/orgs/{id}", self.put_org, methods=["PUT"]),
-            r("/v1/events", self.events, methods=["GET"]),
-            r("/v1/verify", self.verify, methods=["POST"]),
+        """One Route per path, so a 405 lists every method of the path in ``Allow``
+        (RFC 9110 §15.5.6); Starlette answers 405 from the first route whose path matched."""
+        table = [
+            ("/v1/openapi.json", "GET", self.openapi_document),
+            ("/v1/me", "GET", self.me),
+            ("/v1/tokens", "POST", self.create_token),
+            ("/v1/tokens", "GET", self.list_tokens),
+            ("/v1/tokens", "DELETE", self.delete_all_tokens),
+            ("/v1/tokens/{id}", "GET", self.get_token),
+            ("/v1/tokens/{id}", "PATCH", self.patch_token),
+            ("/v1/tokens/{id}", "DELETE", self.delete_token),
+            ("/v1/tokens/{id}/scopes", "POST", self.add_scopes),
+            ("/v1/tokens/{id}/scopes", "DELETE", self.clear_scopes),
+            ("/v1/tokens/{id}/scopes/{scope}", "DELETE", self.remove_scope),
+            ("/v1/tokens/{id}/revoke", "POST", self.revoke),
+            ("/v1/tokens/{id}/regenerate", "POST", self.regenerate),
+            ("/v1/admin/tokens", "GET", self.admin_list),
+            ("/v1/admin/tokens/{id}/revoke", "POST", self.admin_revoke),
+            ("/v1/users", "GET", self.list_users),
+            ("/v1/users/{id}", "GET", self.get_user),
+            ("/v1/users/{id}", "PUT", self.put_user),
+            ("/v1/users/{id}", "DELETE", self.delete_user),
+            ("/v1/orgs/{id}", "GET", self.get_org),
+            ("/v1/orgs/{id}", "PUT", self.put_org),
+            ("/v1/events", "GET", self.events),
+            ("/v1/verify", "POST", self.verify),
         ]
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for path, method, handler in table:
+            by_path.setdefault(path, {})[method] = handler
+        return [Route(path, _dispatch(handlers), methods=list(handlers))
+                for path, handlers in by_path.items()]

@@ -8,9 +8,11 @@ reverse) cannot happen. Events never carry a secret or a digest.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from middleware.errors import ValidationFailed
 from middleware.store import TokenStore
 
 from .actor import Actor
@@ -38,6 +40,8 @@ EVENT_TYPES = frozenset(
 # A page scans at most this many stream entries, so a filter that matches nothing in a
 # long history still answers quickly; the response carries a cursor to continue.
 _SCAN_LIMIT = 10_000
+#: a Redis Stream entry id, the events cursor; anything else would reach XREVRANGE raw.
+_STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
 
 
 def event_json(
@@ -90,6 +94,8 @@ async def query_events(
     store: TokenStore, q: EventQuery
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Matching events newest first, and the cursor for the next page (or None)."""
+    if q.cursor is not None and not _STREAM_ID.fullmatch(q.cursor):
+        raise ValidationFailed("cursor: not a cursor returned by this API")
     found: list[dict[str, Any]] = []
     before = q.cursor
     scanned = 0

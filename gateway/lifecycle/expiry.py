@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from middleware.errors import Unprocessable, ValidationFailed
@@ -10,6 +11,8 @@ from middleware.records import Org
 __all__ = ["PRESETS", "parse_duration", "resolve_expiry"]
 
 _DAY = 86_400.0
+#: 9999-12-31T23:59:59Z: later times cannot be shown as dates (datetime overflows).
+_MAX_TIME = 253_402_300_799.0
 #: the presets the settings page offers; ``never`` is ``None``.
 PRESETS: dict[str, float | None] = {
     "1d": _DAY,
@@ -30,10 +33,11 @@ def parse_duration(value: str | float | int | None, field: str) -> float | None:
     if isinstance(value, bool):
         raise ValidationFailed(f"{field}: expected a preset or seconds, got {value!r}")
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ValidationFailed(f"{field}: must be positive")
+        # NaN compares false with everything, so it would pass every lifetime check.
+        if not math.isfinite(value) or value <= 0:
+            raise ValidationFailed(f"{field}: must be a positive number of seconds")
         return float(value)
-    if value in PRESETS:
+    if isinstance(value, str) and value in PRESETS:
         return PRESETS[value]
     raise ValidationFailed(
         f"{field}: unknown preset {value!r}; use one of {', '.join(PRESETS)} or seconds"
@@ -44,7 +48,13 @@ def _parse_time(value: str | float | int, field: str) -> float:
     if isinstance(value, bool):
         raise ValidationFailed(f"{field}: expected an ISO 8601 time")
     if isinstance(value, int | float):
+        # NaN/Infinity (Python's json accepts them) would make a token that never expires
+        # while passing every lifetime check, since NaN compares false with everything.
+        if not math.isfinite(value) or not 0 <= value <= _MAX_TIME:
+            raise ValidationFailed(f"{field}: expected epoch seconds up to year 9999")
         return float(value)
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{field}: expected an ISO 8601 time or epoch seconds")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -167,9 +167,12 @@ class TokenService:
         if org is None:
             raise NotFound(f"organization {org_id} not found")
         now = self.clock()
+        # A create that names no expiry gets the default, shortened to the org's maximum:
+        # the caller chose nothing the policy could refuse.
+        default = DEFAULT_LIFETIME if org.max_lifetime is None else min(
+            DEFAULT_LIFETIME, org.max_lifetime)
         expiry = resolve_expiry(
-            expiration=expiration, expires_at=expires_at, default=DEFAULT_LIFETIME,
-            org=org, now=now,
+            expiration=expiration, expires_at=expires_at, default=default, org=org, now=now,
         )
         if not org_user_ok:
             raise Forbidden(f"user {owner.id} may not hold tokens (disabled or no permission)")

@@ -1,0 +1,199 @@
+"""Run patgate's roles: several uvicorn listeners sharing one runtime in one process.
+
+==========  ==========================================================================
+role        listeners
+==========  ==========================================================================
+serve       gateway + admin (management API, /metrics, health, /authz); embedded store
+            and a sample upstream by default
+gateway     gateway + admin
+authz       forward-auth + admin
+api         admin
+==========  ==========================================================================
+
+One SIGINT/SIGTERM handler stops every listener (uvicorn's per-server handlers would
+only stop the last one installed); the runtime closes when the last listener's
+lifespan shuts down, after the final last-used flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from middleware.errors import AuthError, ConfigError, StoreUnavailable, ValidationFailed
+
+from .api import create_api_app
+from .app import create_admin_app, create_authz_app, create_gateway_app
+from .embedded import EmbeddedValkey
+from .lifecycle import Actor
+from .runtime import Runtime
+from .sample import sample_upstream
+from .settings import Settings
+
+__all__ = ["build_listeners", "run_role"]
+
+_log = logging.getLogger("patgate")
+_ROLES = ("serve", "gateway", "authz", "api")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals are handled once for all listeners in run_role().
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _config(
+    app: ASGIApp, settings: Settings, *, lifespan: Literal["on", "off"] = "on"
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http="httptools",
+        loop="none",
+        lifespan=lifespan,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,  # patgate decides whom to trust (PATGATE_TRUSTED_PROXIES)
+        server_header=False,
+        date_header=True,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def make_verifier(runtime: Runtime) -> Any:
+    """``POST /v1/verify``: the data plane's decision for a non-ASGI caller."""
+
+    async def verify(body: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        token, method, path = body.get("token"), body.get("method"), body.get("path")
+        if not (isinstance(token, str) and isinstance(method, str) and isinstance(path, str)):
+            raise ValidationFailed("token, method and path: strings required")
+        if not (token and method and path):
+            raise ValidationFailed("token, method and path: must not be empty")
+        extra = body.get("headers") or {}
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+        ):
+            raise ValidationFailed("headers: expected an object of strings")
+        headers = [(b"authorization", b"Bearer " + token.encode("latin-1", "replace"))]
+        headers += [
+            (k.lower().encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+            for k, v in extra.items()
+            if k.lower() != "authorization"
+        ]
+        try:
+            resolved = await runtime.authenticator.authenticate(
+                method.upper(), path, headers, {"client": None}
+            )
+        except AuthError as exc:
+            return {"allowed": False, "status": exc.status_code, "error": exc.error,
+                    "reason": exc.reason, "detail": exc.description, "scope": exc.scope,
+                    "identity": None}
+        except StoreUnavailable:
+            raise
+        identity = None
+        if resolved is not None:
+            i = resolved.identity
+            identity = {"token_id": i.token_id, "owner": {"type": i.owner_kind, "id": i.owner_id},
+                        "org_id": i.org_id, "scopes": sorted(i.scopes), "type": i.token_type}
+        return {"allowed": True, "status": 200, "error": None,
+                "reason": "public" if resolved is None else "ok", "detail": None,
+                "scope": None, "identity": identity}
+
+    return verify
+
+
+def build_listeners(
+    settings: Settings, role: str, runtime: Runtime
+) -> list[tuple[ASGIApp, tuple[str, int]]]:
+    """The (app, address) pairs a role serves; the runtime is shared by all of them."""
+    api = create_api_app(
+        runtime.store, runtime.token_format, realm=settings.realm,
+        default_token_limit=settings.default_token_limit,
+        client_ip=lambda request: runtime.trusted.client_ip(request.scope),
+        verifier=make_verifier(runtime),
+    )
+    admin = (create_admin_app(runtime, api), settings.admin_listen)
+    if role in ("serve", "gateway"):
+        return [(create_gateway_app(runtime), settings.listen), admin]
+    if role == "authz":
+        return [(create_authz_app(runtime), settings.authz_listen), admin]
+    return [admin]
+
+
+async def _serve(settings: Settings, role: str) -> None:
+    sockets: list[tuple[_Server, socket.socket]] = []
+    if role == "serve" and settings.upstream_url is None:
+        sock = _bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        settings = settings.evolve(upstream_url=f"http://127.0.0.1:{port}")
+        sockets.append((_Server(_config(sample_upstream, settings)), sock))
+        _log.warning("no PATGATE_UPSTREAM_URL: serving the sample upstream on %s",
+                     settings.upstream_url)
+    if role in ("serve", "gateway") and settings.upstream_url is None:
+        raise ConfigError("the gateway needs an upstream: PATGATE_UPSTREAM_URL or --upstream")
+    runtime = Runtime(settings)
+    for app, (host, port) in build_listeners(settings, role, runtime):
+        sockets.append((_Server(_config(app, settings)), _bind(host, port)))
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server, _ in sockets:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    for _, sock in sockets:
+        host, port = sock.getsockname()[:2]
+        _log.info("listening on %s:%d", host, port)
+    try:
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in sockets))
+    finally:
+        for _, sock in sockets:
+            sock.close()
+
+
+def run_role(settings: Settings, role: str) -> int:
+    """Run ``role`` until SIGINT/SIGTERM; the embedded store lives exactly as long."""
+    if role not in _ROLES:
+        raise ConfigError(f"unknown role {role!r}")
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedValkey(settings.data_dir)
+        url = embedded.start()
+        _log.info("embedded Valkey store in %s (AOF on)", embedded.data_dir)
+        settings = settings.evolve(redis_url=url)
+    try:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+            asyncio.run(_serve(settings, role))
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(_serve(settings, role))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0

@@ -1,0 +1,42 @@
+"""The README's promises: the two commands, the configuration and metrics tables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gateway.settings import ENV_VARS
+from middleware.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _table_names(prefix: str) -> set[str]:
+    return set(re.findall(r"^\| `(" + prefix + r"[A-Za-z_]+)` \|", README, re.MULTILINE))
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    assert "bash .ci/test" in README
+    assert "bash .ci/demo" in README
+    lines = [
+        ln.strip()
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert lines == ["exec bash .ci/test"]
+
+
+def test_configuration_table_matches_settings() -> None:
+    documented = _table_names("PATGATE_")
+    assert documented == set(ENV_VARS) | {"PATGATE_PEPPER_FILE"}
+
+
+def test_metrics_table_matches_metrics() -> None:
+    registry = Metrics().registry
+    names = set()
+    for collector in registry._collector_to_names:  # noqa: SLF001 - listing our own metrics
+        for metric in collector.collect():
+            name = metric.name + ("_total" if metric.type == "counter" else "")
+            names.add(name)
+    assert _table_names("patgate_") == names
