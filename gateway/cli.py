@@ -61,14 +61,15 @@ def _add_server_commands(sub: Any) -> None:
             p.add_argument(flag, dest=listen, type=_hostport(flag), metavar="HOST:PORT")
         p.set_defaults(run=_run_server, role=name)
 
-    server("serve", "all-in-one: gateway + management API + metrics (embedded store by "
-           "default; a sample upstream when none is configured)", ["listen", "admin_listen"])
-    server("gateway", "the reverse-proxy gateway (plus admin listener)",
-           ["listen", "admin_listen"])
-    server("authz", "the forward-auth decision endpoint (nginx, Traefik, Envoy)",
-           ["authz_listen"])
-    server("api", "the management API, /metrics and health on the admin listener",
-           ["admin_listen"])
+    server(
+        "serve",
+        "all-in-one: gateway + management API + metrics (embedded store by "
+        "default; a sample upstream when none is configured)",
+        ["listen", "admin_listen"],
+    )
+    server("gateway", "the reverse-proxy gateway (plus admin listener)", ["listen", "admin_listen"])
+    server("authz", "the forward-auth decision endpoint (nginx, Traefik, Envoy)", ["authz_listen"])
+    server("api", "the management API, /metrics and health on the admin listener", ["admin_listen"])
 
 
 def _run_server(args: argparse.Namespace) -> int:
@@ -117,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _invoke(args)
     except StoreUnavailable as exc:
-        print(f"patgate: error: {exc} (is the store running? PATGATE_REDIS_URL)",
-              file=sys.stderr)
+        print(f"patgate: error: {exc} (is the store running? PATGATE_REDIS_URL)", file=sys.stderr)
         return 3
     except ServiceError as exc:
         if getattr(args, "json", False):

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from middleware.errors import ConfigError
 from middleware.keys import Keys
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
@@ -23,10 +24,18 @@ __all__ = ["Context", "connect_store"]
 
 
 def connect_store(settings: Settings, url: str) -> tuple[aioredis.Redis, TokenStore]:
-    client = aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=10,
-                               health_check_interval=30)
-    store = TokenStore(client, Keys(settings.namespace), events_maxlen=settings.events_maxlen,
-                       durable_writes=settings.durable_writes)
+    try:
+        client = aioredis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        )
+    except ValueError as exc:  # --redis-url is not checked by Settings.from_env
+        raise ConfigError(f"PATGATE_REDIS_URL / --redis-url: {exc}") from None
+    store = TokenStore(
+        client,
+        Keys(settings.namespace),
+        events_maxlen=settings.events_maxlen,
+        durable_writes=settings.durable_writes,
+    )
     return client, store
 
 
@@ -43,6 +52,10 @@ class Context:
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings, *, json_output: bool) -> AsyncIterator[Context]:
         """Connect to the configured store, or start/join the embedded one."""
+        try:
+            fmt = TokenFormat(settings.token_prefix, settings.pepper)
+        except ValueError as exc:
+            raise ConfigError(f"PATGATE_TOKEN_PREFIX: {exc}") from None
         embedded = None
         url = settings.redis_url
         if url is None:
@@ -50,7 +63,6 @@ class Context:
             url = embedded.start()
         client, store = connect_store(settings, url)
         try:
-            fmt = TokenFormat(settings.token_prefix, settings.pepper)
             yield cls(
                 settings=settings,
                 store=store,
@@ -76,8 +88,9 @@ class Context:
         if self.json_output:
             self.emit(data)
             return
-        cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r]
-                                               for r in rows]
+        cells = [[str(h) for h in headers]] + [
+            ["" if c is None else str(c) for c in r] for r in rows
+        ]
         widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
         for n, row in enumerate(cells):
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -30,9 +30,11 @@ def _reveal(ctx: Context, token: Token, secret: str) -> None:
         ctx.emit({"token": secret, **token.to_json(now)})
         return
     print(secret)
-    print(f"token {token.id} ({token.name}) for {token.owner_kind} {token.owner_id}, "
-          f"scopes: {' '.join(token.scopes) or '(none)'}, expires: {_when(token.expires_at)}",
-          file=sys.stderr)
+    print(
+        f"token {token.id} ({token.name}) for {token.owner_kind} {token.owner_id}, "
+        f"scopes: {' '.join(token.scopes) or '(none)'}, expires: {_when(token.expires_at)}",
+        file=sys.stderr,
+    )
     print("Copy the secret now: it is not stored and will not be shown again.", file=sys.stderr)
 
 
@@ -40,28 +42,52 @@ def _show(ctx: Context, token: Token) -> None:
     now = ctx.tokens.clock()
     data = token.to_json(now)
     lu = token.last_used
-    ctx.table(data, [
-        ["id", token.id], ["name", token.name], ["prefix", token.prefix],
-        ["owner", f"{token.owner_kind}:{token.owner_id}"], ["org", token.org_id],
-        ["type", token.type], ["status", token.status(now)],
-        ["scopes", " ".join(token.scopes)],
-        ["workspaces", "*" if token.workspaces is None else " ".join(token.workspaces)],
-        ["expires", _when(token.expires_at)], ["created", _when(token.created_at)],
-        ["created by", token.created_by],
-        ["last used", "never" if lu is None else
-         f"{_when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}"],
-        ["description", token.description],
-    ], ["field", "value"])
+    ctx.table(
+        data,
+        [
+            ["id", token.id],
+            ["name", token.name],
+            ["prefix", token.prefix],
+            ["owner", f"{token.owner_kind}:{token.owner_id}"],
+            ["org", token.org_id],
+            ["type", token.type],
+            ["status", token.status(now)],
+            ["scopes", " ".join(token.scopes)],
+            ["workspaces", "*" if token.workspaces is None else " ".join(token.workspaces)],
+            ["expires", _when(token.expires_at)],
+            ["created", _when(token.created_at)],
+            ["created by", token.created_by],
+            [
+                "last used",
+                "never"
+                if lu is None
+                else f"{_when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}",
+            ],
+            ["description", token.description],
+        ],
+        ["field", "value"],
+    )
 
 
 def _page(ctx: Context, page: Page) -> None:
     now = ctx.tokens.clock()
     data = {"items": [t.to_json(now) for t in page.items], "next_cursor": page.next_cursor}
-    rows = [[t.id, t.name, t.prefix, f"{t.owner_kind}:{t.owner_id}", t.status(now),
-             " ".join(t.scopes), _when(t.expires_at),
-             "never" if t.last_used is None else _when(t.last_used.at)] for t in page.items]
-    ctx.table(data, rows, ["ID", "NAME", "PREFIX", "OWNER", "STATUS", "SCOPES", "EXPIRES",
-                           "LAST USED"])
+    rows = [
+        [
+            t.id,
+            t.name,
+            t.prefix,
+            f"{t.owner_kind}:{t.owner_id}",
+            t.status(now),
+            " ".join(t.scopes),
+            _when(t.expires_at),
+            "never" if t.last_used is None else _when(t.last_used.at),
+        ]
+        for t in page.items
+    ]
+    ctx.table(
+        data, rows, ["ID", "NAME", "PREFIX", "OWNER", "STATUS", "SCOPES", "EXPIRES", "LAST USED"]
+    )
     if page.next_cursor and not ctx.json_output:
         print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
 
@@ -80,18 +106,29 @@ def _user(ctx: Context, user: User) -> None:
 
 
 async def _bootstrap(ctx: Context, a: argparse.Namespace) -> int:
-    token, secret = await bootstrap(ctx.tokens, ctx.directory,
-                                    org_id=a.org or ctx.settings.default_org, user_id=a.user,
-                                    email=a.email, expiration=a.expiration)
+    token, secret = await bootstrap(
+        ctx.tokens,
+        ctx.directory,
+        org_id=a.org or ctx.settings.default_org,
+        user_id=a.user,
+        email=a.email,
+        expiration=a.expiration,
+    )
     _reveal(ctx, token, secret)
     return 0
 
 
 async def _create(ctx: Context, a: argparse.Namespace) -> int:
     token, secret = await ctx.tokens.create(
-        ctx.actor, name=a.name, description=a.description, scopes=a.scope or [],
-        workspaces=a.workspace or None, expiration=a.expiration, expires_at=a.expires_at,
-        owner=_owner(a), type=a.type,
+        ctx.actor,
+        name=a.name,
+        description=a.description,
+        scopes=a.scope or [],
+        workspaces=a.workspace or None,
+        expiration=a.expiration,
+        expires_at=a.expires_at,
+        owner=_owner(a),
+        type=a.type,
     )
     _reveal(ctx, token, secret)
     return 0
@@ -133,8 +170,9 @@ async def _revoke(ctx: Context, a: argparse.Namespace) -> int:
 
 
 async def _regenerate(ctx: Context, a: argparse.Namespace) -> int:
-    token, secret = await ctx.tokens.regenerate(ctx.actor, a.id, expiration=a.expiration,
-                                                expires_at=a.expires_at)
+    token, secret = await ctx.tokens.regenerate(
+        ctx.actor, a.id, expiration=a.expiration, expires_at=a.expires_at
+    )
     _reveal(ctx, token, secret)
     return 0
 
@@ -161,10 +199,18 @@ async def _scopes(ctx: Context, a: argparse.Namespace) -> int:
 
 
 async def _user_put(ctx: Context, a: argparse.Namespace) -> int:
-    body = {k: v for k, v in {
-        "org_id": a.org, "email": a.email, "name": a.name, "role": a.role,
-        "enabled": a.enabled, "can_manage_tokens": a.can_manage_tokens,
-    }.items() if v is not None}
+    body = {
+        k: v
+        for k, v in {
+            "org_id": a.org,
+            "email": a.email,
+            "name": a.name,
+            "role": a.role,
+            "enabled": a.enabled,
+            "can_manage_tokens": a.can_manage_tokens,
+        }.items()
+        if v is not None
+    }
     _user(ctx, await ctx.directory.put_user(ctx.actor, a.id, body))
     return 0
 
@@ -176,26 +222,39 @@ async def _user_show(ctx: Context, a: argparse.Namespace) -> int:
 
 async def _user_list(ctx: Context, a: argparse.Namespace) -> int:
     users = await ctx.directory.list_users(ctx.actor, a.org or ctx.settings.default_org)
-    ctx.table({"items": [u.to_json() for u in users]},
-              [[u.id, u.email, u.name, u.role, u.enabled, u.can_manage_tokens] for u in users],
-              ["ID", "EMAIL", "NAME", "ROLE", "ENABLED", "CAN_MANAGE_TOKENS"])
+    ctx.table(
+        {"items": [u.to_json() for u in users]},
+        [[u.id, u.email, u.name, u.role, u.enabled, u.can_manage_tokens] for u in users],
+        ["ID", "EMAIL", "NAME", "ROLE", "ENABLED", "CAN_MANAGE_TOKENS"],
+    )
     return 0
 
 
 async def _user_remove(ctx: Context, a: argparse.Namespace) -> int:
     revoked = await ctx.directory.remove_user(ctx.actor, a.id)
-    ctx.emit({"removed": a.id, "revoked_tokens": revoked},
-             f"removed {a.id}; revoked {len(revoked)} personal token(s)")
+    ctx.emit(
+        {"removed": a.id, "revoked_tokens": revoked},
+        f"removed {a.id}; revoked {len(revoked)} personal token(s)",
+    )
     return 0
 
 
 async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
-    body: dict[str, Any] = {k: v for k, v in {
-        "name": a.name, "token_limit": a.token_limit, "allow_never": a.allow_never,
-    }.items() if v is not None}
+    body: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "name": a.name,
+            "token_limit": a.token_limit,
+            "allow_never": a.allow_never,
+        }.items()
+        if v is not None
+    }
     if a.max_lifetime is not None:
-        body["max_lifetime"] = None if a.max_lifetime == "none" else (
-            float(a.max_lifetime) if a.max_lifetime.isdigit() else a.max_lifetime)
+        body["max_lifetime"] = (
+            None
+            if a.max_lifetime == "none"
+            else (float(a.max_lifetime) if a.max_lifetime.isdigit() else a.max_lifetime)
+        )
     org = await ctx.directory.put_org(ctx.actor, a.id, body)
     ctx.table(org.to_json(), [[k, v] for k, v in org.to_json().items()], ["field", "value"])
     return 0
@@ -208,13 +267,32 @@ async def _org_show(ctx: Context, a: argparse.Namespace) -> int:
 
 
 async def _events(ctx: Context, a: argparse.Namespace) -> int:
-    items, cursor = await query_events(ctx.store, EventQuery(
-        org_id=a.org, token_id=a.token, actor=a.actor, type=a.type, limit=a.limit,
-        cursor=a.cursor))
-    ctx.table({"items": items, "next_cursor": cursor},
-              [[_when(e["at"]), e["type"], e["actor"]["id"], e.get("token_id") or "",
-                e.get("user_id") or "", e.get("ip") or ""] for e in items],
-              ["TIME", "TYPE", "ACTOR", "TOKEN", "USER", "IP"])
+    items, cursor = await query_events(
+        ctx.store,
+        EventQuery(
+            org_id=a.org,
+            token_id=a.token,
+            actor=a.actor,
+            type=a.type,
+            limit=a.limit,
+            cursor=a.cursor,
+        ),
+    )
+    ctx.table(
+        {"items": items, "next_cursor": cursor},
+        [
+            [
+                _when(e["at"]),
+                e["type"],
+                e["actor"]["id"],
+                e.get("token_id") or "",
+                e.get("user_id") or "",
+                e.get("ip") or "",
+            ]
+            for e in items
+        ],
+        ["TIME", "TYPE", "ACTOR", "TOKEN", "USER", "IP"],
+    )
     return 0
 
 
@@ -260,9 +338,11 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--cursor")
     p.set_defaults(action=_list)
-    for name, func, help_ in (("show", _get, "show one token"),
-                              ("revoke", _revoke, "revoke (idempotent)"),
-                              ("delete", _delete, "revoke and delete")):
+    for name, func, help_ in (
+        ("show", _get, "show one token"),
+        ("revoke", _revoke, "revoke (idempotent)"),
+        ("delete", _delete, "revoke and delete"),
+    ):
         p = t.add_parser(name, help=help_)
         p.add_argument("id")
         p.set_defaults(action=func)
@@ -293,8 +373,10 @@ def register(sub: Any) -> None:
     p.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--can-manage-tokens", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(action=_user_put)
-    for name, func, help_ in (("show", _user_show, "show a user"),
-                              ("remove", _user_remove, "remove; revokes personal tokens")):
+    for name, func, help_ in (
+        ("show", _user_show, "show a user"),
+        ("remove", _user_remove, "remove; revokes personal tokens"),
+    ):
         p = u.add_parser(name, help=help_)
         p.add_argument("id")
         p.set_defaults(action=func)

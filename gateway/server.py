@@ -53,7 +53,9 @@ class _Server(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: with proto=0 asyncio does not set TCP_NODELAY on accepted
+    # connections and every response waits ~40 ms for delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -65,7 +67,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _config(
-    app: ASGIApp, settings: Settings, *, lifespan: Literal["on", "off"] = "on"
+    app: ASGIApp,
+    settings: Settings,
+    *,
+    proxied: bool = False,
+    lifespan: Literal["on", "off"] = "on",
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -76,7 +82,9 @@ def _config(
         access_log=False,
         proxy_headers=False,  # patgate decides whom to trust (PATGATE_TRUSTED_PROXIES)
         server_header=False,
-        date_header=True,
+        # The proxied upstream's own Server/Date headers pass through; uvicorn adding its
+        # own would duplicate them.
+        date_header=not proxied,
         timeout_graceful_shutdown=10,
     )
 
@@ -106,19 +114,36 @@ def make_verifier(runtime: Runtime) -> Any:
                 method.upper(), path, headers, {"client": None}
             )
         except AuthError as exc:
-            return {"allowed": False, "status": exc.status_code, "error": exc.error,
-                    "reason": exc.reason, "detail": exc.description, "scope": exc.scope,
-                    "identity": None}
+            return {
+                "allowed": False,
+                "status": exc.status_code,
+                "error": exc.error,
+                "reason": exc.reason,
+                "detail": exc.description,
+                "scope": exc.scope,
+                "identity": None,
+            }
         except StoreUnavailable:
             raise
         identity = None
         if resolved is not None:
             i = resolved.identity
-            identity = {"token_id": i.token_id, "owner": {"type": i.owner_kind, "id": i.owner_id},
-                        "org_id": i.org_id, "scopes": sorted(i.scopes), "type": i.token_type}
-        return {"allowed": True, "status": 200, "error": None,
-                "reason": "public" if resolved is None else "ok", "detail": None,
-                "scope": None, "identity": identity}
+            identity = {
+                "token_id": i.token_id,
+                "owner": {"type": i.owner_kind, "id": i.owner_id},
+                "org_id": i.org_id,
+                "scopes": sorted(i.scopes),
+                "type": i.token_type,
+            }
+        return {
+            "allowed": True,
+            "status": 200,
+            "error": None,
+            "reason": "public" if resolved is None else "ok",
+            "detail": None,
+            "scope": None,
+            "identity": identity,
+        }
 
     return verify
 
@@ -128,7 +153,9 @@ def build_listeners(
 ) -> list[tuple[ASGIApp, tuple[str, int]]]:
     """The (app, address) pairs a role serves; the runtime is shared by all of them."""
     api = create_api_app(
-        runtime.store, runtime.token_format, realm=settings.realm,
+        runtime.store,
+        runtime.token_format,
+        realm=settings.realm,
         default_token_limit=settings.default_token_limit,
         client_ip=lambda request: runtime.trusted.client_ip(request.scope),
         verifier=make_verifier(runtime),
@@ -148,13 +175,15 @@ async def _serve(settings: Settings, role: str) -> None:
         port = sock.getsockname()[1]
         settings = settings.evolve(upstream_url=f"http://127.0.0.1:{port}")
         sockets.append((_Server(_config(sample_upstream, settings)), sock))
-        _log.warning("no PATGATE_UPSTREAM_URL: serving the sample upstream on %s",
-                     settings.upstream_url)
+        _log.warning(
+            "no PATGATE_UPSTREAM_URL: serving the sample upstream on %s", settings.upstream_url
+        )
     if role in ("serve", "gateway") and settings.upstream_url is None:
         raise ConfigError("the gateway needs an upstream: PATGATE_UPSTREAM_URL or --upstream")
     runtime = Runtime(settings)
-    for app, (host, port) in build_listeners(settings, role, runtime):
-        sockets.append((_Server(_config(app, settings)), _bind(host, port)))
+    for n, (app, (host, port)) in enumerate(build_listeners(settings, role, runtime)):
+        proxied = n == 0 and role in ("serve", "gateway")
+        sockets.append((_Server(_config(app, settings, proxied=proxied)), _bind(host, port)))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -177,8 +206,9 @@ def run_role(settings: Settings, role: str) -> int:
     """Run ``role`` until SIGINT/SIGTERM; the embedded store lives exactly as long."""
     if role not in _ROLES:
         raise ConfigError(f"unknown role {role!r}")
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedValkey(settings.data_dir)

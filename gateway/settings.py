@@ -8,6 +8,7 @@ against :data:`ENV_VARS` by a test.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -40,7 +41,7 @@ def _number(value: str, name: str, kind: type[int] | type[float], minimum: float
         parsed = kind(value)
     except ValueError:
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if parsed < minimum:
+    if not math.isfinite(parsed) or parsed < minimum:
         raise ConfigError(f"{name}: must be ≥ {minimum}, got {value!r}")
     return parsed
 
@@ -116,6 +117,16 @@ def _str(value: str, _name: str) -> str:
     return value
 
 
+def _prefix(value: str, name: str) -> str:
+    from middleware.tokenformat import TokenFormat
+
+    try:
+        TokenFormat(prefix=value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return value
+
+
 def _path(value: str, _name: str) -> Path:
     return Path(value)
 
@@ -131,7 +142,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_REDIS_URL": ("redis_url", _url),
     "PATGATE_DATA_DIR": ("data_dir", _path),
     "PATGATE_NAMESPACE": ("namespace", _str),
-    "PATGATE_TOKEN_PREFIX": ("token_prefix", _str),
+    "PATGATE_TOKEN_PREFIX": ("token_prefix", _prefix),
     "PATGATE_PEPPER": ("pepper", lambda v, n: v.encode()),
     "PATGATE_DURABLE_WRITES": ("durable_writes", _bool),
     "PATGATE_POLICY_FILE": ("policy_file", _path),

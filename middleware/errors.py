@@ -96,9 +96,7 @@ class InvalidToken(AuthError):
     status_code = 401
     error = "invalid_token"
 
-    def __init__(
-        self, description: str | None = None, *, reason: str = "invalid_token"
-    ) -> None:
+    def __init__(self, description: str | None = None, *, reason: str = "invalid_token") -> None:
         super().__init__(description)
         self.reason = reason
 

@@ -33,6 +33,8 @@ DECISION_REASONS = (
     "revoked",
     "disabled",
     "insufficient_scope",
+    "own",
+    "workspace",
     "bad_path",
     "no_rule",
     "store_unavailable",

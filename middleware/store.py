@@ -254,9 +254,18 @@ class TokenStore:
     async def _wait_aof(self) -> None:
         # WAITAOF numlocal=1: the write is fsynced to the local AOF before we show the
         # secret, so a crash cannot lose a token whose secret a user already copied.
-        local, _replicas = await self._r.execute_command(
-            "WAITAOF", 1, 0, self._durable_timeout_ms
-        )
+        try:
+            local, _replicas = await self._r.execute_command(
+                "WAITAOF", 1, 0, self._durable_timeout_ms
+            )
+        except redis_errors.ResponseError as exc:
+            # A server without AOF refuses WAITAOF; say what to change instead of a 500.
+            if "appendonly" not in str(exc):
+                raise
+            raise StoreUnavailable(
+                "the store has AOF (appendonly) disabled, so a new secret could be lost: "
+                "enable appendonly or set PATGATE_DURABLE_WRITES=false"
+            ) from exc
         if int(local) < 1:
             raise StoreUnavailable("the store did not confirm the write to its AOF in time")
 
@@ -282,9 +291,7 @@ class TokenStore:
             args.append(token_id)
             args.append(used.encode())
         with redis_errors_wrapped():
-            return int(
-                await self._touch(keys=[self.keys.tokens, self.keys.last_used], args=args)
-            )
+            return int(await self._touch(keys=[self.keys.tokens, self.keys.last_used], args=args))
 
     # -- reads ---------------------------------------------------------------------------
 

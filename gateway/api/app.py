@@ -59,13 +59,18 @@ def create_api_app(
         # RFC 6750 §3: the challenge goes in WWW-Authenticate; the JSON body repeats it.
         code = exc.error or "unauthenticated"
         detail = exc.description or "a Bearer token with management scopes is required"
-        return _error(exc.status_code, code, detail,
-                      {"www-authenticate": exc.www_authenticate(realm)})
+        return _error(
+            exc.status_code, code, detail, {"www-authenticate": exc.www_authenticate(realm)}
+        )
 
     async def store_down(request: Request, exc: Exception) -> Response:
         _log.warning("store unavailable: %s", exc)
-        return _error(503, "store_unavailable", "the token store is unavailable; retry later",
-                      {"retry-after": "1"})
+        return _error(
+            503,
+            "store_unavailable",
+            "the token store is unavailable; retry later",
+            {"retry-after": "1"},
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

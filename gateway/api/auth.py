@@ -68,8 +68,13 @@ class ActorResolver:
         end_ua = request.headers.get("x-end-user-agent")
         if (end_ip or end_ua) and actor.is_admin("users:admin"):
             actor = Actor(
-                kind=actor.kind, id=actor.id, org_id=actor.org_id, role=actor.role,
-                scopes=actor.scopes, token_id=actor.token_id,
-                ip=end_ip or ip, user_agent=end_ua or ua,
+                kind=actor.kind,
+                id=actor.id,
+                org_id=actor.org_id,
+                role=actor.role,
+                scopes=actor.scopes,
+                token_id=actor.token_id,
+                ip=end_ip or ip,
+                user_agent=end_ua or ua,
             )
         return actor

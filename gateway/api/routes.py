@@ -118,16 +118,32 @@ class ManagementApi:
     @staticmethod
     def _filters(request: Request) -> Filters:
         q = request.query_params
-        return Filters.parse(status=q.get("status"), q=q.get("q"), type=q.get("type"),
-                             limit=q.get("limit"), cursor=q.get("cursor"))
+        return Filters.parse(
+            status=q.get("status"),
+            q=q.get("q"),
+            type=q.get("type"),
+            limit=q.get("limit"),
+            cursor=q.get("cursor"),
+        )
 
     # -- tokens --------------------------------------------------------------------------
 
     async def create_token(self, request: Request) -> Response:
         actor = await self.resolve(request)
         body = await _body(request)
-        _only(body, {"name", "description", "scopes", "workspaces", "expiration",
-                     "expires_at", "owner", "type"})
+        _only(
+            body,
+            {
+                "name",
+                "description",
+                "scopes",
+                "workspaces",
+                "expiration",
+                "expires_at",
+                "owner",
+                "type",
+            },
+        )
         if "name" not in body:
             raise ValidationFailed("name: required")
         owner = None
@@ -140,13 +156,19 @@ class ManagementApi:
                 raise ValidationFailed("owner.id: expected a string")
             owner = Owner(o["type"], owner_id)
         token, secret = await self.tokens.create(
-            actor, name=body["name"], description=body.get("description"),
-            scopes=body.get("scopes", []), workspaces=body.get("workspaces"),
-            expiration=_str_or_none(body, "expiration"), expires_at=body.get("expires_at"),
-            owner=owner, type=body.get("type"),
+            actor,
+            name=body["name"],
+            description=body.get("description"),
+            scopes=body.get("scopes", []),
+            workspaces=body.get("workspaces"),
+            expiration=_str_or_none(body, "expiration"),
+            expires_at=body.get("expires_at"),
+            owner=owner,
+            type=body.get("type"),
         )
-        return JSONResponse({"token": secret, **self._token(token)}, status_code=201,
-                            headers=_NO_STORE)
+        return JSONResponse(
+            {"token": secret, **self._token(token)}, status_code=201, headers=_NO_STORE
+        )
 
     async def list_tokens(self, request: Request) -> Response:
         actor = await self.resolve(request)
@@ -175,32 +197,36 @@ class ManagementApi:
         actor = await self.resolve(request)
         body = await _body(request)
         _only(body, {"scopes"})
-        token = await self.tokens.add_scopes(actor, request.path_params["id"],
-                                             body.get("scopes", []))
+        token = await self.tokens.add_scopes(
+            actor, request.path_params["id"], body.get("scopes", [])
+        )
         return JSONResponse(self._token(token))
 
     async def clear_scopes(self, request: Request) -> Response:
         actor = await self.resolve(request)
-        return JSONResponse(self._token(
-            await self.tokens.clear_scopes(actor, request.path_params["id"])))
+        return JSONResponse(
+            self._token(await self.tokens.clear_scopes(actor, request.path_params["id"]))
+        )
 
     async def remove_scope(self, request: Request) -> Response:
         actor = await self.resolve(request)
-        token = await self.tokens.remove_scope(actor, request.path_params["id"],
-                                               request.path_params["scope"])
+        token = await self.tokens.remove_scope(
+            actor, request.path_params["id"], request.path_params["scope"]
+        )
         return JSONResponse(self._token(token))
 
     async def revoke(self, request: Request) -> Response:
         actor = await self.resolve(request)
-        return JSONResponse(self._token(await self.tokens.revoke(actor,
-                                                                 request.path_params["id"])))
+        return JSONResponse(self._token(await self.tokens.revoke(actor, request.path_params["id"])))
 
     async def regenerate(self, request: Request) -> Response:
         actor = await self.resolve(request)
         body = await _body(request)
         _only(body, {"expiration", "expires_at"})
         token, secret = await self.tokens.regenerate(
-            actor, request.path_params["id"], expiration=_str_or_none(body, "expiration"),
+            actor,
+            request.path_params["id"],
+            expiration=_str_or_none(body, "expiration"),
             expires_at=body.get("expires_at"),
         )
         return JSONResponse({"token": secret, **self._token(token)}, headers=_NO_STORE)
@@ -218,8 +244,7 @@ class ManagementApi:
     async def admin_revoke(self, request: Request) -> Response:
         actor = await self.resolve(request)
         actor.require_admin("tokens:admin")
-        return JSONResponse(self._token(await self.tokens.revoke(actor,
-                                                                 request.path_params["id"])))
+        return JSONResponse(self._token(await self.tokens.revoke(actor, request.path_params["id"])))
 
     # -- users and orgs ------------------------------------------------------------------
 
@@ -238,7 +263,8 @@ class ManagementApi:
     async def get_user(self, request: Request) -> Response:
         actor = await self.resolve(request)
         return JSONResponse(
-            (await self.directory.get_user(actor, request.path_params["id"])).to_json())
+            (await self.directory.get_user(actor, request.path_params["id"])).to_json()
+        )
 
     async def put_user(self, request: Request) -> Response:
         actor = await self.resolve(request)
@@ -254,7 +280,8 @@ class ManagementApi:
     async def get_org(self, request: Request) -> Response:
         actor = await self.resolve(request)
         return JSONResponse(
-            (await self.directory.get_org(actor, request.path_params["id"])).to_json())
+            (await self.directory.get_org(actor, request.path_params["id"])).to_json()
+        )
 
     async def put_org(self, request: Request) -> Response:
         actor = await self.resolve(request)
@@ -269,9 +296,14 @@ class ManagementApi:
         actor.require_admin("tokens:admin")
         q = request.query_params
         limit = Filters.parse(limit=q.get("limit")).limit
-        query = EventQuery(org_id=None if actor.is_system else actor.org_id,
-                           token_id=q.get("token_id"), actor=q.get("actor"),
-                           type=q.get("type"), limit=limit, cursor=q.get("cursor"))
+        query = EventQuery(
+            org_id=None if actor.is_system else actor.org_id,
+            token_id=q.get("token_id"),
+            actor=q.get("actor"),
+            type=q.get("type"),
+            limit=limit,
+            cursor=q.get("cursor"),
+        )
         items, cursor = await query_events(self.tokens.store, query)
         return JSONResponse({"items": items, "next_cursor": cursor})
 
@@ -286,10 +318,17 @@ class ManagementApi:
 
     async def me(self, request: Request) -> Response:
         actor = await self.resolve(request)
-        return JSONResponse({
-            "type": actor.kind, "id": actor.id, "org_id": actor.org_id, "role": actor.role,
-            "token_id": actor.token_id, "scopes": sorted(actor.scopes), "time": time.time(),
-        })
+        return JSONResponse(
+            {
+                "type": actor.kind,
+                "id": actor.id,
+                "org_id": actor.org_id,
+                "role": actor.role,
+                "token_id": actor.token_id,
+                "scopes": sorted(actor.scopes),
+                "time": time.time(),
+            }
+        )
 
     async def openapi_document(self, request: Request) -> Response:
         return JSONResponse(self.openapi or {})
@@ -325,5 +364,7 @@ class ManagementApi:
         by_path: dict[str, dict[str, Endpoint]] = {}
         for path, method, handler in table:
             by_path.setdefault(path, {})[method] = handler
-        return [Route(path, _dispatch(handlers), methods=list(handlers))
-                for path, handlers in by_path.items()]
+        return [
+            Route(path, _dispatch(handlers), methods=list(handlers))
+            for path, handlers in by_path.items()
+        ]

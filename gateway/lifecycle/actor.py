@@ -39,8 +39,9 @@ class Actor:
             who = getpass.getuser()
         except (KeyError, OSError):  # no passwd entry in some containers
             who = "unknown"
-        return cls(kind="system", id="cli:" + who, org_id=None, role="admin", ip=ip,
-                   user_agent=user_agent)
+        return cls(
+            kind="system", id="cli:" + who, org_id=None, role="admin", ip=ip, user_agent=user_agent
+        )
 
     @property
     def is_system(self) -> bool:

@@ -90,9 +90,7 @@ class EventQuery:
         )
 
 
-async def query_events(
-    store: TokenStore, q: EventQuery
-) -> tuple[list[dict[str, Any]], str | None]:
+async def query_events(store: TokenStore, q: EventQuery) -> tuple[list[dict[str, Any]], str | None]:
     """Matching events newest first, and the cursor for the next page (or None)."""
     if q.cursor is not None and not _STREAM_ID.fullmatch(q.cursor):
         raise ValidationFailed("cursor: not a cursor returned by this API")

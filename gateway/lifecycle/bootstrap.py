@@ -32,8 +32,9 @@ async def bootstrap(
     store = tokens.store
     existing = await store.get_user(user_id)
     if existing is not None:
-        owned = await store.token_page(store.keys.owner_tokens("u:" + user_id), before=None,
-                                       count=1000)
+        owned = await store.token_page(
+            store.keys.owner_tokens("u:" + user_id), before=None, count=1000
+        )
         names = {t.name for t in await store.get_tokens([i for i, _ in owned])}
         if BOOTSTRAP_TOKEN_NAME in names:
             raise Conflict(
@@ -44,11 +45,22 @@ async def bootstrap(
     if await store.get_org(org_id) is None:
         await directory.put_org(actor, org_id, {"name": org_id})
     await directory.put_user(
-        actor, user_id,
-        {"org_id": org_id, "email": email, "name": "Administrator", "role": "admin",
-         "enabled": True, "can_manage_tokens": True},
+        actor,
+        user_id,
+        {
+            "org_id": org_id,
+            "email": email,
+            "name": "Administrator",
+            "role": "admin",
+            "enabled": True,
+            "can_manage_tokens": True,
+        },
     )
     return await tokens.create(
-        actor, name=BOOTSTRAP_TOKEN_NAME, description="created by patgate bootstrap",
-        scopes=MANAGEMENT_SCOPES, expiration=expiration, owner=Owner("user", user_id),
+        actor,
+        name=BOOTSTRAP_TOKEN_NAME,
+        description="created by patgate bootstrap",
+        scopes=MANAGEMENT_SCOPES,
+        expiration=expiration,
+        owner=Owner("user", user_id),
     )

@@ -50,8 +50,13 @@ def _unknown(body: dict[str, Any], allowed: set[str]) -> None:
 
 
 class Directory:
-    def __init__(self, store: TokenStore, *, clock: Callable[[], float] = time.time,
-                 default_token_limit: int = 10) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        default_token_limit: int = 10,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.default_token_limit = default_token_limit
@@ -74,25 +79,37 @@ class Directory:
         for _ in range(_RETRIES):
             old = await self.store.get_org(org_id)
             now = self.clock()
-            base = old or Org(id=org_id, name=org_id, token_limit=self.default_token_limit,
-                              created_at=now)
+            base = old or Org(
+                id=org_id, name=org_id, token_limit=self.default_token_limit, created_at=now
+            )
             limit = body.get("token_limit", base.token_limit)
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
                 raise ValidationFailed("token_limit: expected an integer from 1 to 10000")
-            lifetime = (parse_duration(body["max_lifetime"], "max_lifetime")
-                        if "max_lifetime" in body else base.max_lifetime)
+            lifetime = (
+                parse_duration(body["max_lifetime"], "max_lifetime")
+                if "max_lifetime" in body
+                else base.max_lifetime
+            )
             new = base.evolve(
-                name=_text(body, "name", base.name), token_limit=limit, max_lifetime=lifetime,
-                allow_never=_bool(body, "allow_never", base.allow_never), updated_at=now,
+                name=_text(body, "name", base.name),
+                token_limit=limit,
+                max_lifetime=lifetime,
+                allow_never=_bool(body, "allow_never", base.allow_never),
+                updated_at=now,
             )
             if new == old:
                 return new
             plan = self.store.plan()
             plan.put_org(old, new)
-            plan.events.append(event_json(
-                "org.created" if old is None else "org.updated", actor, now, org_id=org_id,
-                data={k: v for k, v in new.to_json().items() if k in _ORG_FIELDS},
-            ))
+            plan.events.append(
+                event_json(
+                    "org.created" if old is None else "org.updated",
+                    actor,
+                    now,
+                    org_id=org_id,
+                    data={k: v for k, v in new.to_json().items() if k in _ORG_FIELDS},
+                )
+            )
             try:
                 await self.store.commit(plan)
             except StaleWrite:
@@ -146,7 +163,9 @@ class Directory:
             if old is None and "@" not in email:
                 raise ValidationFailed("email: expected an email address")
             new = base.evolve(
-                email=email, name=_text(body, "name", base.name), role=role,
+                email=email,
+                name=_text(body, "name", base.name),
+                role=role,
                 enabled=_bool(body, "enabled", base.enabled),
                 can_manage_tokens=_bool(body, "can_manage_tokens", base.can_manage_tokens),
                 updated_at=now,
@@ -159,14 +178,23 @@ class Directory:
                 (old.enabled, old.can_manage_tokens, old.role)
                 != (new.enabled, new.can_manage_tokens, new.role)
             )
-            kind = "user.created" if old is None else (
-                "user.permission_changed" if permission else "user.updated")
+            kind = (
+                "user.created"
+                if old is None
+                else ("user.permission_changed" if permission else "user.updated")
+            )
             if permission:
                 plan.publish.append("u " + user_id)
-            plan.events.append(event_json(
-                kind, actor, now, org_id=new.org_id, user_id=user_id,
-                data={k: v for k, v in new.to_json().items() if k in _USER_FIELDS},
-            ))
+            plan.events.append(
+                event_json(
+                    kind,
+                    actor,
+                    now,
+                    org_id=new.org_id,
+                    user_id=user_id,
+                    data={k: v for k, v in new.to_json().items() if k in _USER_FIELDS},
+                )
+            )
             try:
                 await self.store.commit(plan)
             except StaleWrite:
@@ -184,8 +212,12 @@ class Directory:
                 raise NotFound(f"user {user_id} not found")
             actor.require_org(user.org_id)
             now = self.clock()
-            ids = [i for i, _ in await self.store.token_page(
-                keys.owner_tokens("u:" + user_id), before=None, count=100_000)]
+            ids = [
+                i
+                for i, _ in await self.store.token_page(
+                    keys.owner_tokens("u:" + user_id), before=None, count=100_000
+                )
+            ]
             plan = self.store.plan()
             plan.delete_user(user)
             revoked = []
@@ -195,10 +227,16 @@ class Directory:
                     revoked.append(token.id)
                 plan.publish.append("t " + token.digest.hex())
             plan.publish.append("u " + user_id)
-            plan.events.append(event_json(
-                "user.removed", actor, now, org_id=user.org_id, user_id=user_id,
-                data={"revoked_token_ids": revoked},
-            ))
+            plan.events.append(
+                event_json(
+                    "user.removed",
+                    actor,
+                    now,
+                    org_id=user.org_id,
+                    user_id=user_id,
+                    data={"revoked_token_ids": revoked},
+                )
+            )
             try:
                 await self.store.commit(plan)
             except StaleWrite:

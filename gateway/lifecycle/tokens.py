@@ -62,10 +62,9 @@ class TokenService:
 
     @staticmethod
     def _is_own(actor: Actor, token: Token) -> bool:
-        return (actor.kind == "user" and token.owner_kind == "user" and
-                token.owner_id == actor.id) or (
-            actor.kind == "org" and token.owner_kind == "org" and token.owner_id == actor.id
-        )
+        return (
+            actor.kind == "user" and token.owner_kind == "user" and token.owner_id == actor.id
+        ) or (actor.kind == "org" and token.owner_kind == "org" and token.owner_id == actor.id)
 
     def _authorize(self, actor: Actor, token: Token, access: Access) -> None:
         """Own tokens need ``tokens:<read|write>:own``; admins manage org-owned tokens and
@@ -131,10 +130,17 @@ class TokenService:
     ) -> None:
         if digest is not None:
             plan.publish.append("t " + digest.hex())
-        plan.events.append(event_json(
-            kind, actor, now, org_id=token.org_id, token_id=token.id,
-            user_id=token.owner_id if token.owner_kind == "user" else None, data=data,
-        ))
+        plan.events.append(
+            event_json(
+                kind,
+                actor,
+                now,
+                org_id=token.org_id,
+                token_id=token.id,
+                user_id=token.owner_id if token.owner_kind == "user" else None,
+                data=data,
+            )
+        )
 
     # -- create / read -------------------------------------------------------------------
 
@@ -169,25 +175,51 @@ class TokenService:
         now = self.clock()
         # A create that names no expiry gets the default, shortened to the org's maximum:
         # the caller chose nothing the policy could refuse.
-        default = DEFAULT_LIFETIME if org.max_lifetime is None else min(
-            DEFAULT_LIFETIME, org.max_lifetime)
+        default = (
+            DEFAULT_LIFETIME
+            if org.max_lifetime is None
+            else min(DEFAULT_LIFETIME, org.max_lifetime)
+        )
         expiry = resolve_expiry(
-            expiration=expiration, expires_at=expires_at, default=default, org=org, now=now,
+            expiration=expiration,
+            expires_at=expires_at,
+            default=default,
+            org=org,
+            now=now,
         )
         if not org_user_ok:
             raise Forbidden(f"user {owner.id} may not hold tokens (disabled or no permission)")
         secret = self.format.generate()
         token = Token(
-            id=_new_id(), name=name, description=description, owner_kind=owner.kind,
-            owner_id=owner.id, org_id=org_id, type=token_type, scopes=scope_tuple,
-            workspaces=ws, expires_at=expiry, created_at=now, created_by=actor.id,
-            revoked_at=None, prefix=self.format.display_prefix(secret),
-            digest=self.format.digest(secret), updated_at=now, issued_at=now,
+            id=_new_id(),
+            name=name,
+            description=description,
+            owner_kind=owner.kind,
+            owner_id=owner.id,
+            org_id=org_id,
+            type=token_type,
+            scopes=scope_tuple,
+            workspaces=ws,
+            expires_at=expiry,
+            created_at=now,
+            created_by=actor.id,
+            revoked_at=None,
+            prefix=self.format.display_prefix(secret),
+            digest=self.format.digest(secret),
+            updated_at=now,
+            issued_at=now,
         )
         plan = self.store.plan()
         plan.put_token(None, token, limit=org.token_limit)
-        self._finish(plan, actor, token, "token.created", now,
-                     {"name": name, "scopes": list(scope_tuple), "expires_at": expiry}, None)
+        self._finish(
+            plan,
+            actor,
+            token,
+            "token.created",
+            now,
+            {"name": name, "scopes": list(scope_tuple), "expires_at": expiry},
+            None,
+        )
         await self.store.commit(plan, durable=True)
         return token, secret
 
@@ -230,8 +262,9 @@ class TokenService:
     async def list_org(self, actor: Actor, org_id: str, filters: Filters) -> Page:
         actor.require_admin("tokens:admin")
         actor.require_org(org_id)
-        return await scan(self.store, self.store.keys.org_tokens(org_id), filters, self.clock(),
-                          match_owner=True)
+        return await scan(
+            self.store, self.store.keys.org_tokens(org_id), filters, self.clock(), match_owner=True
+        )
 
     # -- edits ---------------------------------------------------------------------------
 
@@ -286,8 +319,10 @@ class TokenService:
             scopes = check_scopes(compute(old.scopes))
             if scopes == old.scopes:
                 return None
-            data = {"added": sorted(set(scopes) - set(old.scopes)),
-                    "removed": sorted(set(old.scopes) - set(scopes))}
+            data = {
+                "added": sorted(set(scopes) - set(old.scopes)),
+                "removed": sorted(set(old.scopes) - set(scopes)),
+            }
             return old.evolve(scopes=scopes, updated_at=now), "token.scopes_changed", data
 
         return (await self._change(actor, token_id, "write", mutate))[1]
@@ -305,7 +340,11 @@ class TokenService:
         return (await self._change(actor, token_id, "revoke", mutate))[1]
 
     async def regenerate(
-        self, actor: Actor, token_id: str, *, expiration: str | None = None,
+        self,
+        actor: Actor,
+        token_id: str,
+        *,
+        expiration: str | None = None,
         expires_at: Any = None,
     ) -> tuple[Token, str]:
         """New secret, same id/name/scopes; works on active, revoked and expired tokens.
@@ -318,11 +357,16 @@ class TokenService:
             if org is None:
                 raise NotFound(f"organization {old.org_id} not found")
             previous = None if old.expires_at is None else old.expires_at - old.issued_at
-            expiry = resolve_expiry(expiration=expiration, expires_at=expires_at,
-                                    default=previous, org=org, now=now)
+            expiry = resolve_expiry(
+                expiration=expiration, expires_at=expires_at, default=previous, org=org, now=now
+            )
             new = old.evolve(
-                digest=self.format.digest(secret), prefix=self.format.display_prefix(secret),
-                expires_at=expiry, revoked_at=None, issued_at=now, updated_at=now,
+                digest=self.format.digest(secret),
+                prefix=self.format.display_prefix(secret),
+                expires_at=expiry,
+                revoked_at=None,
+                issued_at=now,
+                updated_at=now,
             )
             return new, "token.regenerated", {"expires_at": expiry}
 
@@ -344,8 +388,12 @@ class TokenService:
         owner = ("u:" if actor.kind == "user" else "o:") + actor.id
         deleted = 0
         for _ in range(_RETRIES):
-            ids = [i for i, _ in await self.store.token_page(
-                self.store.keys.owner_tokens(owner), before=None, count=10_000)]
+            ids = [
+                i
+                for i, _ in await self.store.token_page(
+                    self.store.keys.owner_tokens(owner), before=None, count=10_000
+                )
+            ]
             tokens = await self.store.get_tokens(ids)
             if not tokens:
                 return deleted
@@ -358,8 +406,9 @@ class TokenService:
         plan = self.store.plan()
         for token in tokens:
             plan.delete_token(token)
-            self._finish(plan, actor, token, "token.deleted", now, {"name": token.name},
-                         token.digest)
+            self._finish(
+                plan, actor, token, "token.deleted", now, {"name": token.name}, token.digest
+            )
         try:
             await self.store.commit(plan)
         except StaleWrite:

@@ -1,0 +1,104 @@
+"""The ASGI applications of the gateway's listeners, built around one :class:`Runtime`.
+
+=========  =======================================================================
+listener   serves
+=========  =======================================================================
+gateway    :class:`PatgateMiddleware` around :class:`ProxyApp` (the proxied API)
+authz      ``/authz`` forward-auth, ``/healthz``, ``/readyz``
+admin      ``/metrics``, ``/healthz``, ``/readyz``, ``/authz``, then the management API
+=========  =======================================================================
+
+Each app's lifespan starts the runtime and closes it on shutdown. The runtime counts its
+users, so several listeners in one process (``patgate serve``) share one runtime that
+closes when the last of them shuts down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from middleware.asgi import LifespanHooks, PatgateMiddleware
+from middleware.metrics import CONTENT_TYPE_LATEST, render
+
+from .forwardauth import ForwardAuthApp
+from .health import HealthEndpoints
+from .proxy import ProxyApp
+from .runtime import Runtime
+
+__all__ = ["create_admin_app", "create_authz_app", "create_gateway_app"]
+
+_NOT_FOUND = b'{"error":"not_found","detail":"no such endpoint"}'
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_NOT_FOUND))]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": _NOT_FOUND})
+
+
+class _Paths:
+    """Exact paths and one prefix dispatched before a fallback app (which also gets the
+    lifespan scope)."""
+
+    def __init__(
+        self, exact: Mapping[str, ASGIApp], prefix: str, prefixed: ASGIApp, fallback: ASGIApp
+    ) -> None:
+        self._exact = exact
+        self._prefix = prefix
+        self._prefixed = prefixed
+        self._fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            app = self._exact.get(path)
+            if app is not None:
+                await app(scope, receive, send)
+                return
+            if path == self._prefix or path.startswith(self._prefix + "/"):
+                await self._prefixed(scope, receive, send)
+                return
+        await self._fallback(scope, receive, send)
+
+
+def create_gateway_app(runtime: Runtime, proxy: ProxyApp | None = None) -> ASGIApp:
+    proxy = proxy if proxy is not None else ProxyApp(runtime.settings, metrics=runtime.metrics)
+
+    async def shutdown() -> None:
+        await proxy.aclose()
+        await runtime.aclose()
+
+    return LifespanHooks(PatgateMiddleware(proxy, runtime.authenticator), runtime.start, shutdown)
+
+
+def create_authz_app(runtime: Runtime, *, prefix: str = "/authz") -> ASGIApp:
+    health = HealthEndpoints(runtime)
+    authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, prefix=prefix)
+    paths = _Paths(
+        {"/healthz": health.healthz, "/readyz": health.readyz}, prefix, authz, _not_found
+    )
+    return LifespanHooks(paths, runtime.start, runtime.aclose)
+
+
+def create_admin_app(runtime: Runtime, api_app: ASGIApp | None = None) -> ASGIApp:
+    """``api_app`` (``gateway.api.create_api_app``) defines its own ``/v1/...`` routes."""
+    health = HealthEndpoints(runtime)
+    metrics = runtime.metrics
+
+    async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        body = render(metrics)
+        headers = [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    exact = {"/metrics": metrics_endpoint, "/healthz": health.healthz, "/readyz": health.readyz}
+    authz = ForwardAuthApp(runtime.authenticator, runtime.trusted)
+    paths = _Paths(exact, "/authz", authz, api_app if api_app is not None else _not_found)
+    return LifespanHooks(paths, runtime.start, runtime.aclose)

@@ -1,0 +1,257 @@
+"""The sidecar's reverse proxy: a pure ASGI app that forwards to ``Settings.upstream_url``.
+
+Per request: build the target from the raw path and query exactly as received (the auth
+middleware in front has already judged the normalized path and denied ambiguous ones),
+rewrite headers at the trust boundary (:mod:`gateway.headers`), stream the request body
+upstream and the response body back, and map upstream failures to 502/504.
+
+Websockets are not proxied yet: a websocket handshake is refused (close code 1008, which
+uvicorn answers as HTTP 403). The lifespan scope is left to the app assembler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from middleware.errors import ConfigError
+from middleware.metrics import Metrics
+
+from .headers import TrustedProxies, response_headers, upstream_request_headers
+from .settings import Settings
+from .upstream import Body, HttpxUpstream, Upstream, UpstreamResponse, create_upstream
+
+__all__ = ["ProxyApp"]
+
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_ERROR_KINDS = ("connect", "timeout", "protocol")
+# Fixed texts: an exception's own message can hold upstream addresses or worse.
+_FAILURES: dict[str, tuple[int, bytes]] = {
+    kind: (status, json.dumps({"error": code, "detail": detail}).encode())
+    for kind, status, code, detail in (
+        ("connect", 502, "bad_gateway", "could not connect to the upstream"),
+        ("timeout", 504, "gateway_timeout", "the upstream did not answer in time"),
+        ("protocol", 502, "bad_gateway", "the upstream sent an invalid response"),
+    )
+}
+_UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|#")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _ClientGone(Exception):
+    """The client disconnected; nobody is left to answer."""
+
+
+class _BodyState:
+    """Per-request flags shared with the request-body generator."""
+
+    __slots__ = ("client_gone", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.client_gone = False
+
+
+def _request_body(first: bytes, receive: Receive, state: _BodyState) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                state.client_gone = True
+                raise _ClientGone
+            body = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                state.done = True
+                return
+
+    return chunks()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    raise _ClientGone
+
+
+def _target(scope: Scope) -> bytes:
+    """Path and query as the client sent them. Only bytes that cannot stand in a request
+    target (non-ASCII, controls, space; RFC 3986 §2.1) and ``#`` (it would start a fragment
+    on the way out) are percent-encoded; existing ``%XX`` escapes are left alone."""
+    raw = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
+    query: bytes = scope.get("query_string", b"")
+    target: bytes = raw + b"?" + query if query else raw
+    if _UNSAFE_TARGET.search(target):
+        target = quote(target, safe="/?[]@!$&'()*+,;=:%~").encode("ascii")
+    return target
+
+
+class ProxyApp:
+    """Forward http requests to ``settings.upstream_url``.
+
+    The upstream client is injectable: ``upstream`` (any :class:`gateway.upstream.Upstream`)
+    or ``transport`` (an httpx transport, e.g. ``httpx.MockTransport`` in unit tests);
+    by default the pooled :func:`gateway.upstream.create_upstream`. Call :meth:`aclose`
+    on shutdown.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstream: Upstream | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if not settings.upstream_url:
+            raise ConfigError("PATGATE_UPSTREAM_URL: the gateway needs an upstream URL")
+        if upstream is None and transport is not None:
+            timeout = httpx.Timeout(
+                settings.upstream_timeout, connect=settings.upstream_connect_timeout
+            )
+            upstream = HttpxUpstream(settings.upstream_url, transport, timeout=timeout)
+        self._upstream = upstream if upstream is not None else create_upstream(settings)
+        self._trusted = TrustedProxies(settings.trusted_proxies)
+        metrics = metrics if metrics is not None else Metrics()
+        self._requests = {
+            c: metrics.upstream_requests.labels(status_class=c) for c in (*_STATUS_CLASSES, "error")
+        }
+        self._errors = {k: metrics.upstream_errors.labels(kind=k) for k in _ERROR_KINDS}
+        self._seconds = metrics.upstream_seconds
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._proxy(scope, receive, send)
+        elif scope["type"] == "websocket":
+            # Not proxied yet: refuse the handshake (uvicorn answers 403).
+            await send({"type": "websocket.close", "code": 1008, "reason": "not proxied"})
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        peer: str | None = client[0] if client else None
+        headers = upstream_request_headers(
+            scope["headers"],
+            identity=scope.get("patgate.identity"),
+            peer=peer,
+            trusted=peer in self._trusted,
+            scheme=scope.get("scheme", "http"),
+        )
+        # Peek at the first body message: a body that fits in one message (most requests)
+        # goes as bytes; only a longer one is streamed through a generator.
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return
+        state = _BodyState()
+        content: Body
+        body: bytes = first.get("body", b"")
+        if first.get("more_body", False):
+            content = _request_body(body, receive, state)
+        else:
+            state.done = True
+            content = body or None
+
+        started = time.perf_counter()
+        try:
+            response = await self._upstream.send(scope["method"], _target(scope), headers, content)
+        except (httpx.TransportError, _ClientGone) as exc:
+            self._seconds.observe(time.perf_counter() - started)
+            if state.client_gone:
+                return
+            kind = _classify(exc)
+            self._errors[kind].inc()
+            self._requests["error"].inc()
+            await _fail(send, kind)
+            return
+        self._seconds.observe(time.perf_counter() - started)
+        self._requests.get(f"{response.status // 100}xx", self._requests["5xx"]).inc()
+        try:
+            await self._respond(response, receive, send, watch=state.done)
+        except httpx.TransportError as exc:
+            # Headers are out: all we can do is cut the response short, which the client
+            # sees as a truncated body rather than a complete wrong one.
+            self._errors[_classify(exc)].inc()
+        finally:
+            await response.aclose()
+
+    async def _respond(
+        self, response: UpstreamResponse, receive: Receive, send: Send, *, watch: bool
+    ) -> None:
+        headers = response_headers(response.headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        chunks = response.aiter_raw()
+        try:
+            await _relay(chunks, length, receive, send, watch=watch)
+        finally:
+            # Finalize the generator here rather than leave it to the garbage collector.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _relay(
+    chunks: AsyncIterator[bytes], length: bytes | None, receive: Receive, send: Send, *, watch: bool
+) -> None:
+    """Send the body; ``length`` is the response's Content-Length, if any."""
+    first = await anext(chunks, None)
+    while first == b"":  # empty chunks carry nothing; find out whether more follows
+        first = await anext(chunks, None)
+    if first is None or (length is not None and length == b"%d" % len(first)):
+        # The whole body arrived at once (the common small response): one message.
+        await send({"type": "http.response.body", "body": first or b""})
+        return
+    await send({"type": "http.response.body", "body": first, "more_body": True})
+    if not watch:
+        await _pump(chunks, send)
+        return
+    # uvicorn drops sends after a disconnect without telling us, so a long or endless
+    # stream is raced against http.disconnect; the upstream response is then closed.
+    error: httpx.TransportError | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(_until_disconnect(receive))
+            try:
+                await _pump(chunks, send)
+            except httpx.TransportError as exc:
+                error = exc
+            finally:
+                watcher.cancel()
+    except* _ClientGone:
+        pass
+    if error is not None:
+        raise error
+
+
+async def _pump(chunks: AsyncIterator[bytes], send: Send) -> None:
+    async for chunk in chunks:
+        if chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _classify(exc: Exception) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    return "protocol"
+
+
+async def _fail(send: Send, kind: str) -> None:
+    status, body = _FAILURES[kind]
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

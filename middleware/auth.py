@@ -1,0 +1,295 @@
+"""The authenticator: the data plane's decision, as named steps read top to bottom.
+
+::
+
+    route       policy.route(method, path): public → allow, bad path → 400 (no lookup)
+    credentials the one Bearer token (RFC 6750 §2.1)             → 401 bare / 400
+    well_formed prefix, length, alphabet, CRC32: no Redis call    → 401 invalid_token
+    digest      SHA-256 / HMAC of the secret
+    lookup      local cache → one EVALSHA on a miss               → 401 / 503
+    decide      revoked, expired (every hit), owner enabled, then the policy → 401 / 403
+    record      last-used (coalesced, flushed in the background)
+
+Unknown and malformed tokens get one identical answer, so a caller cannot tell a good
+checksum from a stored token; revoked/expired/disabled may say so because the secret's
+hash matched (RFC 6750 §3; SPEC). A store error is never cached and never turns into a
+200: it surfaces as :class:`StoreUnavailable` (503).
+
+Route-level refusals are decided as follows (docs/data-plane.md): a bad or ambiguous path
+is refused with 400 before authentication — it is a malformed request whoever sends it;
+a path no rule matches under ``default = "deny"`` is refused with 403 *after*
+authentication, so an anonymous caller sees 401 everywhere and cannot map the policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from policies.engine import Policy, RouteMatch
+from policies.scopes import ScopeSet
+
+from .cache import Slot, TokenCache
+from .credentials import bearer_token
+from .errors import AuthError, InsufficientScope, InvalidRequest, InvalidToken, StoreUnavailable
+from .lastused import LastUsedRecorder
+from .metrics import DECISION_REASONS, Metrics
+from .records import Identity, LastUsed, Token, User
+from .responses import ErrorResponses
+from .store import TokenStore
+from .tokenformat import TokenFormat
+from .user import PatgateCredentials, PatgateUser
+from .validate import identity_of, usable_identity
+
+__all__ = ["Authenticator", "PolicySource", "Resolved"]
+
+Headers = list[tuple[bytes, bytes]]
+#: unknown and malformed tokens: one description for both (RFC 6750 §3, SPEC).
+_UNKNOWN = "invalid or unknown token"
+_UA = b"user-agent"
+#: "the caller did not look in the cache"; distinct from a miss (None).
+_UNSET: Any = object()
+
+
+class PolicySource(Protocol):
+    """Anything with a ``current`` policy (``policies.reload.PolicyHolder``)."""
+
+    @property
+    def current(self) -> Policy: ...
+
+
+class _Fixed:
+    __slots__ = ("current",)
+
+    def __init__(self, policy: Policy) -> None:
+        self.current = policy
+
+
+class Resolved:
+    """What a digest resolves to; the cache's value, built once per Redis read."""
+
+    __slots__ = ("credentials", "expires_at", "identity", "owner", "scopes", "token", "usable",
+                 "user")  # fmt: skip
+
+    def __init__(self, token: Token, owner: User | None, now: float) -> None:
+        self.token = token
+        self.owner = owner
+        self.expires_at = token.expires_at
+        try:
+            self.identity = usable_identity(token, owner, now)
+            self.usable = True
+        except InvalidToken:
+            # Cached too: a revoked token's next request is answered without Redis; the
+            # reason is recomputed by usable_identity() on each hit.
+            self.identity = identity_of(token)
+            self.usable = False
+        self.scopes = ScopeSet.from_scopes(token.scopes)
+        self.credentials = PatgateCredentials(self.scopes)
+        self.user = PatgateUser(self.identity)
+
+
+class _HeaderView(Mapping[str, str]):
+    """Lower-case header name → value over raw ASGI headers, scanned only on access
+    (the policy reads a header only for workspace-by-header rules). Repeated headers
+    are joined with ", " — which the policy refuses to bind."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Headers) -> None:
+        self._raw = raw
+
+    def __getitem__(self, key: str) -> str:
+        name = key.lower().encode("latin-1")
+        values = [v.decode("latin-1") for n, v in self._raw if n == name]
+        if not values:
+            raise KeyError(key)
+        return ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(n.decode("latin-1") for n, _ in self._raw))
+
+    def __len__(self) -> int:
+        return len({n for n, _ in self._raw})
+
+
+def _peer(scope: Mapping[str, Any]) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _ua(headers: Headers) -> str | None:
+    for name, value in headers:
+        if name == _UA:
+            return value.decode("latin-1")
+    return None
+
+
+class Authenticator:
+    """Decides requests for one process; shared by the middleware and forward-auth."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        cache: TokenCache[Resolved],
+        token_format: TokenFormat,
+        policy: Policy | PolicySource,
+        metrics: Metrics,
+        recorder: LastUsedRecorder | None = None,
+        *,
+        realm: str = "patgate",
+        client_ip: Callable[[Mapping[str, Any]], str | None] = _peer,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.token_format = token_format
+        self.policies: PolicySource = _Fixed(policy) if isinstance(policy, Policy) else policy
+        self.metrics = metrics
+        self.recorder = recorder
+        self.responses = ErrorResponses(realm)
+        self._client_ip = client_ip
+        self._clock = clock
+        self._monotonic = monotonic
+        # Labelled children resolved once: .labels() takes a lock and a dict lookup.
+        self._decisions = {
+            reason: metrics.decisions.labels(_outcome(reason), reason)
+            for reason in DECISION_REASONS
+        }
+        self._hits = metrics.cache_hits
+        self._misses = metrics.cache_misses
+        self._seconds = metrics.decision_seconds
+        self._lookup_errors = metrics.redis_errors.labels("lookup")
+
+    async def authenticate(
+        self, method: str, raw_path: str, headers: Headers, scope: Mapping[str, Any]
+    ) -> Resolved | None:
+        """Allow (the token's :class:`Resolved`, or ``None`` on a public route) or raise
+        :class:`AuthError` / :class:`StoreUnavailable`. ``scope`` gives the client IP."""
+        started = self._monotonic()
+        reason = "ok"
+        try:
+            match = self.route(method, raw_path)
+            if match.public:
+                reason = "public"
+                return None
+            secret = self.credentials(headers)
+            # The cache is consulted before the checksum: a digest in the positive cache
+            # proves the secret is a real token, so the CRC can only pass. Anything else
+            # is checked before Redis is asked (no Redis call for typos and guesses).
+            digest = self.digest(secret)
+            slot = self.cache.get(digest, started)
+            if slot is not None and slot.value is not None:
+                self._hits.inc()
+                resolved = slot.value
+            else:
+                self.well_formed(secret)
+                resolved = await self.lookup(digest, slot)
+            now = self._clock()
+            identity = self.decide(resolved, match, headers, now)
+            recorder = self.recorder
+            if recorder is not None and recorder.due(identity.token_id, now):
+                used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
+                recorder.record(identity.token_id, used)
+            return resolved
+        except AuthError as exc:
+            reason = exc.reason if exc.reason in self._decisions else "invalid_token"
+            raise
+        except StoreUnavailable:
+            reason = "store_unavailable"
+            raise
+        finally:
+            self._decisions[reason].inc()
+            self._seconds.observe(self._monotonic() - started)
+
+    # -- the steps, each usable on its own --------------------------------------------
+
+    def route(self, method: str, raw_path: str) -> RouteMatch:
+        match = self.policies.current.route(method, raw_path)
+        if match.denied == "bad_path":
+            exc = InvalidRequest(match.detail or "malformed or ambiguous path")
+            exc.reason = "bad_path"
+            raise exc
+        return match
+
+    @staticmethod
+    def credentials(headers: Headers) -> str:
+        return bearer_token(headers)
+
+    def well_formed(self, secret: str) -> str:
+        if not self.token_format.is_well_formed(secret):
+            raise InvalidToken(_UNKNOWN)
+        return secret
+
+    def digest(self, secret: str) -> bytes:
+        return self.token_format.digest(secret)
+
+    async def lookup(self, digest: bytes, slot: Slot[Resolved] | None = _UNSET) -> Resolved:
+        """Cache, else one Redis round trip; unknown digests raise :class:`InvalidToken`.
+        ``slot`` is the cache's answer when the caller already asked it."""
+        cache = self.cache
+        if slot is _UNSET:
+            slot = cache.get(digest, self._monotonic())
+        if slot is not None:
+            self._hits.inc()
+            if slot.value is None:
+                raise InvalidToken(_UNKNOWN)
+            return slot.value
+        self._misses.inc()
+        epoch = cache.epoch
+        try:
+            found = await self.store.lookup(digest)
+        except StoreUnavailable:
+            self._lookup_errors.inc()
+            raise
+        except Exception as exc:  # any other Redis failure: 503 too, never a 200
+            self._lookup_errors.inc()
+            raise StoreUnavailable(f"token lookup failed: {exc.__class__.__name__}") from exc
+        if found is None:
+            cache.put_negative(digest, epoch, self._monotonic())
+            raise InvalidToken(_UNKNOWN)
+        token = Token.decode(found[0])
+        owner = User.decode(found[1]) if found[1] is not None else None
+        resolved = Resolved(token, owner, self._clock())
+        owner_id = token.owner_id if token.owner_kind == "user" else None
+        cache.put(digest, resolved, owner_id, epoch, self._monotonic())
+        return resolved
+
+    def decide(
+        self, resolved: Resolved, match: RouteMatch, headers: Headers, now: float
+    ) -> Identity:
+        """Token status on every call (expiry too), then the policy for this route."""
+        identity = resolved.identity
+        expires_at = resolved.expires_at
+        if not resolved.usable or (expires_at is not None and now >= expires_at):
+            identity = usable_identity(resolved.token, resolved.owner, now)
+        if match.denied == "no_rule":
+            exc = InsufficientScope("no policy rule allows this request")
+            exc.reason = "no_rule"
+            raise exc
+        decision = self.policies.current.authorize(
+            match, identity, _HeaderView(headers), scopes=resolved.scopes
+        )
+        if not decision.allowed:
+            raise _policy_error(decision.reason, decision.missing_scope)
+        return identity
+
+
+def _outcome(reason: str) -> str:
+    if reason in ("ok", "public"):
+        return "allow"
+    return "error" if reason == "store_unavailable" else "deny"
+
+
+def _policy_error(reason: str, missing_scope: str | None) -> AuthError:
+    if reason == "workspace":
+        exc = InsufficientScope("the token is not valid for this workspace")
+    elif reason == "no_rule":
+        exc = InsufficientScope("no policy rule allows this request")
+    else:
+        exc = InsufficientScope("the token lacks a scope this route requires", scope=missing_scope)
+    # Finer policy reasons (own, workspace) count as insufficient_scope unless the metric
+    # knows them.
+    exc.reason = reason if reason in DECISION_REASONS else "insufficient_scope"
+    return exc

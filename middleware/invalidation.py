@@ -1,0 +1,190 @@
+"""Cache invalidation over Redis pub/sub: one subscriber task per process.
+
+Messages on ``keys.channel`` (published by the store's ``COMMIT`` script, so a write that
+cannot publish fails): ``t <hex digest>`` drops one token, ``u <user id>`` drops a user's
+tokens, ``*`` flushes. Anything else also flushes — when in doubt, forget.
+
+The trust rule (docs/data-plane.md): the cache is used only while the subscription is
+known to be live. Each confirmed SUBSCRIBE — the first one and every one after a
+reconnect — flushes the cache and activates it; any error, or a PING left unanswered for
+``ping_timeout`` seconds on an idle connection, deactivates it (flushes and stops caching)
+until the next confirmed subscription. While deactivated every request goes to Redis; if
+Redis is down too the data plane answers 503, never a stale 200.
+
+The subscriber's client must not retry internally (``retry=Retry(NoBackoff(), 0)``):
+redis-py would otherwise reconnect and resubscribe inside ``get_message`` and we could
+miss invalidations published in between. We still treat every ``subscribe`` confirmation
+as a reconnect, so even such a silent resubscription flushes the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from .cache import TokenCache
+from .metrics import Metrics
+
+__all__ = ["InvalidationSubscriber"]
+
+_ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
+_log = logging.getLogger("patgate.invalidation")
+
+
+class _Unresponsive(Exception):
+    """The subscription connection did not answer a PING in time."""
+
+
+class InvalidationSubscriber:
+    """Applies invalidation messages to a :class:`TokenCache`; reconnects with backoff."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: str,
+        cache: TokenCache[Any],
+        metrics: Metrics,
+        *,
+        ping_interval: float = 1.0,
+        ping_timeout: float = 2.0,
+        min_backoff: float = 0.05,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._cache = cache
+        self._metrics = metrics
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._kinds = {
+            kind: metrics.cache_invalidations.labels(kind) for kind in ("token", "owner", "flush")
+        }
+        self._errors = metrics.redis_errors.labels("subscribe")
+        #: whether the current session got as far as a confirmed subscription.
+        self._session_ok = False
+        #: how many times a subscription was confirmed (1 after the first connect).
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def apply(self, data: bytes) -> str:
+        """Apply one message to the cache; returns its kind (token, owner or flush)."""
+        cache = self._cache
+        if data.startswith(b"t "):
+            try:
+                digest = bytes.fromhex(data[2:].decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                digest = b""
+            if len(digest) == 32:
+                cache.drop(digest)
+                kind = "token"
+            else:
+                cache.flush()
+                kind = "flush"
+        elif data.startswith(b"u ") and len(data) > 2:
+            cache.drop_owner(data[2:].decode("utf-8", "replace"))
+            kind = "owner"
+        else:
+            cache.flush()
+            kind = "flush"
+        self._kinds[kind].inc()
+        return kind
+
+    async def start(self, wait: float = 0.0) -> None:
+        """Start the task; optionally wait up to ``wait`` seconds for the subscription."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="patgate-invalidation")
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), wait)
+
+    async def wait_connected(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), seconds)
+        return self.connected
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._down()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = self._min_backoff
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                await self._listen(pubsub)
+            except (*_ERRORS, _Unresponsive) as exc:
+                self._errors.inc()
+                _log.warning("invalidation subscription lost (%s); cache off", type(exc).__name__)
+            except Exception:
+                # Never let the subscriber die: without it the cache stays off for good.
+                self._errors.inc()
+                _log.exception("invalidation subscriber failed; cache off, reconnecting")
+            finally:
+                self._down()
+                with contextlib.suppress(*_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if self._session_ok:
+                backoff = self._min_backoff
+                self._session_ok = False
+            # Jittered (0.5 to 1.5 times) so processes do not reconnect in lockstep.
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        last_rx = loop.time()
+        ping_sent: float | None = None
+        while True:
+            msg = await pubsub.get_message(timeout=self._ping_interval)
+            now = loop.time()
+            if msg is None:
+                if ping_sent is not None:
+                    if now - ping_sent > self._ping_timeout:
+                        raise _Unresponsive()
+                elif now - last_rx >= self._ping_interval:
+                    await pubsub.ping()
+                    ping_sent = now
+                continue
+            last_rx = now
+            ping_sent = None
+            kind = msg["type"]
+            if kind == "message":
+                self.apply(msg["data"])
+            elif kind == "subscribe":
+                self._up()
+
+    def _up(self) -> None:
+        if self.connects:
+            _log.info("invalidation subscription re-established; cache flushed and on")
+        self._cache.activate()
+        self._kinds["flush"].inc()
+        self._session_ok = True
+        self.connects += 1
+        self._connected.set()
+        self._metrics.redis_up.set(1)
+
+    def _down(self) -> None:
+        if self._connected.is_set() or self._cache.active:
+            self._cache.deactivate()
+        self._connected.clear()
+        self._metrics.redis_up.set(0)

@@ -1,0 +1,247 @@
+"""Token listings: status/type/q filters, the admin view, cursor pagination."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
+from gateway.lifecycle.listing import encode_cursor
+from middleware.errors import Forbidden, ValidationFailed
+from middleware.records import Token
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+from policies.scopes import MANAGEMENT_SCOPES
+
+T0 = 1_800_000_000.0
+DAY = 86_400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class World:
+    store: TokenStore
+    clock: Clock
+    tokens: TokenService
+    admin: Actor
+    alice: Actor
+    bob: Actor
+
+
+@pytest.fixture
+async def w(store: TokenStore) -> World:
+    clock, system = Clock(), Actor.system()
+    directory = Directory(store, clock=clock)
+    await directory.put_org(system, "acme", {"name": "Acme", "token_limit": 200})
+    for uid, role, email in (
+        ("root", "admin", "root@example.org"),
+        ("alice", "member", "alice.liddell@wonder.land"),
+        ("bob", "member", "bob@builder.io"),
+    ):
+        await directory.put_user(
+            system, uid, {"org_id": "acme", "email": email, "role": role, "name": uid.title()}
+        )
+    own = frozenset({"tokens:read:own", "tokens:write:own"})
+    return World(
+        store,
+        clock,
+        TokenService(store, TokenFormat(), clock=clock),
+        Actor("user", "root", "acme", "admin", frozenset(MANAGEMENT_SCOPES)),
+        Actor("user", "alice", "acme", "member", own),
+        Actor("user", "bob", "acme", "member", own),
+    )
+
+
+def _names(tokens: list[Token]) -> list[str]:
+    return [t.name for t in tokens]
+
+
+async def _mixed(w: World) -> None:
+    """alice: active 'deploy', revoked 'old-ci', expired 'tmp'; bob: 'Deploy-B';
+    org: service 'sync'; root: oauth 'app'."""
+    await w.tokens.create(w.alice, name="tmp", expiration="1d")
+    w.clock.now += 1
+    old, _ = await w.tokens.create(w.alice, name="old-ci", expiration="never")
+    await w.tokens.revoke(w.alice, old.id)
+    w.clock.now += 1
+    await w.tokens.create(w.alice, name="deploy", expiration="90d")
+    w.clock.now += 1
+    await w.tokens.create(w.bob, name="Deploy-B")
+    w.clock.now += 1
+    await w.tokens.create(w.admin, name="sync", owner=Owner("org", "acme"))
+    w.clock.now += 1
+    await w.tokens.create(w.admin, name="app", type="oauth")
+    w.clock.now += 2 * DAY
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (None, ["deploy", "old-ci", "tmp"]),
+        ("active", ["deploy"]),
+        ("revoked", ["old-ci"]),
+        ("expired", ["tmp"]),
+    ],
+)
+async def test_own_listing_by_status(w: World, status: str | None, expected: list[str]) -> None:
+    await _mixed(w)
+    page = await w.tokens.list_own(w.alice, Filters.parse(status=status))
+    assert _names(page.items) == expected
+    assert page.next_cursor is None
+    assert all(t.owner_id == "alice" for t in page.items)
+
+
+@pytest.mark.anyio
+async def test_expiry_is_computed_at_read_time(w: World) -> None:
+    await w.tokens.create(w.alice, name="short", expiration="1d")
+    active = Filters.parse(status="active")
+    assert _names((await w.tokens.list_own(w.alice, active)).items) == ["short"]
+    w.clock.now += DAY
+    assert (await w.tokens.list_own(w.alice, active)).items == []
+    expired = await w.tokens.list_own(w.alice, Filters.parse(status="expired"))
+    assert _names(expired.items) == ["short"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("DEPLOY", ["deploy"]),
+        ("ci", ["old-ci"]),
+        ("P", ["deploy", "tmp"]),
+        ("zzz", []),
+        ("alice", ["deploy", "old-ci", "tmp"]),
+    ],
+)
+async def test_own_listing_search(w: World, q: str, expected: list[str]) -> None:
+    await _mixed(w)
+    page = await w.tokens.list_own(w.alice, Filters.parse(q=q))
+    assert _names(page.items) == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ["app", "sync", "Deploy-B", "deploy", "old-ci", "tmp"]),
+        ({"q": "deploy"}, ["Deploy-B", "deploy"]),
+        ({"q": "wonder.land"}, ["deploy", "old-ci", "tmp"]),  # owner email
+        ({"q": "BUILDER"}, ["Deploy-B"]),
+        ({"q": "Bob"}, ["Deploy-B"]),  # owner name
+        ({"q": "acme"}, ["sync"]),  # org-owned: the owner id
+        ({"type": "service"}, ["sync"]),
+        ({"type": "oauth"}, ["app"]),
+        ({"type": "personal"}, ["Deploy-B", "deploy", "old-ci", "tmp"]),
+        ({"type": "personal", "status": "active"}, ["Deploy-B", "deploy"]),
+        ({"status": "revoked", "q": "old"}, ["old-ci"]),
+    ],
+)
+async def test_admin_listing(w: World, filters: dict[str, str], expected: list[str]) -> None:
+    await _mixed(w)
+    page = await w.tokens.list_org(w.admin, "acme", Filters.parse(**filters))
+    assert _names(page.items) == expected
+
+
+@pytest.mark.anyio
+async def test_admin_listing_needs_admin_of_that_org(w: World) -> None:
+    with pytest.raises(Forbidden):
+        await w.tokens.list_org(w.alice, "acme", Filters())
+    with pytest.raises(Forbidden):
+        await w.tokens.list_org(w.admin, "other", Filters())
+    reader = Actor("user", "alice", "acme", "member", frozenset({"tokens:write:own"}))
+    with pytest.raises(Forbidden):
+        await w.tokens.list_own(reader, Filters())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [1, 3, 7, 25, 26])
+async def test_pagination_with_ties_has_no_duplicates_and_no_gaps(w: World, limit: int) -> None:
+    # every token created on the same millisecond: the cursor must break ties by id
+    created = [(await w.tokens.create(w.alice, name=f"t{i:02d}"))[0] for i in range(25)]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await w.tokens.list_own(w.alice, Filters.parse(limit=limit, cursor=cursor))
+        assert len(page.items) <= limit
+        seen += [t.id for t in page.items]
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(t.id for t in created)
+    assert len(seen) == len(set(seen)) == 25
+    assert seen == sorted(seen, reverse=True)
+    assert pages <= 25 // limit + 2
+
+
+@pytest.mark.anyio
+async def test_pagination_newest_first_with_filter_across_pages(w: World) -> None:
+    ids = []
+    for i in range(30):
+        w.clock.now += 0.0004  # several tokens per millisecond, some alone
+        token, _ = await w.tokens.create(w.alice, name=f"t{i:02d}")
+        if i % 3 == 0:
+            await w.tokens.revoke(w.alice, token.id)
+            ids.append(token.id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await w.tokens.list_own(
+            w.alice, Filters.parse(status="revoked", limit=4, cursor=cursor)
+        )
+        seen += [t.id for t in page.items]
+        assert all(t.status(w.clock()) == "revoked" for t in page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+
+
+@pytest.mark.anyio
+async def test_deleting_during_pagination_skips_nothing_else(w: World) -> None:
+    created = [(await w.tokens.create(w.alice, name=f"t{i}"))[0] for i in range(9)]
+    first = await w.tokens.list_own(w.alice, Filters.parse(limit=3))
+    # delete the cursor's own token and the next one: the rest still follows
+    await w.tokens.delete(w.alice, first.items[-1].id)
+    newest_first = sorted(created, key=lambda t: t.id, reverse=True)
+    await w.tokens.delete(w.alice, newest_first[3].id)
+    rest = await w.tokens.list_own(w.alice, Filters.parse(limit=50, cursor=first.next_cursor))
+    assert [t.id for t in rest.items] == [t.id for t in newest_first[4:]]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"status": "live"},
+        {"type": "bot"},
+        {"limit": "0"},
+        {"limit": "201"},
+        {"limit": "ten"},
+        {"limit": "-1"},
+        {"cursor": "!!!"},
+        {"cursor": "bm9jb2xvbg"},  # "nocolon"
+        {"cursor": base64.urlsafe_b64encode(b"abc:tok_1").decode()},
+        {"cursor": base64.urlsafe_b64encode(b"\xff\xfe:x").decode()},
+        {"cursor": "é"},
+    ],
+)
+def test_bad_filters_are_validation_errors(kwargs: dict[str, str]) -> None:
+    with pytest.raises(ValidationFailed):
+        Filters.parse(**kwargs)
+
+
+def test_filters_defaults_and_cursor_round_trip() -> None:
+    f = Filters.parse(limit="200", q="", cursor=encode_cursor(123, "tok_a"))
+    assert (f.limit, f.q, f.status, f.type) == (200, None, None, None)
+    assert Filters.parse().limit == 50

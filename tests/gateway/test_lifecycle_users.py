@@ -1,0 +1,295 @@
+"""Users and organizations: sync, permissions, disable/enable, removal."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
+from middleware.errors import Forbidden, InvalidToken, NotFound, ServiceError, ValidationFailed
+from middleware.records import Token, User
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+from middleware.validate import usable_identity
+from policies.scopes import MANAGEMENT_SCOPES
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class World:
+    store: TokenStore
+    fmt: TokenFormat
+    clock: Clock
+    tokens: TokenService
+    directory: Directory
+    system: Actor
+    admin: Actor
+    alice: Actor
+
+    async def reason(self, secret: str) -> str | None:
+        """None if the secret authenticates, else the data plane's reason."""
+        found = await self.store.lookup(self.fmt.digest(secret))
+        if found is None:
+            return "unknown"
+        user = None if found[1] is None else User.decode(found[1])
+        try:
+            usable_identity(Token.decode(found[0]), user, self.clock())
+        except InvalidToken as exc:
+            return exc.reason
+        return None
+
+
+@pytest.fixture
+async def w(store: TokenStore) -> World:
+    fmt, clock, system = TokenFormat(), Clock(), Actor.system()
+    directory = Directory(store, clock=clock)
+    await directory.put_org(system, "acme", {"name": "Acme"})
+    await directory.put_org(system, "other", {})
+    await directory.put_user(
+        system, "root", {"org_id": "acme", "email": "r@acme.io", "role": "admin"}
+    )
+    await directory.put_user(
+        system, "alice", {"org_id": "acme", "email": "a@acme.io", "name": "Alice"}
+    )
+    await directory.put_user(system, "eve", {"org_id": "other", "email": "e@other.io"})
+    own = frozenset({"tokens:read:own", "tokens:write:own"})
+    return World(
+        store,
+        fmt,
+        clock,
+        TokenService(store, fmt, clock=clock),
+        directory,
+        system,
+        Actor("user", "root", "acme", "admin", frozenset(MANAGEMENT_SCOPES)),
+        Actor("user", "alice", "acme", "member", own),
+    )
+
+
+async def _events(store: TokenStore) -> list[dict[str, object]]:
+    return [json.loads(b) for _, b in await store.events(count=1000)]
+
+
+# -- orgs --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_org_defaults_and_merge_update(w: World) -> None:
+    org = await w.directory.get_org(w.admin, "acme")
+    assert (org.name, org.token_limit, org.max_lifetime, org.allow_never) == (
+        "Acme",
+        10,
+        None,
+        True,
+    )
+    w.clock.now += 1
+    org = await w.directory.put_org(w.admin, "acme", {"token_limit": 3, "max_lifetime": "90d"})
+    assert (org.name, org.token_limit, org.max_lifetime) == ("Acme", 3, 90 * 86400.0)
+    org = await w.directory.put_org(w.admin, "acme", {"allow_never": False, "max_lifetime": None})
+    assert (org.token_limit, org.max_lifetime, org.allow_never) == (3, None, False)
+    assert await w.store.get_org("acme") == org
+    assert (org.created_at, org.updated_at) == (T0, T0 + 1)
+
+
+@pytest.mark.anyio
+async def test_unchanged_org_put_writes_no_event(w: World) -> None:
+    before = len(await _events(w.store))
+    await w.directory.put_org(w.admin, "acme", {"name": "Acme"})
+    assert len(await _events(w.store)) == before
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"token_limit": 0},
+        {"token_limit": 10_001},
+        {"token_limit": True},
+        {"token_limit": "5"},
+        {"token_limit": 2.5},
+        {"max_lifetime": "2d"},
+        {"max_lifetime": -1},
+        {"max_lifetime": 0},
+        {"max_lifetime": float("nan")},
+        {"max_lifetime": [1]},
+        {"max_lifetime": True},
+        {"allow_never": "yes"},
+        {"name": "x" * 201},
+        {"name": 3},
+        {"bogus": 1},
+    ],
+)
+async def test_bad_org_input_changes_nothing(w: World, body: dict[str, object]) -> None:
+    before = await w.store.get_org("acme")
+    with pytest.raises(ValidationFailed):
+        await w.directory.put_org(w.admin, "acme", body)
+    assert await w.store.get_org("acme") == before
+
+
+@pytest.mark.anyio
+async def test_org_access(w: World) -> None:
+    with pytest.raises(Forbidden):
+        await w.directory.put_org(w.alice, "acme", {"token_limit": 50})
+    with pytest.raises(Forbidden):
+        await w.directory.put_org(w.admin, "other", {"token_limit": 50})
+    with pytest.raises(Forbidden):
+        await w.directory.get_org(w.admin, "other")
+    with pytest.raises(NotFound):
+        await w.directory.get_org(w.system, "missing")
+    with pytest.raises(ValidationFailed):
+        await w.directory.put_org(w.system, "bad id!", {})
+    assert (await w.directory.get_org(w.alice, "acme")).token_limit == 10
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_put_user_creates_then_merges(w: World) -> None:
+    user = await w.directory.put_user(w.admin, "bob", {"email": "b@acme.io"})
+    assert (user.org_id, user.role, user.enabled, user.can_manage_tokens) == (
+        "acme",
+        "member",
+        True,
+        True,
+    )
+    w.clock.now += 1
+    user = await w.directory.put_user(w.admin, "bob", {"role": "admin", "name": "Bob"})
+    assert (user.email, user.role, user.name, user.updated_at) == (
+        "b@acme.io",
+        "admin",
+        "Bob",
+        T0 + 1,
+    )
+    assert await w.directory.get_user(w.admin, "bob") == user
+    ids = [u.id for u in await w.directory.list_users(w.admin, "acme")]
+    assert sorted(ids) == ["alice", "bob", "root"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("user_id", "body"),
+    [
+        ("new", {}),  # email required
+        ("new", {"email": "no-at-sign"}),
+        ("new", {"email": "n@x.io", "org_id": "bad id!"}),
+        ("alice", {"role": "owner"}),
+        ("alice", {"role": ["admin"]}),
+        ("alice", {"enabled": "false"}),
+        ("alice", {"can_manage_tokens": 0}),
+        ("alice", {"org_id": "other"}),
+        ("alice", {"email": 5}),
+        ("alice", {"password": "x"}),
+        ("bad id!", {"email": "x@y.z"}),
+    ],
+)
+async def test_bad_user_input_changes_nothing(
+    w: World, user_id: str, body: dict[str, object]
+) -> None:
+    before = await w.store.get_user("alice")
+    events = len(await _events(w.store))
+    with pytest.raises(ValidationFailed):
+        await w.directory.put_user(w.admin, user_id, body)
+    assert await w.store.get_user("alice") == before
+    assert await w.store.get_user("new") is None
+    assert len(await _events(w.store)) == events
+
+
+@pytest.mark.anyio
+async def test_user_access_rules(w: World) -> None:
+    assert (await w.directory.get_user(w.alice, "alice")).email == "a@acme.io"
+    with pytest.raises(Forbidden):
+        await w.directory.get_user(w.alice, "root")
+    with pytest.raises(NotFound):
+        await w.directory.get_user(w.admin, "eve")  # another org: invisible
+    with pytest.raises(NotFound):
+        await w.directory.get_user(w.admin, "ghost")
+    with pytest.raises(Forbidden):
+        await w.directory.put_user(w.alice, "alice", {"role": "admin"})
+    with pytest.raises(Forbidden):
+        await w.directory.put_user(w.admin, "mallory", {"email": "m@x.io", "org_id": "other"})
+    with pytest.raises(NotFound):
+        await w.directory.put_user(w.system, "mallory", {"email": "m@x.io", "org_id": "nope"})
+    with pytest.raises(Forbidden):
+        await w.directory.list_users(w.alice, "acme")
+    with pytest.raises(Forbidden):
+        await w.directory.remove_user(w.alice, "root")
+    assert (await w.store.get_user("alice")).role == "member"  # type: ignore[union-attr]
+    assert await w.store.get_user("mallory") is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("field", ["enabled", "can_manage_tokens"])
+async def test_disable_suspends_tokens_and_enable_restores(
+    w: World, field: str, redis_client: aioredis.Redis
+) -> None:
+    _, secret = await w.tokens.create(w.alice, name="t")
+    org_token, org_secret = await w.tokens.create(w.admin, name="svc", owner=Owner("org", "acme"))
+    assert await w.reason(secret) is None
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(w.store.keys.channel)
+    try:
+        await pubsub.get_message(timeout=1.0)
+        await w.directory.put_user(w.admin, "alice", {field: False})
+        message = None
+        with anyio.fail_after(2):
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        assert message["data"] == b"u alice"
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert await w.reason(secret) == "disabled"
+    assert await w.reason(org_secret) is None  # org tokens do not depend on one user
+    # the token itself is untouched: still listed, still "active"
+    token = (await w.tokens.list_own(w.alice, Filters())).items[0]
+    assert token.status(w.clock()) == "active"
+    events = await _events(w.store)
+    assert events[0]["type"] == "user.permission_changed"
+    await w.directory.put_user(w.admin, "alice", {field: True})
+    assert await w.reason(secret) is None
+    assert org_token.created_by == "root"
+
+
+@pytest.mark.anyio
+async def test_remove_user_revokes_personal_tokens_org_tokens_survive(w: World) -> None:
+    await w.directory.put_user(w.admin, "alice", {"role": "admin"})
+    alice_admin = Actor("user", "alice", "acme", "admin", frozenset(MANAGEMENT_SCOPES))
+    personal, p_secret = await w.tokens.create(alice_admin, name="mine")
+    already, _ = await w.tokens.create(alice_admin, name="gone")
+    await w.tokens.revoke(alice_admin, already.id)
+    org_token, o_secret = await w.tokens.create(alice_admin, name="svc", owner=Owner("org", "acme"))
+    w.clock.now += 7
+    revoked = await w.directory.remove_user(w.admin, "alice")
+    assert revoked == [personal.id]
+    assert await w.store.get_user("alice") is None
+    assert await w.reason(p_secret) == "revoked"
+    assert await w.reason(o_secret) is None
+    survivor = await w.tokens.get(w.admin, org_token.id)
+    assert (survivor.created_by, survivor.revoked_at) == ("alice", None)
+    # personal tokens are revoked, not deleted: the admin view still lists them
+    listed = await w.tokens.list_org(w.admin, "acme", Filters(status="revoked"))
+    assert {t.id: t.revoked_at for t in listed.items} == {personal.id: T0 + 7, already.id: T0}
+    event = (await _events(w.store))[0]
+    assert (event["type"], event["user_id"]) == ("user.removed", "alice")
+    assert event["data"] == {"revoked_token_ids": [personal.id]}
+    with pytest.raises(NotFound):
+        await w.directory.remove_user(w.admin, "alice")
+
+
+@pytest.mark.anyio
+async def test_remove_user_in_another_org_is_refused(w: World) -> None:
+    with pytest.raises(ServiceError):
+        await w.directory.remove_user(w.admin, "eve")
+    assert await w.store.get_user("eve") is not None

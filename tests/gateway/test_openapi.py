@@ -1,0 +1,305 @@
+"""The OpenAPI document stays in sync with the routes and with real responses.
+
+Responses are checked with a small JSON Schema validator for exactly the keywords the
+document uses; a keyword it does not know fails the test instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.routing import Route
+
+from gateway.api import create_api_app, openapi_document
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+
+from .test_api import DAY, Api, make_api
+
+DOC = openapi_document(TokenFormat())
+_METHODS = {"get", "put", "post", "delete", "patch"}
+_ANNOTATIONS = {"description", "title", "summary"}
+
+
+# -- a validator for the subset of JSON Schema the document uses ---------------------------
+
+
+def _resolve(ref: str) -> dict[str, Any]:
+    assert ref.startswith("#/"), ref
+    node: Any = DOC
+    for part in ref[2:].split("/"):
+        node = node[part]
+    assert isinstance(node, dict)
+    return node
+
+
+def _type_ok(value: Any, name: str) -> bool:
+    return {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+    }[name](value)
+
+
+def errors(value: Any, schema: dict[str, Any], at: str = "$") -> Iterator[str]:
+    """Every way ``value`` violates ``schema`` (empty: valid)."""
+    for key, rule in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key == "$ref":
+            yield from errors(value, _resolve(rule), at)
+        elif key == "allOf":
+            for sub in rule:
+                yield from errors(value, sub, at)
+        elif key == "oneOf":
+            if sum(not list(errors(value, sub, at)) for sub in rule) != 1:
+                yield f"{at}: not exactly one of oneOf"
+        elif key == "type":
+            names = rule if isinstance(rule, list) else [rule]
+            if not any(_type_ok(value, n) for n in names):
+                yield f"{at}: {value!r} is not {rule}"
+        elif key == "enum":
+            if value not in rule:
+                yield f"{at}: {value!r} not in {rule}"
+        elif key == "const":
+            if value != rule:
+                yield f"{at}: {value!r} != {rule!r}"
+        elif key == "required":
+            if isinstance(value, dict):
+                yield from (f"{at}: missing {k}" for k in rule if k not in value)
+        elif key == "properties":
+            if isinstance(value, dict):
+                for k, sub in rule.items():
+                    if k in value:
+                        yield from errors(value[k], sub, f"{at}.{k}")
+        elif key == "additionalProperties":
+            if isinstance(value, dict):
+                extra = set(value) - set(schema.get("properties", {}))
+                if rule is False and extra:
+                    yield f"{at}: unexpected {sorted(extra)}"
+        elif key == "items":
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    yield from errors(item, rule, f"{at}[{i}]")
+        elif key in ("minLength", "maxLength", "minItems", "minProperties"):
+            if isinstance(value, str | list | dict):
+                n = len(value)
+                if (n < rule) if key.startswith("min") else (n > rule):
+                    yield f"{at}: length {n} violates {key}={rule}"
+        elif key in ("minimum", "maximum"):
+            if _type_ok(value, "number") and (
+                (value < rule) if key == "minimum" else (value > rule)
+            ):
+                yield f"{at}: {value} violates {key}={rule}"
+        elif key == "pattern":
+            if isinstance(value, str) and not re.search(rule, value):
+                yield f"{at}: {value!r} does not match {rule}"
+        else:
+            raise AssertionError(f"validator does not know the keyword {key!r} at {at}")
+
+
+def _walk_schemas() -> Iterator[tuple[str, dict[str, Any]]]:
+    yield from DOC["components"]["schemas"].items()
+    for path, item in DOC["paths"].items():
+        for method, op in item.items():
+            for status, resp in op["responses"].items():
+                for media in resp.get("content", {}).values():
+                    yield f"{method} {path} {status}", media["schema"]
+            for p in op.get("parameters", []):
+                yield f"{method} {path} param {p['name']}", p["schema"]
+            if "requestBody" in op:
+                yield (
+                    f"{method} {path} body",
+                    op["requestBody"]["content"]["application/json"]["schema"],
+                )
+
+
+def test_validator_rejects_what_it_should() -> None:
+    token_schema = {"$ref": "#/components/schemas/Token"}
+    assert list(errors({"id": 1}, token_schema))
+    assert list(errors({"error": "x"}, {"$ref": "#/components/schemas/Error"}))
+    assert not list(errors({"error": "x", "detail": "y"}, {"$ref": "#/components/schemas/Error"}))
+    assert list(errors({"name": "x", "bogus": 1}, {"$ref": "#/components/schemas/TokenCreate"}))
+    assert list(errors({"token": "nope"}, {"$ref": "#/components/schemas/TokenWithSecret"}))
+    with pytest.raises(AssertionError, match="keyword"):
+        list(errors(1, {"exclusiveMinimum": 0}))
+
+
+# -- the document itself -----------------------------------------------------------------
+
+
+def test_every_ref_resolves_and_every_keyword_is_known() -> None:
+    refs: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.append(node["$ref"])
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+
+    collect(DOC)
+    assert refs
+    for ref in refs:
+        _resolve(ref)
+    for where, schema in _walk_schemas():
+        try:
+            list(errors(None, schema))
+        except AssertionError as exc:  # pragma: no cover - the failure message
+            raise AssertionError(f"{where}: {exc}") from None
+
+
+def test_routes_and_document_agree() -> None:
+    app = create_api_app(None, TokenFormat())  # type: ignore[arg-type]  # routes only
+    routes = {
+        (r.path, m.lower())
+        for r in app.routes
+        if isinstance(r, Route)
+        for m in (r.methods or ())
+        if m != "HEAD"
+    }
+    documented = {(p, m) for p, item in DOC["paths"].items() for m in item if m in _METHODS}
+    assert routes == documented
+    for path, item in DOC["paths"].items():
+        params = set(re.findall(r"{(\w+)}", path))
+        for method, op in item.items():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == params, (method, path)
+            assert op["responses"], (method, path)
+            assert op["summary"]
+
+
+def test_document_metadata() -> None:
+    assert DOC["openapi"].startswith("3.1")
+    assert DOC["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert TokenFormat().pattern in DOC["info"]["description"]
+    pattern = DOC["components"]["schemas"]["TokenWithSecret"]["allOf"][1]["properties"]["token"][
+        "pattern"
+    ]
+    assert re.fullmatch(pattern, TokenFormat().generate())
+    assert not re.fullmatch(pattern, "pat_short")
+
+
+# -- real responses against the schemas --------------------------------------------------
+
+
+def _operation(method: str, path: str) -> tuple[str, dict[str, Any]] | None:
+    for template, item in DOC["paths"].items():
+        regex = "^" + re.sub(r"{\w+}", "[^/]+", template) + "$"
+        if re.match(regex, path) and method.lower() in item:
+            return template, item[method.lower()]
+    return None
+
+
+class Recorder:
+    """Runs calls through the API and checks each response against the document."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.seen: set[tuple[str, str, str]] = set()
+
+    async def __call__(
+        self, method: str, path: str, who: str | None = "admin", expect: int = 200, **kw: Any
+    ) -> Any:
+        r: httpx.Response = await self.api.call(method, path, who, **kw)
+        assert r.status_code == expect, (method, path, r.text)
+        found = _operation(method, httpx.URL(path).path)
+        assert found is not None, (method, path)
+        template, op = found
+        status = str(r.status_code)
+        assert status in op["responses"], f"{method} {template} answered undocumented {status}"
+        self.seen.add((template, method.lower(), status))
+        spec = op["responses"][status]
+        if "content" not in spec:
+            assert r.content == b""
+            return None
+        schema = spec["content"]["application/json"]["schema"]
+        body = r.json()
+        problems = list(errors(body, schema))
+        assert not problems, (method, template, status, problems)
+        return body
+
+
+@pytest.mark.anyio
+async def test_a_scripted_session_matches_the_document(store: TokenStore) -> None:
+    async with make_api(store) as api:
+        call = Recorder(api)
+        assert await call("GET", "/v1/openapi.json", None) == DOC
+        await call("GET", "/v1/me", "alice")
+        created = await call(
+            "POST",
+            "/v1/tokens",
+            "alice",
+            201,
+            json={"name": "t", "scopes": ["x:read"], "workspaces": ["w1"], "expiration": "7d"},
+        )
+        tid = created["id"]
+        await call("POST", "/v1/tokens", "alice", expect=409, json={"name": "T"})
+        await call("POST", "/v1/tokens", "alice", expect=400, json={"name": "x", "scopes": ["bad"]})
+        await call(
+            "POST", "/v1/tokens", "alice", expect=403, json={"name": "x", "owner": {"type": "org"}}
+        )
+        await call("POST", "/v1/tokens", None, expect=401, json={"name": "x"})
+        org = await call(
+            "POST",
+            "/v1/tokens",
+            "admin",
+            201,
+            json={
+                "name": "svc",
+                "owner": {"type": "org"},
+                "type": "service",
+                "expiration": "never",
+            },
+        )
+        await call("GET", "/v1/tokens", "alice", params={"limit": 1})
+        await call("GET", "/v1/tokens", "alice", expect=400, params={"limit": 0})
+        await call("GET", f"/v1/tokens/{tid}", "alice")
+        await call("GET", f"/v1/tokens/{tid}", "bob", expect=404)
+        await call("PATCH", f"/v1/tokens/{tid}", "alice", json={"description": "d"})
+        await call("PATCH", f"/v1/tokens/{tid}", "alice", expect=400, json={"owner": "x"})
+        await call("PATCH", f"/v1/tokens/{tid}", "alice", expect=409, json={"name": "mgmt-alice"})
+        await call("POST", f"/v1/tokens/{tid}/scopes", "alice", json={"scopes": ["y:read"]})
+        await call("DELETE", f"/v1/tokens/{tid}/scopes/y:read", "alice")
+        await call("DELETE", f"/v1/tokens/{tid}/scopes/y:read", "alice", expect=404)
+        await call("DELETE", f"/v1/tokens/{tid}/scopes", "alice")
+        await call("POST", f"/v1/tokens/{tid}/revoke", "alice")
+        await call("POST", f"/v1/tokens/{tid}/regenerate", "alice", json={"expiration": "1d"})
+        await call("POST", f"/v1/admin/tokens/{tid}/revoke")
+        await call("GET", "/v1/admin/tokens", params={"q": "alice"})
+        await call("GET", "/v1/admin/tokens", "alice", expect=403)
+        await call("PUT", "/v1/users/carol", json={"email": "c@acme.io"})
+        await call("PUT", "/v1/users/carol", expect=400, json={"role": "boss"})
+        await call("GET", "/v1/users/carol")
+        await call("GET", "/v1/users")
+        await call("PUT", "/v1/orgs/acme", json={"max_lifetime": "1y", "allow_never": False})
+        await call("GET", "/v1/orgs/acme")
+        await call(
+            "POST", "/v1/tokens", "bob", expect=422, json={"name": "n", "expiration": "never"}
+        )
+        await call("PUT", "/v1/orgs/acme", json={"token_limit": 1, "max_lifetime": None})
+        await call("POST", "/v1/tokens", "bob", expect=429, json={"name": "n"})
+        await call("GET", "/v1/events", params={"token_id": tid})
+        await call("GET", "/v1/events", expect=400, params={"cursor": "x"})
+        api.clock.now += 2 * DAY
+        await call("GET", "/v1/tokens", "alice", params={"status": "expired"})
+        await call("DELETE", f"/v1/tokens/{org['id']}", "admin", expect=204)
+        await call("DELETE", "/v1/users/carol")
+        await call("DELETE", "/v1/tokens", "bob")
+        await call("POST", "/v1/verify", "alice", expect=400, json={})
+        await call("GET", "/v1/me", "bob", expect=401)
+    # every documented success response was exercised at least once
+    successes = {(p, m) for p, m, s in call.seen if s.startswith("2")}
+    documented = {(p, m) for p, item in DOC["paths"].items() for m in item if p != "/v1/verify"}
+    assert documented - successes == set()

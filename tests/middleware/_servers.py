@@ -1,0 +1,49 @@
+"""A real uvicorn server on 127.0.0.1 inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LifespanType, WSProtocolType
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Any, *, lifespan: LifespanType = "on", ws: WSProtocolType = "none"
+) -> AsyncIterator[int]:
+    """Serve ``app`` on a fresh loopback port (yielded) until the block ends."""
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
+    # when the listening socket says so; with proto=0 every response stalls ~40 ms
+    # (Nagle + delayed ACK on loopback).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        ws=ws,
+        lifespan=lifespan,
+        log_level="critical",
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(1000):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "server did not start"
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+        sock.close()

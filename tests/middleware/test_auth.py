@@ -1,0 +1,550 @@
+"""The Authenticator, step by step and end to end, against a real Valkey.
+
+The RFC 6750 table runs every case through ``authenticate`` and the precomputed
+responses, then checks status, challenge, body and the decision metric together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.embedded import EmbeddedValkey
+from gateway.runtime import redis_client as make_client
+from middleware.auth import Authenticator, Resolved
+from middleware.cache import TokenCache
+from middleware.errors import (
+    AuthError,
+    InvalidRequest,
+    InvalidToken,
+    MissingCredentials,
+    StoreUnavailable,
+)
+from middleware.invalidation import InvalidationSubscriber
+from middleware.keys import Keys
+from middleware.lastused import LastUsedRecorder
+from middleware.metrics import Metrics
+from middleware.records import LastUsed
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+from middleware.user import PatgateUser, ScopeList
+from policies.scopes import ScopeSet
+
+from ._tokens import Issued, add_user, issue, make_policy, revoke, update_user
+
+pytestmark = pytest.mark.anyio
+
+_PEER = {"client": ("198.51.100.9", 40000)}
+_UNKNOWN_CHALLENGE = (
+    'Bearer realm="patgate", error="invalid_token", error_description="invalid or unknown token"'
+)
+
+
+class CountingStore(TokenStore):
+    """The real store, counting lookups; ``during_lookup`` runs mid-round-trip."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        super().__init__(client, keys)
+        self.lookups = 0
+        self.during_lookup: Callable[[], None] | None = None
+
+    async def lookup(self, digest: bytes) -> tuple[bytes, bytes | None] | None:
+        self.lookups += 1
+        if self.during_lookup is not None:
+            self.during_lookup()
+        return await super().lookup(digest)
+
+
+class Rig:
+    def __init__(self, client: aioredis.Redis, keys: Keys, sub_client: aioredis.Redis) -> None:
+        self.store = CountingStore(client, keys)
+        self.fmt = TokenFormat()
+        self.metrics = Metrics()
+        self.now = [time.time()]
+        self.cache: TokenCache[Resolved] = TokenCache(100, 30.0, 2.0, self.metrics)
+        self.recorder = LastUsedRecorder(self.store, self.metrics, interval=60)
+        self.subscriber = InvalidationSubscriber(sub_client, keys.channel, self.cache, self.metrics)
+        self.auth = Authenticator(
+            self.store,
+            self.cache,
+            self.fmt,
+            make_policy(),
+            self.metrics,
+            self.recorder,
+            clock=lambda: self.now[0],
+        )
+
+    async def token(self, **kw: Any) -> Issued:
+        return await issue(self.store, self.fmt, **kw)
+
+    async def call(
+        self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> tuple[int, dict[bytes, bytes], Any]:
+        """Status, response headers and body (JSON) or the Resolved on success."""
+        try:
+            resolved = await self.auth.authenticate(method, path, list(headers), _PEER)
+        except (AuthError, StoreUnavailable) as exc:
+            prepared = self.auth.responses.for_error(exc)
+            return prepared.status, dict(prepared.headers), json.loads(prepared.body)
+        return 200, {}, resolved
+
+    def count(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+async def rig(redis_client: aioredis.Redis, keys: Keys, valkey_url: str) -> AsyncIterator[Rig]:
+    sub_client = make_client(valkey_url, retries=0)
+    rig = Rig(redis_client, keys, sub_client)
+    await add_user(rig.store, "u1")
+    await rig.subscriber.start(wait=5.0)
+    assert rig.subscriber.connected
+    try:
+        yield rig
+    finally:
+        await rig.subscriber.aclose()
+        await sub_client.aclose()
+
+
+def _bearer(secret: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Bearer " + secret.encode())]
+
+
+def _bad_checksum(secret: str) -> str:
+    last = "A" if secret[-1] != "A" else "B"
+    return secret[:-1] + last
+
+
+# -- the RFC 6750 table ----------------------------------------------------------------
+
+Case = Callable[[Rig], Awaitable[list[tuple[bytes, bytes]]]]
+
+
+async def _none(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return []
+
+
+async def _basic(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Basic dXNlcjpwYXNz")]
+
+
+async def _lowercase_scheme(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token()
+    return [(b"authorization", b"bearer " + t.secret.encode())]
+
+
+async def _two_tokens(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token()
+    return [(b"authorization", f"Bearer {t.secret} {t.secret}".encode())]
+
+
+async def _two_headers(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token()
+    return _bearer(t.secret) + _bearer(t.secret)
+
+
+async def _malformed(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return _bearer("pat_tooshort")
+
+
+async def _wrong_prefix(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token()
+    return _bearer("ghp" + t.secret[3:])
+
+
+async def _bad_checksum_case(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token()
+    return _bearer(_bad_checksum(t.secret))
+
+
+async def _unknown(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return _bearer(rig.fmt.generate())  # well formed, never stored
+
+
+async def _revoked(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await revoke(rig.store, await rig.token())
+    return _bearer(t.secret)
+
+
+async def _expired(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token(expires_at=rig.now[0] - 1)
+    return _bearer(t.secret)
+
+
+async def _disabled(rig: Rig) -> list[tuple[bytes, bytes]]:
+    user = await add_user(rig.store, "u-off")
+    await update_user(rig.store, user, enabled=False)
+    t = await rig.token(owner="u-off")
+    return _bearer(t.secret)
+
+
+async def _no_permission(rig: Rig) -> list[tuple[bytes, bytes]]:
+    user = await add_user(rig.store, "u-noperm")
+    await update_user(rig.store, user, can_manage_tokens=False)
+    t = await rig.token(owner="u-noperm")
+    return _bearer(t.secret)
+
+
+async def _owner_removed(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token(owner="u-never-created")
+    return _bearer(t.secret)
+
+
+async def _wrong_scope(rig: Rig) -> list[tuple[bytes, bytes]]:
+    t = await rig.token(scopes=("messages:read",))
+    return _bearer(t.secret)
+
+
+_TABLE: list[tuple[str, Case, int, str | None, str, str]] = [
+    # id, headers, status, WWW-Authenticate (None: not checked exactly), body error, reason
+    ("no-header", _none, 401, 'Bearer realm="patgate"', "missing_credentials",
+     "missing_credentials"),
+    ("basic-scheme", _basic, 401, 'Bearer realm="patgate"', "missing_credentials",
+     "missing_credentials"),
+    ("lowercase-bearer", _lowercase_scheme, 200, None, "", "ok"),
+    ("two-tokens", _two_tokens, 400,
+     'Bearer realm="patgate", error="invalid_request", '
+     'error_description="malformed Bearer credentials"', "invalid_request", "invalid_request"),
+    ("two-headers", _two_headers, 400,
+     'Bearer realm="patgate", error="invalid_request", '
+     'error_description="more than one Authorization header"', "invalid_request",
+     "invalid_request"),
+    ("malformed", _malformed, 401, _UNKNOWN_CHALLENGE, "invalid_token", "invalid_token"),
+    ("wrong-prefix", _wrong_prefix, 401, _UNKNOWN_CHALLENGE, "invalid_token", "invalid_token"),
+    ("bad-checksum", _bad_checksum_case, 401, _UNKNOWN_CHALLENGE, "invalid_token",
+     "invalid_token"),
+    ("unknown", _unknown, 401, _UNKNOWN_CHALLENGE, "invalid_token", "invalid_token"),
+    ("revoked", _revoked, 401,
+     'Bearer realm="patgate", error="invalid_token", error_description="token revoked"',
+     "invalid_token", "revoked"),
+    ("expired", _expired, 401,
+     'Bearer realm="patgate", error="invalid_token", error_description="token expired"',
+     "invalid_token", "expired"),
+    ("disabled-user", _disabled, 401,
+     'Bearer realm="patgate", error="invalid_token", error_description="token owner disabled"',
+     "invalid_token", "disabled"),
+    ("no-token-permission", _no_permission, 401,
+     'Bearer realm="patgate", error="invalid_token", error_description="token owner disabled"',
+     "invalid_token", "disabled"),
+    ("owner-removed", _owner_removed, 401,
+     'Bearer realm="patgate", error="invalid_token", error_description="token revoked"',
+     "invalid_token", "revoked"),
+    ("insufficient-scope", _wrong_scope, 403,
+     'Bearer realm="patgate", error="insufficient_scope", '
+     'error_description="the token lacks a scope this route requires", scope="threads:read"',
+     "insufficient_scope", "insufficient_scope"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "challenge", "code", "reason"),
+    [case[1:] for case in _TABLE],
+    ids=[case[0] for case in _TABLE],
+)
+async def test_rfc6750_table(
+    rig: Rig, headers: Case, status: int, challenge: str | None, code: str, reason: str
+) -> None:
+    got_status, got_headers, body = await rig.call("GET", "/threads/7", await headers(rig))
+    assert got_status == status
+    assert rig.count("patgate_decisions_total", outcome=_outcome(reason), reason=reason) == 1
+    if status == 200:
+        assert isinstance(body, Resolved)
+        return
+    assert got_headers[b"www-authenticate"].decode() == challenge
+    assert got_headers[b"content-type"] == b"application/json"
+    assert body["error"] == code
+    assert body["detail"]
+
+
+def _outcome(reason: str) -> str:
+    return "allow" if reason in ("ok", "public") else "deny"
+
+
+async def test_unknown_and_malformed_answers_are_identical(rig: Rig) -> None:
+    answers = [
+        await rig.call("GET", "/threads/1", _bearer("pat_x")),
+        await rig.call("GET", "/threads/1", _bearer(_bad_checksum(rig.fmt.generate()))),
+        await rig.call("GET", "/threads/1", _bearer(rig.fmt.generate())),
+    ]
+    assert answers[0] == answers[1] == answers[2]
+
+
+async def test_bad_checksum_costs_no_redis_call(rig: Rig) -> None:
+    t = await rig.token()
+    for _ in range(20):
+        status, _, _ = await rig.call("GET", "/threads/1", _bearer(_bad_checksum(t.secret)))
+        assert status == 401
+    assert rig.store.lookups == 0
+    assert rig.count("patgate_cache_misses_total") == 0
+    assert rig.count("patgate_cache_hits_total") == 0
+
+
+async def test_one_round_trip_per_miss_then_cache_hits(rig: Rig) -> None:
+    t = await rig.token()
+    for _ in range(5):
+        assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    assert rig.store.lookups == 1
+    assert rig.count("patgate_cache_misses_total") == 1
+    assert rig.count("patgate_cache_hits_total") == 4
+
+
+async def test_unknown_digest_is_negatively_cached(rig: Rig) -> None:
+    secret = rig.fmt.generate()
+    for _ in range(3):
+        assert (await rig.call("GET", "/threads/1", _bearer(secret)))[0] == 401
+    assert rig.store.lookups == 1
+
+
+async def test_expiry_is_checked_on_a_cache_hit(rig: Rig) -> None:
+    t = await rig.token(expires_at=rig.now[0] + 60)
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    rig.now[0] += 61  # the token's life ends while it sits in the cache
+    status, headers, _body = await rig.call("GET", "/threads/1", _bearer(t.secret))
+    assert status == 401
+    assert b'error_description="token expired"' in headers[b"www-authenticate"]
+    assert rig.store.lookups == 1  # answered from the cache
+    assert rig.count("patgate_cache_hits_total") == 1
+
+
+async def test_revocation_after_caching_is_seen_at_once(rig: Rig) -> None:
+    t = await rig.token()
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    await revoke(rig.store, t)
+    for _ in range(500):
+        if len(rig.cache) == 0:
+            break
+        await _tick()
+    status, headers, _ = await rig.call("GET", "/threads/1", _bearer(t.secret))
+    assert status == 401
+    assert b"token revoked" in headers[b"www-authenticate"]
+
+
+async def test_disable_then_reenable_user(rig: Rig) -> None:
+    user = await add_user(rig.store, "u-toggle")
+    t = await rig.token(owner="u-toggle")
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    user = await update_user(rig.store, user, enabled=False)
+    await _until_uncached(rig)
+    status, headers, _ = await rig.call("GET", "/threads/1", _bearer(t.secret))
+    assert status == 401
+    assert b"token owner disabled" in headers[b"www-authenticate"]
+    await update_user(rig.store, user, enabled=True)
+    await _until_uncached(rig)
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+
+
+async def _tick() -> None:
+    await asyncio.sleep(0.002)
+
+
+async def _until_uncached(rig: Rig) -> None:
+    for _ in range(1000):
+        if len(rig.cache) == 0:
+            return
+        await _tick()
+    raise AssertionError("invalidation did not arrive")
+
+
+async def test_lookup_racing_an_invalidation_is_not_cached(rig: Rig) -> None:
+    t = await rig.token()
+    rig.store.during_lookup = lambda: rig.cache.drop(b"\0" * 32)
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    assert len(rig.cache) == 0  # the answer was used, not stored
+    rig.store.during_lookup = None
+    await rig.call("GET", "/threads/1", _bearer(t.secret))
+    assert len(rig.cache) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "reason"),
+    [
+        ("GET", "/public", 200, "", "public"),
+        ("GET", "/threads/a%2Fb", 400, "bad_path", "bad_path"),
+        ("GET", "/threads/1;x", 400, "bad_path", "bad_path"),
+        ("GET", "/a/../threads/1", 400, "bad_path", "bad_path"),
+    ],
+)
+async def test_route_level_answers_without_a_token(
+    rig: Rig, method: str, path: str, status: int, code: str, reason: str
+) -> None:
+    got, _headers, body = await rig.call(method, path)
+    assert got == status
+    if status != 200:
+        assert body["error"] == code
+    else:
+        assert body is None
+    assert rig.store.lookups == 0
+    assert rig.count("patgate_decisions_total", outcome=_outcome(reason), reason=reason) == 1
+
+
+async def test_no_rule_is_403_only_after_authentication(rig: Rig) -> None:
+    anonymous = await rig.call("GET", "/not/in/policy")
+    assert anonymous[0] == 401  # an anonymous caller cannot map the policy
+    t = await rig.token(scopes=("*",))
+    status, _headers, body = await rig.call("GET", "/not/in/policy", _bearer(t.secret))
+    assert status == 403
+    assert body["error"] == "no_rule"
+    assert rig.count("patgate_decisions_total", outcome="deny", reason="no_rule") == 1
+
+
+async def test_wildcard_and_preset_scopes_satisfy_rules(rig: Rig) -> None:
+    for scopes in (("threads:*",), ("*",), ("all",), ("read-only",)):
+        t = await rig.token(scopes=scopes)
+        assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200, scopes
+    t = await rig.token(scopes=("read-only",))
+    status, headers, _ = await rig.call("POST", "/threads", _bearer(t.secret))
+    assert status == 403
+    assert b'scope="threads:create"' in headers[b"www-authenticate"]
+
+
+async def test_success_records_last_used_without_query_or_secret(rig: Rig) -> None:
+    t = await rig.token()
+    headers = [*_bearer(t.secret), (b"user-agent", b"pytest-client/1")]
+    assert (await rig.call("GET", "/threads/1", headers))[0] == 200
+    pending = rig.recorder._pending[t.token.id]
+    assert pending == LastUsed(rig.now[0], "GET", "/threads/1", "198.51.100.9", "pytest-client/1")
+    assert await rig.recorder.flush() == 1
+    stored = await rig.store.get_token(t.token.id)
+    assert stored is not None
+    assert stored.last_used == pending
+
+
+async def test_decision_latency_is_observed(rig: Rig) -> None:
+    await rig.call("GET", "/threads/1")
+    assert rig.count("patgate_decision_seconds_count") == 1
+
+
+# -- the steps on their own -------------------------------------------------------------
+
+
+async def test_step_credentials(rig: Rig) -> None:
+    assert rig.auth.credentials([(b"authorization", b"Bearer abc")]) == "abc"
+    with pytest.raises(MissingCredentials):
+        rig.auth.credentials([])
+    with pytest.raises(InvalidRequest):
+        rig.auth.credentials([(b"authorization", b"Bearer ")])
+
+
+async def test_step_well_formed_and_digest(rig: Rig) -> None:
+    secret = rig.fmt.generate()
+    assert rig.auth.well_formed(secret) == secret
+    assert rig.auth.digest(secret) == rig.fmt.digest(secret)
+    with pytest.raises(InvalidToken) as info:
+        rig.auth.well_formed(_bad_checksum(secret))
+    assert info.value.description == "invalid or unknown token"
+
+
+async def test_step_lookup_and_decide(rig: Rig) -> None:
+    t = await rig.token(scopes=("threads:read",))
+    resolved = await rig.auth.lookup(t.digest)
+    assert resolved.token.id == t.token.id
+    assert resolved.usable
+    match = rig.auth.route("GET", "/threads/9")
+    identity = rig.auth.decide(resolved, match, [], rig.now[0])
+    assert identity.token_id == t.token.id
+    with pytest.raises(InvalidToken):
+        await rig.auth.lookup(rig.fmt.digest(rig.fmt.generate()))
+
+
+async def test_annotations_follow_starlette_conventions(rig: Rig) -> None:
+    t = await rig.token(scopes=("threads:*", "messages:read"))
+    resolved = await rig.auth.lookup(t.digest)
+    assert list(resolved.credentials.scopes) == ["messages:read", "threads:*"]
+    assert "threads:read" in resolved.credentials.scopes  # wildcard-aware, like the policy
+    assert "messages:read" in resolved.credentials.scopes
+    assert "messages:delete" not in resolved.credentials.scopes
+    assert "threads" not in resolved.credentials.scopes  # not a scope at all
+    user = resolved.user
+    assert isinstance(user, PatgateUser)
+    assert user.is_authenticated
+    assert user.identity == t.token.id
+    assert user.display_name == "u1"
+    assert user.token.owner_id == "u1"
+    with pytest.raises(TypeError):
+        resolved.credentials.scopes.append("admin:*")
+
+
+def test_scope_list_is_read_only() -> None:
+    scopes = ScopeList(ScopeSet.from_scopes(["a:read"]))
+    mutations: list[Callable[[], object]] = [
+        lambda: scopes.append("x"),
+        lambda: scopes.extend(["x"]),
+        lambda: scopes.clear(),
+        lambda: scopes.__setitem__(0, "x"),
+        lambda: scopes.__delitem__(0),
+    ]
+    for mutate in mutations:
+        with pytest.raises(TypeError):
+            mutate()
+    assert scopes == ["a:read"]
+
+
+# -- the store unreachable ---------------------------------------------------------------
+
+
+async def test_store_down_is_503_and_never_cached(tmp_path: Path, keys: Keys) -> None:
+    server = EmbeddedValkey(tmp_path / "own")
+    url = server.start()
+    client = make_client(url)
+    sub_client = make_client(url, retries=0)
+    rig = Rig(client, keys, sub_client)
+    await rig.subscriber.start(wait=5.0)
+    try:
+        await add_user(rig.store, "u1")
+        t = await rig.token()
+        assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+        server.stop()
+        for _ in range(1000):  # the subscriber notices and switches the cache off
+            if not rig.cache.active:
+                break
+            await _tick()
+        status, headers, body = await rig.call("GET", "/threads/1", _bearer(t.secret))
+        assert status == 503
+        assert body["error"] == "store_unavailable"
+        assert headers[b"retry-after"] == b"1"
+        assert b"www-authenticate" not in headers
+        unknown = rig.fmt.generate()
+        assert (await rig.call("GET", "/threads/1", _bearer(unknown)))[0] == 503
+        assert len(rig.cache) == 0
+        assert (
+            rig.count("patgate_decisions_total", outcome="error", reason="store_unavailable") == 2
+        )
+        assert rig.count("patgate_redis_errors_total", op="lookup") == 2
+        server.start()
+        for _ in range(5000):
+            if rig.subscriber.connected:
+                break
+            await _tick()
+        assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    finally:
+        await rig.subscriber.aclose()
+        await client.aclose()
+        await sub_client.aclose()
+        server.stop()
+
+
+async def test_closed_port_with_nothing_cached_is_503(keys: Keys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_client(f"redis://127.0.0.1:{port}/0")
+    sub_client = make_client(f"redis://127.0.0.1:{port}/0", retries=0)
+    rig = Rig(client, keys, sub_client)
+    try:
+        status, _, body = await rig.call("GET", "/threads/1", _bearer(rig.fmt.generate()))
+        assert status == 503
+        assert body == {
+            "error": "store_unavailable",
+            "detail": "token store unavailable, retry later",
+        }
+    finally:
+        await client.aclose()
+        await sub_client.aclose()

@@ -1,0 +1,201 @@
+"""The invalidation subscriber against a real Valkey: messages, reconnects, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.embedded import EmbeddedValkey
+from gateway.runtime import redis_client
+from middleware.cache import TokenCache
+from middleware.invalidation import InvalidationSubscriber
+from middleware.keys import Keys
+from middleware.metrics import Metrics
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+
+from ._tokens import add_user, issue, revoke
+
+pytestmark = pytest.mark.anyio
+
+
+def _d(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+async def _until(check: Callable[[], bool], seconds: float = 5.0) -> float:
+    """Poll ``check`` until true; returns how long it took (fails after ``seconds``)."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > seconds:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.002)
+    return time.monotonic() - start
+
+
+def _value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+class _Rig:
+    def __init__(self, url: str, keys: Keys, **options: float) -> None:
+        self.metrics = Metrics()
+        self.cache: TokenCache[str] = TokenCache(64, 30.0, 2.0, self.metrics, active=True)
+        self.client = redis_client(url, retries=0)
+        self.subscriber = InvalidationSubscriber(
+            self.client, keys.channel, self.cache, self.metrics, **options
+        )
+
+    def fill(self, *digests: bytes, owner: str | None = "u1") -> None:
+        for digest in digests:
+            self.cache.put(digest, "v", owner, self.cache.epoch, time.monotonic())
+
+    def has(self, digest: bytes) -> bool:
+        return self.cache.get(digest, time.monotonic()) is not None
+
+    async def aclose(self) -> None:
+        await self.subscriber.aclose()
+        await self.client.aclose()
+
+
+@pytest.fixture
+async def rig(valkey_url: str, keys: Keys) -> AsyncIterator[_Rig]:
+    rig = _Rig(valkey_url, keys, ping_interval=0.1, ping_timeout=0.3, max_backoff=0.1)
+    try:
+        yield rig
+    finally:
+        await rig.aclose()
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "left"),
+    [
+        (b"t " + _d(1).hex().encode(), "token", {2, 3}),
+        (b"u u1", "owner", {3}),
+        (b"*", "flush", set()),
+        (b"t nothex", "flush", set()),  # malformed: when in doubt, forget everything
+        (b"t " + b"ab" * 16, "flush", set()),  # a digest of the wrong length
+        (b"x something", "flush", set()),
+        (b"", "flush", set()),
+    ],
+)
+def test_apply_message_table(
+    valkey_url: str, keys: Keys, message: bytes, kind: str, left: set[int]
+) -> None:
+    rig = _Rig(valkey_url, keys)
+    rig.fill(_d(1), _d(2))
+    rig.fill(_d(3), owner="u2")
+    assert rig.subscriber.apply(message) == kind
+    assert {n for n in (1, 2, 3) if rig.has(_d(n))} == left
+    assert _value(rig.metrics, "patgate_cache_invalidations_total", kind=kind) == 1
+
+
+async def test_first_subscription_flushes_and_activates(rig: _Rig) -> None:
+    rig.cache.deactivate()
+    assert not rig.subscriber.connected
+    assert _value(rig.metrics, "patgate_redis_up") == 0
+    await rig.subscriber.start(wait=5.0)
+    assert rig.subscriber.connected
+    assert rig.cache.active
+    assert rig.subscriber.connects == 1
+    assert _value(rig.metrics, "patgate_redis_up") == 1
+
+
+async def test_published_messages_drop_entries(rig: _Rig, redis_client: aioredis.Redis) -> None:
+    await rig.subscriber.start(wait=5.0)
+    rig.fill(_d(1), _d(2))
+    rig.fill(_d(3), owner="u2")
+    await redis_client.publish(rig.subscriber._channel, b"t " + _d(1).hex().encode())
+    await _until(lambda: not rig.has(_d(1)))
+    assert rig.has(_d(2))
+    assert rig.has(_d(3))
+    await redis_client.publish(rig.subscriber._channel, b"u u2")
+    await _until(lambda: not rig.has(_d(3)))
+    assert rig.has(_d(2))
+    await redis_client.publish(rig.subscriber._channel, b"*")
+    await _until(lambda: len(rig.cache) == 0)
+
+
+async def test_committed_plan_invalidates_within_milliseconds(rig: _Rig, store: TokenStore) -> None:
+    """The store's COMMIT script publishes; the subscriber drops the entry."""
+    fmt = TokenFormat()
+    await add_user(store)
+    issued = await issue(store, fmt)
+    await rig.subscriber.start(wait=5.0)
+    rig.fill(issued.digest)
+    started = time.monotonic()
+    await revoke(store, issued)
+    took = await _until(lambda: not rig.has(issued.digest), seconds=1.0)
+    assert time.monotonic() - started < 0.5
+    assert took < 0.5
+
+
+async def test_killed_subscription_switches_cache_off_then_reconnects_flushed(
+    rig: _Rig, redis_client: aioredis.Redis
+) -> None:
+    await rig.subscriber.start(wait=5.0)
+    rig.fill(_d(1))
+    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
+    # Either we observe the gap, or the reconnect already happened; both flushed _d(1).
+    await _until(lambda: rig.subscriber.connects >= 2)
+    assert not rig.has(_d(1))
+    assert rig.subscriber.connected
+    assert rig.cache.active
+    assert _value(rig.metrics, "patgate_redis_errors_total", op="subscribe") >= 1
+
+
+async def test_unanswered_ping_counts_as_disconnected(
+    rig: _Rig, redis_client: aioredis.Redis
+) -> None:
+    await rig.subscriber.start(wait=5.0)
+    rig.fill(_d(1))
+    # Paused server: the subscription socket stays open but PINGs go unanswered.
+    await redis_client.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # type: ignore[no-untyped-call]
+    try:
+        await _until(lambda: not rig.subscriber.connected, seconds=1.4)
+        assert not rig.cache.active
+        assert not rig.has(_d(1))
+        assert _value(rig.metrics, "patgate_redis_up") == 0
+    finally:
+        await _until(lambda: rig.subscriber.connected, seconds=10.0)
+    assert rig.subscriber.connects >= 2
+
+
+async def test_store_outage_and_recovery(tmp_path: Path, keys: Keys) -> None:
+    """A dedicated server is stopped: the cache goes off and stays off until the
+    subscription is back, then starts empty."""
+    server = EmbeddedValkey(tmp_path / "own")
+    url = server.start()
+    rig = _Rig(url, keys, ping_interval=0.1, ping_timeout=0.3, max_backoff=0.1)
+    try:
+        await rig.subscriber.start(wait=5.0)
+        rig.fill(_d(1))
+        server.stop()
+        await _until(lambda: not rig.subscriber.connected)
+        assert not rig.cache.active
+        assert len(rig.cache) == 0
+        rig.fill(_d(2))  # a racing lookup's put is refused while down
+        assert not rig.has(_d(2))
+        await asyncio.sleep(0.3)  # several failed reconnect attempts
+        assert not rig.subscriber.connected
+        server.start()
+        await _until(lambda: rig.subscriber.connected, seconds=10.0)
+        assert rig.cache.active
+        assert len(rig.cache) == 0
+        assert rig.subscriber.connects == 2
+    finally:
+        await rig.aclose()
+        server.stop()
+
+
+async def test_aclose_stops_and_deactivates(rig: _Rig) -> None:
+    await rig.subscriber.start(wait=5.0)
+    await rig.subscriber.aclose()
+    assert not rig.subscriber.connected
+    assert not rig.cache.active
+    assert _value(rig.metrics, "patgate_redis_up") == 0

@@ -1,0 +1,251 @@
+"""TokenStore against the real Valkey server: atomic COMMIT, LOOKUP, touch, paging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.embedded import EmbeddedValkey
+from middleware.errors import Conflict, LimitReached, StoreUnavailable
+from middleware.keys import Keys
+from middleware.records import LastUsed, Token, User
+from middleware.store import StaleWrite, TokenStore
+from middleware.tokenformat import TokenFormat
+
+FMT = TokenFormat()
+
+
+def _token(n: int = 1, *, owner: str = "alice", kind: str = "user", name: str = "") -> Token:
+    secret = FMT.generate()
+    return Token(
+        id=f"tok_{n:04d}",
+        name=name or f"t{n}",
+        description="",
+        owner_kind=kind,  # type: ignore[arg-type]
+        owner_id=owner,
+        org_id="acme",
+        type="personal" if kind == "user" else "service",
+        scopes=("threads:read",),
+        workspaces=None,
+        expires_at=None,
+        created_at=1000.0 + n,
+        created_by=owner,
+        revoked_at=None,
+        prefix=FMT.display_prefix(secret),
+        digest=FMT.digest(secret),
+    )
+
+
+async def _put(store: TokenStore, token: Token, *, limit: int | None = None) -> None:
+    plan = store.plan()
+    plan.put_token(None, token, limit=limit)
+    await store.commit(plan)
+
+
+async def _put_user(store: TokenStore, user_id: str = "alice", **kw: object) -> User:
+    user = User(user_id, "acme", f"{user_id}@example.com", user_id, **kw)  # type: ignore[arg-type]
+    plan = store.plan()
+    plan.put_user(None, user)
+    await store.commit(plan)
+    return user
+
+
+@pytest.mark.anyio
+async def test_lookup_returns_token_and_owner_in_one_call(store: TokenStore) -> None:
+    user = await _put_user(store)
+    token = _token()
+    await _put(store, token)
+    found = await store.lookup(token.digest)
+    assert found is not None
+    assert Token.decode(found[0]) == token
+    assert found[1] is not None
+    assert User.decode(found[1]) == user
+    assert await store.lookup(b"\x00" * 32) is None
+
+
+@pytest.mark.anyio
+async def test_lookup_of_org_token_has_no_user(store: TokenStore) -> None:
+    token = _token(kind="org", owner="acme")
+    await _put(store, token)
+    found = await store.lookup(token.digest)
+    assert found is not None
+    assert found[1] is None
+
+
+@pytest.mark.anyio
+async def test_lookup_of_user_token_whose_user_is_gone(store: TokenStore) -> None:
+    token = _token()
+    await _put(store, token)
+    found = await store.lookup(token.digest)
+    assert found is not None
+    assert found[1] is None
+
+
+@pytest.mark.anyio
+async def test_stale_write_changes_nothing(store: TokenStore, redis_client: aioredis.Redis) -> None:
+    token = _token()
+    await _put(store, token)
+    plan = store.plan()
+    plan.put_token(token.evolve(name="other"), token.evolve(name="renamed"))
+    plan.events.append("{}")
+    with pytest.raises(StaleWrite):
+        await store.commit(plan)
+    assert await store.get_token(token.id) == token
+    assert await redis_client.xlen(store.keys.events) == 0
+    assert await redis_client.hget(store.keys.names, "u:alice/renamed") is None
+
+
+@pytest.mark.anyio
+async def test_name_uniqueness_is_case_insensitive_per_owner(store: TokenStore) -> None:
+    await _put(store, _token(1, name="Deploy"))
+    with pytest.raises(Conflict):
+        await _put(store, _token(2, name="dEPLOY"))
+    assert await store.get_token("tok_0002") is None
+    await _put(store, _token(3, name="deploy", owner="bob"))
+    assert await store.count(store.keys.owner_tokens("u:alice")) == 1
+
+
+@pytest.mark.anyio
+async def test_limit_is_checked_in_the_script(store: TokenStore) -> None:
+    for n in range(3):
+        await _put(store, _token(n), limit=3)
+    with pytest.raises(LimitReached):
+        await _put(store, _token(9), limit=3)
+    assert await store.count(store.keys.owner_tokens("u:alice")) == 3
+    assert await store.get_token("tok_0009") is None
+
+
+@pytest.mark.anyio
+async def test_commit_publishes_and_appends_events(
+    store: TokenStore, redis_client: aioredis.Redis
+) -> None:
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(store.keys.channel)
+    try:
+        assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
+        plan = store.plan()
+        plan.put_token(None, _token())
+        plan.publish.append("t abc")
+        plan.events.append(json.dumps({"type": "token.created", "n": 1}))
+        plan.events.append(json.dumps({"type": "token.updated", "n": 2}))
+        await store.commit(plan, durable=True)
+        message = None
+        with anyio.fail_after(2):
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        assert message["data"] == b"t abc"
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    events = await store.events()
+    assert [json.loads(b)["n"] for _, b in events] == [2, 1]
+    older = await store.events(before=events[0][0])
+    assert [json.loads(b)["n"] for _, b in older] == [1]
+
+
+@pytest.mark.anyio
+async def test_delete_token_removes_every_trace(
+    store: TokenStore, redis_client: aioredis.Redis
+) -> None:
+    token = _token()
+    await _put(store, token)
+    assert await store.touch([(token.id, LastUsed(5.0, "GET", "/", None, None))]) == 1
+    plan = store.plan()
+    plan.delete_token(token)
+    await store.commit(plan)
+    assert await store.lookup(token.digest) is None
+    k = store.keys
+    for key in (k.tokens, k.index, k.names, k.last_used):
+        assert await redis_client.hlen(key) == 0, key
+    assert await redis_client.zcard(k.owner_tokens("u:alice")) == 0
+    assert await redis_client.zcard(k.org_tokens("acme")) == 0
+
+
+@pytest.mark.anyio
+async def test_touch_skips_deleted_tokens(store: TokenStore, redis_client: aioredis.Redis) -> None:
+    token = _token()
+    await _put(store, token)
+    used = LastUsed(7.0, "POST", "/x", "127.0.0.1", "ua")
+    assert await store.touch([(token.id, used), ("tok_gone", used)]) == 1
+    assert await store.touch([]) == 0
+    got = await store.get_token(token.id)
+    assert got is not None
+    assert got.last_used == used
+    assert not await redis_client.hexists(store.keys.last_used, "tok_gone")
+
+
+@pytest.mark.anyio
+async def test_get_tokens_keeps_order_and_skips_missing(store: TokenStore) -> None:
+    for n in (1, 2, 3):
+        await _put(store, _token(n))
+    got = await store.get_tokens(["tok_0003", "tok_9999", "tok_0001"])
+    assert [t.id for t in got] == ["tok_0003", "tok_0001"]
+    assert await store.get_tokens([]) == []
+
+
+@pytest.mark.anyio
+async def test_token_page_with_many_ties_has_no_gaps_and_no_duplicates(
+    store: TokenStore, redis_client: aioredis.Redis
+) -> None:
+    # 150 members on one millisecond (more than the page-over-fetch margin) plus some
+    # older ones: paging 10 at a time must visit each exactly once, newest first.
+    zkey = store.keys.owner_tokens("u:ties")
+    await redis_client.zadd(zkey, {f"tok_{i:04d}": 5000 for i in range(150)})
+    await redis_client.zadd(zkey, {f"tok_old{i}": 4000 - i for i in range(7)})
+    seen: list[str] = []
+    before = None
+    while True:
+        rows = await store.token_page(zkey, before=before, count=10)
+        if not rows:
+            break
+        seen += [i for i, _ in rows]
+        before = (rows[-1][1], rows[-1][0])
+    expected = [f"tok_{i:04d}" for i in reversed(range(150))] + [f"tok_old{i}" for i in range(7)]
+    assert seen == expected
+
+
+@pytest.mark.anyio
+async def test_unreachable_store_raises_store_unavailable() -> None:
+    client = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    try:
+        store = TokenStore(client, Keys("x"))
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.lookup(b"\x00" * 32)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_session_server_has_aof_so_durable_commits_work(
+    store: TokenStore, redis_client: aioredis.Redis
+) -> None:
+    assert (await redis_client.config_get("appendonly"))["appendonly"] == "yes"
+    plan = store.plan()
+    plan.put_token(None, _token())
+    await store.commit(plan, durable=True)
+    assert await store.ping()
+
+
+@pytest.mark.anyio
+async def test_durable_commit_on_a_server_without_aof_is_a_clear_error(tmp_path: Path) -> None:
+    with EmbeddedValkey(tmp_path / "noaof") as server:
+        assert server.url is not None
+        client = aioredis.from_url(server.url)
+        try:
+            await client.config_set("appendonly", "no")
+            store = TokenStore(client, Keys("x"))
+            plan = store.plan()
+            plan.put_token(None, _token())
+            with pytest.raises(StoreUnavailable, match="PATGATE_DURABLE_WRITES"):
+                await store.commit(plan, durable=True)
+            lenient = TokenStore(client, Keys("y"), durable_writes=False)
+            plan = lenient.plan()
+            plan.put_token(None, _token())
+            await lenient.commit(plan, durable=True)
+        finally:
+            await client.aclose()
