@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -326,7 +325,7 @@ class ManagementApi:
                 "role": actor.role,
                 "token_id": actor.token_id,
                 "scopes": sorted(actor.scopes),
-                "time": time.time(),
+                "time": self._now(),
             }
         )
 

@@ -208,9 +208,9 @@ class Directory:
         keys = self.store.keys
         for _ in range(_RETRIES):
             user = await self.store.get_user(user_id)
-            if user is None:
+            # Users of other organizations are invisible: 404, as in get_user().
+            if user is None or not (actor.is_system or actor.org_id == user.org_id):
                 raise NotFound(f"user {user_id} not found")
-            actor.require_org(user.org_id)
             now = self.clock()
             ids = [
                 i

@@ -9,6 +9,8 @@ second value returned by :meth:`TokenService.create` and :meth:`TokenService.reg
 
 from __future__ import annotations
 
+import asyncio
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -101,7 +103,7 @@ class TokenService:
 
         ``mutate`` returns (new token, event type, event data), or None for "no change"
         (e.g. revoking a revoked token is idempotent and writes nothing)."""
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             old = await self._load(actor, token_id, access)
             now = self.clock()
             result = await mutate(old, now)
@@ -114,6 +116,9 @@ class TokenService:
             try:
                 await self.store.commit(plan, durable=durable)
             except StaleWrite:
+                # A concurrent writer won; back off a little (jittered) before re-reading
+                # so a burst of edits to one token converges instead of exhausting retries.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             return old, new.evolve(last_used=old.last_used)
         raise Conflict("the token changed concurrently too often; try again", code="conflict")
@@ -244,9 +249,8 @@ class TokenService:
             actor.require_org(owner.id)
             return owner.id, True
         user = await self.store.get_user(owner.id)
-        if user is None:
+        if user is None or not (actor.is_system or actor.org_id == user.org_id):
             raise NotFound(f"user {owner.id} not found")
-        actor.require_org(user.org_id)
         return user.org_id, user.can_authenticate
 
     async def get(self, actor: Actor, token_id: str) -> Token:

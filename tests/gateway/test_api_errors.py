@@ -541,8 +541,8 @@ CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = [
         "POST",
         "/v1/tokens",
         {"json": {"name": "n", "owner": {"type": "user", "id": "eve"}}},
-        403,
-        "forbidden",
+        404,
+        "not_found",
     ),
     (
         "disabled-by-admin-create",

@@ -235,7 +235,8 @@ async def test_admin_creates_token_for_a_member(w: World) -> None:
         ("alice", Owner("org", "acme"), Forbidden),
         ("alice", Owner("user", "bob"), Forbidden),
         ("admin", Owner("org", "other"), Forbidden),
-        ("admin", Owner("user", "eve"), Forbidden),
+        # users of other orgs are invisible (404), like in get_user
+        ("admin", Owner("user", "eve"), NotFound),
         ("admin", Owner("user", "ghost"), NotFound),
         ("admin", Owner("user", "bad id!"), ValidationFailed),
         ("system", None, ValidationFailed),

@@ -1,0 +1,451 @@
+"""The production upstream client: a keep-alive pool of HTTP/1.1 connections.
+
+Connections are asyncio protocols parsed by httptools (llhttp, the parser uvicorn already
+uses). Failures are raised as httpx exceptions so :class:`gateway.proxy.ProxyApp`
+classifies every client the same way; ``gateway/upstream.py`` explains the choice and
+``docs/proxy.md`` has the measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, cast
+from urllib.parse import quote, urlsplit
+
+import httptools
+import httpx
+
+from middleware.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .upstream import Body, RawHeaders
+
+__all__ = ["Http1Upstream"]
+
+#: seconds an idle pooled connection is kept: under common upstream keep-alive timeouts
+#: (uvicorn and node 5 s), so we rarely pick a connection the upstream is closing.
+_KEEPALIVE = 4.0
+#: RFC 9110 §9.2.2: safe to send again when a reused connection died before answering.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: response bytes buffered for a slow client before we stop reading from the upstream.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+
+
+def _expire(waiter: asyncio.Future[None], error: httpx.TimeoutException) -> None:
+    if not waiter.done():
+        waiter.set_exception(error)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream HTTP/1.1 connection, one exchange at a time (no pipelining).
+
+    llhttp (via httptools) parses the response; its callbacks fill ``status``, ``headers``
+    and ``chunks`` and wake the one task waiting on this connection.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self.usable = True  # False once closed, lost or out of sync
+        self.reusable = True  # False when the current exchange may not be followed by another
+        self.idle_since = 0.0
+        self.in_use = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.error: httpx.TransportError | None = None
+        self.silent = True  # no response byte seen in this exchange
+        self.chunks: deque[bytes] = deque()
+        self._parser = httptools.HttpResponseParser(self)
+        self._buffered = 0
+        self._reading_paused = False
+        self._head_request = False
+        self._interim = False
+        self._until_close = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_use or self.complete:
+            # Bytes nobody asked for: this connection's framing can no longer be trusted.
+            self.close()
+            return
+        self.silent = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(httpx.RemoteProtocolError("upstream sent an invalid response"))
+        if self.error is not None:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.usable = False
+        if self.in_use and not self.complete:
+            if self.head_done and self._until_close:
+                self.complete = True  # body delimited by the close (RFC 9112 §6.3 item 8)
+            elif self.silent:
+                self._fail(httpx.RemoteProtocolError("upstream closed without a response"))
+            else:
+                self._fail(httpx.RemoteProtocolError("upstream closed mid-response"))
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # --- llhttp callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:  # a second message nobody asked for (HTTP/1.1 has no push)
+            self.usable = False
+            return
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:  # we never ask to switch protocols
+                self._fail(httpx.RemoteProtocolError("unexpected protocol switch"))
+                return
+            # An interim response (RFC 9110 §15.2, e.g. 103 Early Hints): not relayed.
+            self._interim = True
+            self.headers = []
+            return
+        self.status = status
+        self.head_done = True
+        if self._head_request or status in (204, 304):
+            self.complete = True  # never a body (RFC 9110 §9.3.2, §15.3.5, §15.4.5)
+        else:
+            self._until_close = not any(
+                n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers
+            )
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:  # e.g. a body after a HEAD answer: out of sync from here on
+            self.usable = False
+            return
+        self.chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        if self._interim:
+            self._interim = False
+            return
+        self.complete = True
+        self._wake()
+
+    # --- used by Http1Upstream ------------------------------------------------------------
+
+    def begin(self, *, head_request: bool) -> None:
+        """Start an exchange: a fresh parser (HEAD answers leave llhttp expecting a body)."""
+        self.in_use = True
+        self._parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers = []
+        self.head_done = self.complete = self._interim = self._until_close = False
+        self.error = None
+        self.silent = self.reusable = True
+        self.chunks.clear()
+        self._buffered = 0
+        self._head_request = head_request
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def take(self) -> bytes:
+        chunk = self.chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= _LOW_WATER and self._transport:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and self.usable:
+            self._transport.write(data)
+
+    def writelines(self, data: Iterable[bytes]) -> None:
+        if self._transport is not None and self.usable:
+            self._transport.writelines(data)
+
+    async def drain(self, within: float) -> None:
+        if not self._write_paused or not self.usable:
+            return
+        waiter = self._drain_waiter = self._loop.create_future()
+        handle = self._loop.call_later(
+            within, _expire, waiter, httpx.WriteTimeout("upstream write timed out")
+        )
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._drain_waiter = None
+
+    async def wait(self, within: float) -> None:
+        """Until the parser has news (head, body, end, error) or ``within`` seconds pass."""
+        waiter = self._waiter = self._loop.create_future()
+        handle = self._loop.call_later(
+            within, _expire, waiter, httpx.ReadTimeout("upstream read timed out")
+        )
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    def alive(self) -> bool:
+        transport = self._transport
+        return self.usable and transport is not None and not transport.is_closing()
+
+    def close(self) -> None:
+        self.usable = False
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.usable = False
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+async def _open_connection(
+    host: str, port: int, *, ssl_context: ssl.SSLContext | None, within: float
+) -> _Connection:
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection(
+        _Connection, host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+    )
+    try:
+        _, conn = await asyncio.wait_for(connect, within)
+    except TimeoutError:
+        raise httpx.ConnectTimeout("upstream connect timed out") from None
+    except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
+        raise httpx.ConnectError("upstream connect failed") from exc
+    return conn
+
+
+class _Http1Response:
+    __slots__ = ("_conn", "_released", "_upstream", "headers", "status")
+
+    def __init__(self, conn: _Connection, upstream: Http1Upstream) -> None:
+        self._conn = conn
+        self._upstream = upstream
+        self._released = False
+        self.status = conn.status
+        self.headers: RawHeaders = conn.headers
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        conn, timeout = self._conn, self._upstream.timeout
+        while True:
+            while conn.chunks:
+                yield conn.take()
+            if conn.error is not None:
+                raise conn.error
+            if conn.complete:
+                return
+            await conn.wait(timeout)
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            self._upstream.release(self._conn)
+
+
+class Http1Upstream:
+    """A pool of up to ``pool_size`` keep-alive HTTP/1.1 connections to one origin.
+
+    Requests are re-framed here: a bytes body gets ``Content-Length``; a streamed one keeps
+    the client's ``Content-Length`` (and must match it) or is sent chunked. Nothing else is
+    added: no ``User-Agent``, no ``Accept-Encoding``, no cookies, no redirects.
+    Timeouts: ``connect_timeout`` for TCP (and TLS) setup; ``timeout`` for a pool slot, the
+    response head, each body chunk and each write that waits on a full socket buffer.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        pool_size: int = 256,
+        keepalive: float = _KEEPALIVE,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"PATGATE_UPSTREAM_URL: not an http(s) URL: {base_url!r}")
+        if parts.username or parts.password:
+            raise ConfigError("PATGATE_UPSTREAM_URL: credentials in the URL are not supported")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._host_header = parts.netloc.encode("idna")
+        self._prefix = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=~").encode("ascii")
+        self.timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive
+        self._slots = asyncio.Semaphore(pool_size)
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    async def send(
+        self, method: str, target: bytes, headers: RawHeaders, body: Body
+    ) -> _Http1Response:
+        head, declared = self._head(method, target, headers, body)
+        streamed = body is not None and not isinstance(body, bytes)
+        for attempt in (1, 2):
+            conn, reused = await self._acquire()
+            try:
+                conn.begin(head_request=method == "HEAD")
+                if isinstance(body, bytes):
+                    conn.writelines((head, body))
+                elif body is None:
+                    conn.write(head)
+                else:
+                    conn.write(head)
+                    await self._write_stream(conn, body, declared)
+                await conn.drain(self.timeout)
+                while not conn.head_done:
+                    if conn.error is not None:
+                        raise conn.error
+                    await conn.wait(self.timeout)
+            except httpx.TransportError:
+                self.release(conn)
+                # RFC 9112 §9.3.1: a reused connection may have been closed by the upstream
+                # just as we sent; an idempotent request that got no byte back is resent once.
+                retry = reused and conn.silent and not streamed and method in _IDEMPOTENT
+                if attempt == 1 and retry:
+                    continue
+                raise
+            except BaseException:
+                self.release(conn)
+                raise
+            return _Http1Response(conn, self)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _head(
+        self, method: str, target: bytes, headers: RawHeaders, body: Body
+    ) -> tuple[bytes, int | None]:
+        """Request line and header block; the declared length of a streamed body."""
+        parts = [method.encode("ascii"), b" ", self._prefix, target, b" HTTP/1.1\r\nhost: "]
+        parts += [self._host_header, b"\r\n"]
+        declared: int | None = None
+        for name, value in headers:
+            if b"\r" in value or b"\n" in value or b"\0" in value:
+                raise httpx.LocalProtocolError("header value with a line break")
+            if name in _FRAMING:
+                if name == b"content-length" and value.strip().isdigit():
+                    declared = int(value)
+                continue
+            parts += [name, b": ", value, b"\r\n"]
+        if isinstance(body, bytes):
+            parts.append(b"content-length: %d\r\n" % len(body))
+        elif body is None:
+            if method in _BODY_METHODS:  # RFC 9110 §8.6: say "no content" explicitly
+                parts.append(b"content-length: 0\r\n")
+        elif declared is not None:
+            parts.append(b"content-length: %d\r\n" % declared)
+        else:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts), declared
+
+    async def _write_stream(
+        self, conn: _Connection, body: AsyncIterator[bytes], declared: int | None
+    ) -> None:
+        sent = 0
+        async for chunk in body:
+            if conn.head_done or conn.error is not None:
+                # The upstream answered (or failed) before taking the whole body: stop, and
+                # never reuse a connection whose request was cut short.
+                conn.reusable = False
+                return
+            if not chunk:
+                continue
+            sent += len(chunk)
+            if declared is None:
+                conn.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            elif sent > declared:
+                raise httpx.LocalProtocolError("request body longer than its Content-Length")
+            else:
+                conn.write(chunk)
+            await conn.drain(self.timeout)
+        if declared is None:
+            conn.write(b"0\r\n\r\n")
+        elif sent != declared:
+            raise httpx.LocalProtocolError("request body shorter than its Content-Length")
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        if self._closed:
+            raise httpx.ConnectError("the upstream pool is closed")
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.timeout)
+            except TimeoutError:
+                raise httpx.PoolTimeout("no upstream connection free in time") from None
+        else:
+            await self._slots.acquire()
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.alive() and now - conn.idle_since < self._keepalive:
+                return conn, True
+            conn.close()
+        try:
+            conn = await _open_connection(
+                self._host, self._port, ssl_context=self._ssl, within=self._connect_timeout
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        return conn, False
+
+    def release(self, conn: _Connection) -> None:
+        """Pool ``conn`` when its exchange completed cleanly; otherwise close it."""
+        if conn.reusable and conn.complete and conn.alive() and not self._closed:
+            conn.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(conn)
+        else:
+            conn.close()
+        self._slots.release()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
