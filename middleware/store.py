@@ -223,6 +223,7 @@ class TokenStore:
         self._events_maxlen = str(events_maxlen)
         self._durable_writes = durable_writes
         self._durable_timeout_ms = durable_timeout_ms
+        self._aof_checked = False
         self._commit = client.register_script(_COMMIT)
         self._lookup = client.register_script(_LOOKUP)
         self._touch = client.register_script(_TOUCH)
@@ -233,6 +234,8 @@ class TokenStore:
     async def commit(self, plan: Plan, *, durable: bool = False) -> None:
         """Apply ``plan`` atomically; ``durable`` waits until the AOF has it on disk."""
         with redis_errors_wrapped():
+            if durable and self._durable_writes and not self._aof_checked:
+                await self._check_aof()
             result = await self._commit(
                 keys=[self.keys.events, self.keys.tokens],
                 args=[plan.encode(), self._events_maxlen, self.keys.channel],
@@ -250,6 +253,19 @@ class TokenStore:
         if status == "limit":
             raise LimitReached("token limit reached for this owner; delete a token first")
         raise PatgateError(f"unexpected commit result {status!r} {detail!r}")
+
+    async def _check_aof(self) -> None:
+        """Refuse durable writes up front on a server without AOF.
+
+        Checked before the first durable commit rather than after it: failing WAITAOF
+        after the write would leave a token whose secret was never shown to anyone."""
+        info = await self._r.info("persistence")
+        if int(info.get("aof_enabled", 0)) != 1:
+            raise StoreUnavailable(
+                "the store has AOF (appendonly) disabled, so a new secret could be lost: "
+                "enable appendonly or set PATGATE_DURABLE_WRITES=false"
+            )
+        self._aof_checked = True
 
     async def _wait_aof(self) -> None:
         # WAITAOF numlocal=1: the write is fsynced to the local AOF before we show the

@@ -243,6 +243,9 @@ async def test_durable_commit_on_a_server_without_aof_is_a_clear_error(tmp_path:
             plan.put_token(None, _token())
             with pytest.raises(StoreUnavailable, match="PATGATE_DURABLE_WRITES"):
                 await store.commit(plan, durable=True)
+            # Refused before the write: no token exists whose secret nobody saw.
+            assert await store.get_token(_token().id) is None
+            assert await client.hlen(store.keys.index) == 0
             lenient = TokenStore(client, Keys("y"), durable_writes=False)
             plan = lenient.plan()
             plan.put_token(None, _token())
