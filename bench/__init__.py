@@ -1,0 +1,1 @@
+"""patgate's benchmarks: ``python bench/run.py`` measures every SPEC target in one run."""

@@ -1,0 +1,97 @@
+"""The shared bench environment: one real embedded Valkey and the seeded tokens.
+
+A fresh :class:`~gateway.embedded.EmbeddedValkey` (real ``valkey-server``, AOF on, Unix
+socket) in a temporary directory, namespace ``bench``, one org, ``users`` users, and:
+
+* ``token`` — one token with ``items:read``, used by the throughput rows;
+* ``ten`` / ``many`` — 10 and ``many`` (10,000) tokens for the last-used rows;
+* ``revocable`` — tokens the revocation row revokes, one per round;
+* the naive peer's copies of ``token`` (``naive:bench:<sha256>`` → JSON).
+
+Secrets stay in memory and in wrk's temporary token file; nothing prints them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from bench.seed import Seeded, owners, seed_naive, seed_tokens, seed_users
+from gateway.embedded import EmbeddedValkey
+from middleware.keys import Keys
+from middleware.records import Token
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+
+__all__ = ["NAMESPACE", "BenchEnv", "bench_env"]
+
+NAMESPACE = "bench"
+
+
+@dataclass(slots=True)
+class BenchEnv:
+    redis_url: str
+    data_dir: Path
+    token: str
+    ten: list[str]
+    many: list[str]
+    revocable: list[Token]
+    revocable_secrets: list[str]
+    namespace: str = NAMESPACE
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def patgate_env(self, **extra: str) -> dict[str, str]:
+        """Environment for a patgate server process sharing this store and namespace."""
+        return {
+            "PATGATE_REDIS_URL": self.redis_url,
+            "PATGATE_NAMESPACE": self.namespace,
+            "PATGATE_LOG_LEVEL": "warning",
+            **self.extra_env,
+            **extra,
+        }
+
+
+async def _seed(url: str, many: int, revocable: int, users: int) -> tuple[Seeded, ...]:
+    client = aioredis.from_url(url)
+    try:
+        store = TokenStore(client, Keys(NAMESPACE))
+        fmt = TokenFormat()
+        people = owners(users)
+        await seed_users(store, people)
+        one = await seed_tokens(store, fmt, 1, people, label="one")
+        ten = await seed_tokens(store, fmt, 10, people, label="ten")
+        lots = await seed_tokens(store, fmt, many, people, label="many")
+        rev = await seed_tokens(store, fmt, revocable, people, label="revoke")
+        await seed_naive(client, NAMESPACE, fmt, one)
+        return one, ten, lots, rev
+    finally:
+        await client.aclose()
+
+
+@contextlib.contextmanager
+def bench_env(
+    *,
+    many: int = 10_000,
+    revocable: int = 200,
+    users: int = 1000,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[BenchEnv]:
+    """Start the store, seed it, yield the environment; stop and delete it afterwards."""
+    with tempfile.TemporaryDirectory(prefix="patgate-bench-") as tmp:
+        server = EmbeddedValkey(Path(tmp) / "store")
+        url = server.start()
+        try:
+            one, ten, lots, rev = asyncio.run(_seed(url, many, revocable, users))
+            yield BenchEnv(
+                redis_url=url, data_dir=Path(tmp), token=one.secrets[0], ten=ten.secrets,
+                many=lots.secrets, revocable=rev.tokens, revocable_secrets=rev.secrets,
+                extra_env=dict(extra_env or {}),
+            )  # fmt: skip
+        finally:
+            server.stop()

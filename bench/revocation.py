@@ -1,0 +1,138 @@
+"""Revocation propagation: how long until *another* gateway process refuses a revoked token.
+
+Two gateway processes (``bench.apps:gateway_app``: ``create_gateway_app`` in front of the
+bench upstream) share the store. For each of ``rounds`` pre-seeded tokens:
+
+1. warm both gateways with the token; check gateway B answered the second request from
+   its cache (its hit counter moved), so what follows measures invalidation, not a miss;
+2. revoke it through the service layer in this process
+   (``TokenService.revoke(Actor.system(), id)``: read, ``COMMIT`` with CAS, audit event
+   and ``PUBLISH t <digest>``), timing the call;
+3. poll gateway B over one persistent connection until it answers 401 (bounded by
+   ``timeout`` and ``max_polls``).
+
+Latency = time of B's first 401 minus the moment the revoke call returned (what a caller of
+the management API could observe); the commit's own duration is reported beside it.
+Gateway A gets one request afterwards, which must be a 401 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from bench.apps import STATS_PATH
+from bench.servers import Proc
+from gateway.lifecycle import Actor, TokenService
+from middleware.keys import Keys
+from middleware.records import Token
+from middleware.store import TokenStore
+from middleware.tokenformat import TokenFormat
+
+__all__ = ["RevocationResult", "percentile", "revocation_latency"]
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationResult:
+    rounds: int
+    #: seconds from the revoke call's return to B's first 401, one per round.
+    latencies: list[float]
+    #: seconds the revoke call itself took.
+    commits: list[float]
+    #: rounds whose very first poll already got 401.
+    first_poll: int
+    #: rounds in which B still answered 200 when the bounds ran out.
+    missed: int
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies, q)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (so p99 of 200 samples is the 198th, not the worst)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def _hits(session: aiohttp.ClientSession, proc: Proc) -> float:
+    async with session.get(proc.url + STATS_PATH) as response:
+        return float((await response.json())["hits"])
+
+
+async def _get(session: aiohttp.ClientSession, url: str, secret: str) -> int:
+    async with session.get(url, headers={"Authorization": "Bearer " + secret}) as response:
+        await response.read()
+        return response.status
+
+
+async def _run(
+    redis_url: str,
+    namespace: str,
+    a: Proc,
+    b: Proc,
+    tokens: Sequence[Token],
+    secrets: Sequence[str],
+    poll_timeout: float,
+    max_polls: int,
+) -> RevocationResult:
+    client = aioredis.from_url(redis_url)
+    service = TokenService(TokenStore(client, Keys(namespace)), TokenFormat())
+    actor = Actor.system(user_agent="patgate-bench")
+    latencies: list[float] = []
+    commits: list[float] = []
+    first_poll = missed = 0
+    connector = aiohttp.TCPConnector(limit=4)
+    session_timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(connector=connector, timeout=session_timeout) as session:
+        url_a, url_b = a.url + "/items", b.url + "/items"
+        try:
+            for token, secret in zip(tokens, secrets, strict=True):
+                for url in (url_a, url_b):
+                    if await _get(session, url, secret) != 200:
+                        raise RuntimeError("a fresh token was refused before its revocation")
+                hits = await _hits(session, b)
+                if await _get(session, url_b, secret) != 200 or await _hits(session, b) <= hits:
+                    raise RuntimeError("gateway B did not answer from its cache")
+                started = time.perf_counter()
+                await service.revoke(actor, token.id)
+                committed = time.perf_counter()
+                commits.append(committed - started)
+                polls = 0
+                status = 200
+                while polls < max_polls and time.perf_counter() - committed < poll_timeout:
+                    polls += 1
+                    status = await _get(session, url_b, secret)
+                    if status == 401:
+                        break
+                latencies.append(time.perf_counter() - committed)
+                first_poll += polls == 1 and status == 401
+                if status != 401:
+                    missed += 1
+                elif await _get(session, url_a, secret) != 401:
+                    raise RuntimeError("gateway A still accepts a revoked token")
+        finally:
+            await client.aclose()
+    return RevocationResult(len(latencies), latencies, commits, first_poll, missed)
+
+
+def revocation_latency(
+    redis_url: str,
+    namespace: str,
+    a: Proc,
+    b: Proc,
+    tokens: Sequence[Token],
+    secrets: Sequence[str],
+    *,
+    timeout: float = 1.0,
+    max_polls: int = 5000,
+) -> RevocationResult:
+    """Revoke each token once (tokens must be fresh and active) and time B's refusal."""
+    return asyncio.run(_run(redis_url, namespace, a, b, tokens, secrets, timeout, max_polls))

@@ -1,0 +1,368 @@
+"""Every SPEC performance target, measured side by side in one run, on loopback.
+
+    python bench/run.py              # ~2 minutes on 2 cores; writes docs/performance.md
+    python bench/run.py --no-doc     # print the table only
+    python bench/run.py --profile /tmp/prof   # + py-spy flame graphs of the servers
+
+Starts a fresh embedded Valkey, seeds it, starts each server under test in its own
+uvicorn subprocess (uvloop, httptools, 1 worker) and nginx where needed, measures, and
+prints one markdown table of results and ratios with the SPEC targets beside them. Load:
+``wrk -t2 -c16 --latency`` (a bounded Python loop when wrk is missing — the table says
+so). Everything is bounded in count and time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from bench._wrk import have_wrk, load_tool, run_load
+from bench.env import BenchEnv, bench_env
+from bench.lastused import LastUsedResult, lastused_writes, stats
+from bench.memory import MemoryResult, memory_per_token
+from bench.micro import DecisionCpu, MissTrips, decision_cpu, miss_round_trips
+from bench.nginx import find_nginx, nginx_auth_request, nginx_proxy_pass
+from bench.report import Row, machine, render_table, update_doc
+from bench.revocation import RevocationResult, revocation_latency
+from bench.servers import ROOT, Proc, uvicorn_server
+from bench.throughput import Measured, Target, compare
+
+__all__ = ["Results", "main", "measure", "parse_args", "report", "rows"]
+
+COMMAND = "bash .ci/setup && .venv/bin/python bench/run.py"
+
+
+class Results:
+    """Everything one run measured (fields stay None when a part was skipped)."""
+
+    def __init__(self) -> None:
+        self.cpu: DecisionCpu | None = None
+        self.trips: MissTrips | None = None
+        self.middleware: dict[str, Measured] = {}
+        self.gateway: dict[str, Measured] = {}
+        self.lastused: list[LastUsedResult] = []
+        self.revocation: RevocationResult | None = None
+        self.memory: MemoryResult | None = None
+        #: server → mean µs per decision under load (patgate_decision_seconds sum/count).
+        self.insitu: dict[str, float] = {}
+        self.valkey = "?"
+        self.tool = load_tool()
+        self.notes: list[str] = []
+        self.wall = 0.0
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f} ms" if x < 10 else f"{x:.1f} ms"
+
+
+def _ratio_row(name: str, m: Measured, base: Measured | None, target: float | None) -> Row:
+    ratio = m.rps / base.rps if base is not None and base.rps else math.nan
+    passed = None if target is None else (m.ok and ratio >= target)
+    flag = "" if m.ok else f" ({m.non_2xx} non-2xx, {m.socket_errors} socket errors)"
+    return Row(
+        name=name + flag, rps=_n(m.rps), p50=_ms(m.p50_ms), p99=_ms(m.p99_ms),
+        baseline="" if base is None else f"{_n(base.rps)} req/s",
+        value="" if base is None else f"{ratio:.3f}x",
+        target="" if target is None else f"≥ {target:.2f}x", passed=passed,
+    )  # fmt: skip
+
+
+def rows(r: Results) -> list[Row]:
+    """The table, in the issue's order."""
+    out: list[Row] = []
+    mw = r.middleware
+    if mw:
+        bare, pg, naive = mw["bare"], mw["patgate"], mw["naive"]
+        out.append(_ratio_row("bare Starlette app", bare, None, None))
+        out.append(_ratio_row("app + patgate middleware (warm cache)", pg, bare, 0.90))
+        out.append(_ratio_row("app + naive Redis-GET middleware (peer)", naive, bare, None))
+        out.append(Row(
+            "patgate middleware vs naive peer", _n(pg.rps), baseline=f"{_n(naive.rps)} req/s",
+            value=f"{pg.rps / naive.rps:.3f}x", target="≥ 1.50x",
+            passed=pg.ok and naive.ok and pg.rps >= 1.5 * naive.rps,
+        ))  # fmt: skip
+    gw = r.gateway
+    if gw:
+        direct = gw["direct"]
+        out.append(_ratio_row("upstream direct (16 connections)", direct, None, None))
+        out.append(_ratio_row("patgate gateway → upstream", gw["gateway"], direct, 0.30))
+        if "nginx" in gw:
+            out.append(_ratio_row("nginx proxy_pass → upstream (ceiling)", gw["nginx"], direct,
+                                  None))  # fmt: skip
+        if "authreq" in gw:
+            out.append(_ratio_row("nginx auth_request + patgate authz → upstream",
+                                  gw["authreq"], direct, 0.30))  # fmt: skip
+    if r.cpu is not None:
+        out.append(Row(
+            "decision CPU per request, cache hit (in-process)",
+            value=f"{r.cpu.us_per_decision:.1f} µs (median {r.cpu.median_us:.1f})",
+            target="≤ 10 µs",
+            baseline=f"{r.cpu.iterations:,} decisions",
+            passed=r.cpu.us_per_decision <= 10.0,
+        ))  # fmt: skip
+    if r.trips is not None:
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(r.trips.server_commands.items()))
+        out.append(Row(
+            "cache-miss Redis round trips", value=str(r.trips.round_trips),
+            baseline=f"server saw: {seen}", target="= 1", passed=r.trips.round_trips == 1,
+        ))  # fmt: skip
+    if r.revocation is not None:
+        rev = r.revocation
+        out.append(Row(
+            f"revocation → 2nd gateway process ({rev.rounds} revocations)",
+            p50=_ms(rev.p(0.5) * 1000), p99=_ms(rev.p(0.99) * 1000),
+            baseline=f"commit p50 {_ms(_p50(rev.commits) * 1000)}",
+            value=f"max {_ms(max(rev.latencies, default=0) * 1000)}",
+            target="p99 ≤ 50 ms", passed=rev.missed == 0 and rev.p(0.99) <= 0.050,
+        ))  # fmt: skip
+    if r.memory is not None:
+        mem = r.memory
+        out.append(Row(
+            f"Redis memory per token at {mem.tokens:,} tokens",
+            baseline=f"used_memory +{mem.used_after - mem.used_before:,} B",
+            value=f"{mem.per_token:.0f} B", target="≤ 400 B", passed=mem.per_token <= 400,
+        ))  # fmt: skip
+    for lu in r.lastused:
+        out.append(Row(
+            f"last-used writes, {lu.tokens:,} distinct tokens at full load",
+            rps=_n(lu.rps), p50=_ms(lu.p50_ms), p99=_ms(lu.p99_ms),
+            baseline=f"{lu.tokens:,} tokens / {lu.interval:g} s = {lu.bound_per_s:,.1f}/s",
+            value=f"{lu.writes_per_s:,.1f} writes/s ({lu.max_per_flush:,} max/flush)",
+            target="≤ 1 per token per interval", passed=lu.ok,
+        ))  # fmt: skip
+    return out
+
+
+def _p50(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else math.nan
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _profiled(profile: Path | None, proc: Proc, seconds: float) -> Iterator[None]:
+    """py-spy record of ``proc`` while the block runs (when asked for and installed)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if profile is None or not Path(spy).exists():
+        yield
+        return
+    profile.mkdir(parents=True, exist_ok=True)
+    out = profile / f"{proc.name}.svg"
+    args = [spy, "record", "--nonblocking", "-r", "500", "-d", str(math.ceil(seconds)),
+            "-p", str(proc.pid), "-o", str(out)]  # fmt: skip
+    rec = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        try:
+            rec.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            rec.kill()
+            rec.wait()
+
+
+@contextlib.contextmanager
+def _insitu(r: Results, name: str, proc: Proc) -> Iterator[None]:
+    """Mean decision time inside ``proc`` over the block, from its own histogram."""
+    before = stats(proc)
+    yield
+    after = stats(proc)
+    count = after["decisions"] - before["decisions"]
+    if count > 0:
+        r.insitu[name] = (after["decision_seconds"] - before["decision_seconds"]) / count * 1e6
+
+
+def _middleware(env: BenchEnv, r: Results, a: argparse.Namespace) -> None:
+    pe = env.patgate_env()
+    headers = [("Authorization", "Bearer " + env.token)]
+    with (
+        uvicorn_server("bare_app", pe) as bare,
+        uvicorn_server("patgate_app", pe) as pg,
+        uvicorn_server("naive_app", pe) as naive,
+    ):
+        targets = [Target.of("bare", bare, "/items"), Target.of("patgate", pg, "/items"),
+                   Target.of("naive", naive, "/items")]  # fmt: skip
+        with _insitu(r, "middleware", pg):
+            r.middleware = compare(targets, duration=a.duration, rounds=a.rounds,
+                                   warmup=a.warmup, headers=headers)  # fmt: skip
+        if a.profile is not None:
+            with _profiled(a.profile, pg, a.duration):
+                run_load(pg.url + "/items", duration=a.duration, headers=headers)
+        for tokens in (env.ten, env.many):
+            r.lastused.append(lastused_writes(pg, tokens, duration=a.duration, warmup=a.warmup))
+
+
+def _gateway(env: BenchEnv, r: Results, a: argparse.Namespace) -> None:
+    headers = [("Authorization", "Bearer " + env.token)]
+    with uvicorn_server("upstream_app", {}) as up:
+        ge = env.patgate_env(PATGATE_UPSTREAM_URL=up.url)
+        with contextlib.ExitStack() as stack:
+            gw = stack.enter_context(uvicorn_server("gateway_app", ge))
+            targets = [Target.of("direct", up, "/items"), Target.of("gateway", gw, "/items")]
+            if find_nginx() is not None:
+                authz = stack.enter_context(uvicorn_server("authz_app", env.patgate_env()))
+                npp = stack.enter_context(nginx_proxy_pass(up.port))
+                nar = stack.enter_context(nginx_auth_request(up.port, authz.port))
+                targets += [Target.of("nginx", npp, "/items"),
+                            Target.of("authreq", nar, "/items", authz)]  # fmt: skip
+            else:
+                r.notes.append("nginx is not installed: the proxy_pass and auth_request rows "
+                               "are missing (apt-get install nginx)")  # fmt: skip
+            with _insitu(r, "gateway", gw):
+                r.gateway = compare(targets, duration=a.duration, rounds=a.rounds,
+                                    warmup=a.warmup, headers=headers)  # fmt: skip
+            if a.profile is not None:
+                with _profiled(a.profile, gw, a.duration):
+                    run_load(gw.url + "/items", duration=a.duration, headers=headers)
+            if a.revocations > 0:
+                other = stack.enter_context(uvicorn_server("gateway_app", ge))
+                r.revocation = revocation_latency(
+                    env.redis_url, env.namespace, gw, other, env.revocable,
+                    env.revocable_secrets,
+                )  # fmt: skip
+
+
+def _valkey_version(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("server")
+        return str(info.get("valkey_version") or info.get("redis_version") or "?")
+    finally:
+        client.close()
+
+
+def measure(a: argparse.Namespace) -> Results:
+    r = Results()
+    started = time.monotonic()
+    if not have_wrk():
+        r.notes.append("wrk is not installed: HTTP rows use a bounded Python load generator "
+                       "(lower numbers; apt-get install wrk)")  # fmt: skip
+    extra: dict[str, str] = {}
+    if a.lastused_interval is not None:
+        extra["PATGATE_LASTUSED_INTERVAL"] = f"{a.lastused_interval:g}"
+    with bench_env(many=a.lastused_tokens, revocable=a.revocations, extra_env=extra) as env:
+        r.valkey = _valkey_version(env.redis_url)
+        r.cpu = asyncio.run(decision_cpu(env.redis_url, env.namespace, env.token,
+                                         iterations=a.iterations))  # fmt: skip
+        r.trips = asyncio.run(miss_round_trips(env.redis_url, env.namespace, env.token))
+        _middleware(env, r, a)
+        _gateway(env, r, a)
+    if a.memory_tokens > 0:
+        r.memory = memory_per_token(a.memory_tokens)
+    r.wall = time.monotonic() - started
+    return r
+
+
+def _details(r: Results) -> list[str]:
+    out: list[str] = []
+    both = {**r.middleware, **r.gateway}
+    if both:
+        cpu = ", ".join(f"{k} {m.cpu_us:.0f}" for k, m in both.items())
+        out.append(f"- server CPU µs per request (processes under test, upstream excluded): {cpu}")
+    if r.insitu:
+        insitu = ", ".join(f"{k} {v:.1f}" for k, v in r.insitu.items())
+        out.append(f"- decision wall time inside the servers under load, µs "
+                   f"(patgate_decision_seconds sum/count; includes preemption by wrk "
+                   f"on the shared cores): {insitu}")  # fmt: skip
+    if r.cpu is not None:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu.steps.items())
+        out.append(f"- decision steps, µs each (timed alone, warm caches): {steps}")
+    if r.revocation is not None:
+        rev = r.revocation
+        out.append(f"- revocation: first poll already 401 in {rev.first_poll}/{rev.rounds} "
+                   f"rounds; {rev.missed} rounds never saw 401 within the bound")  # fmt: skip
+    if r.memory is not None:
+        mem = r.memory
+        parts = ", ".join(f"{k} {b / mem.tokens:.0f} B ({enc})"
+                          for k, (b, enc) in mem.breakdown.items())  # fmt: skip
+        out.append(f"- memory per token by key ({mem.users:,} users in {mem.orgs} orgs): "
+                   f"{parts}; msgpack record {mem.record_bytes:.0f} B; "
+                   f"plus {mem.event_bytes:.0f} B per audit event in the stream")  # fmt: skip
+    for lu in r.lastused:
+        per_k = lu.entries / lu.requests * 1000 if lu.requests else 0.0
+        out.append(f"- last-used, {lu.tokens:,} tokens: {lu.entries:,} entries in "
+                   f"{lu.flushes} flushes for {lu.requests:,} requests "
+                   f"({per_k:.2f} writes per 1,000 requests; "
+                   f"{lu.misses} cache misses)")  # fmt: skip
+    return out + [f"- note: {n}" for n in r.notes]
+
+
+def report(r: Results, a: argparse.Namespace) -> str:
+    table = render_table(rows(r))
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{COMMAND}` "
+        f"(total wall time {r.wall:.0f} s).",
+        "",
+        f"Load: {r.tool}, {a.rounds} interleaved rounds of {a.duration:g} s per server after "
+        f"{a.warmup:g} s of warm-up; wrk, the servers and Valkey share the machine's cores.",
+        "",
+        table,
+        "",
+        *_details(r),
+        "",
+        "Machine:",
+        "",
+        *(f"- {line}" for line in machine(r.valkey)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=3.0,
+                        help="seconds per load round (whole seconds with wrk)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per server")
+    parser.add_argument("--iterations", type=int, default=50_000,
+                        help="decisions in the CPU micro-benchmark")  # fmt: skip
+    parser.add_argument("--revocations", type=int, default=200)
+    parser.add_argument("--memory-tokens", type=int, default=100_000)
+    parser.add_argument("--lastused-tokens", type=int, default=10_000)
+    parser.add_argument(
+        "--lastused-interval",
+        type=float,
+        default=None,
+        help="PATGATE_LASTUSED_INTERVAL for the servers (default: patgate's)",
+    )
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--no-doc", action="store_true", help="do not update --doc")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write py-spy flame graphs of the middleware app and the "
+                             "gateway here (pip install py-spy)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    r = measure(a)
+    text = report(r, a)
+    print(text)
+    if not a.no_doc:
+        update_doc(a.doc, text)
+        print(f"updated {a.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

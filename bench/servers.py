@@ -1,0 +1,123 @@
+"""Servers under test, each in its own subprocess on 127.0.0.1, started and stopped here.
+
+Every ASGI server is ``python -m uvicorn --factory bench.apps:<name>`` with uvloop,
+httptools, one worker and no access log; configuration travels in environment variables
+(``PATGATE_*`` for patgate's own settings, ``BENCH_*`` for the bench apps). A server is
+ready when ``GET /healthz`` answers 200 (a public route in the bench policy), which for
+patgate apps also means the runtime started: uvicorn finishes the lifespan startup
+before it accepts connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ROOT", "Proc", "cpu_seconds", "free_port", "process", "uvicorn_server", "wait_http"]
+
+ROOT = Path(__file__).resolve().parent.parent
+_START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """A running server: where it listens and which process to profile."""
+
+    name: str
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll ``GET path`` until it answers 200; fail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                conn.request("GET", path)
+                if conn.getresponse().status == 200:
+                    return
+            finally:
+                conn.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} not ready within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def uvicorn_server(
+    factory: str, env: Mapping[str, str], *, ready_path: str = "/healthz"
+) -> Iterator[Proc]:
+    """Run ``bench.apps:<factory>`` under uvicorn until the block ends."""
+    port = free_port()
+    args = [
+        sys.executable, "-m", "uvicorn", "--factory", f"bench.apps:{factory}",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools", "--ws", "none",
+        "--workers", "1", "--no-access-log", "--log-level", "warning",
+        "--lifespan", "on", "--no-server-header",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(env), stdin=subprocess.DEVNULL)
+    try:
+        wait_http(port, ready_path, proc, _START_TIMEOUT)
+        yield Proc(factory, port, proc.pid)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def process(name: str, args: list[str], port: int, *, ready_path: str) -> Iterator[Proc]:
+    """Run any server command (nginx) that listens on ``port`` until the block ends."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env({}), stdin=subprocess.DEVNULL)
+    try:
+        wait_http(port, ready_path, proc, _START_TIMEOUT)
+        yield Proc(name, port, proc.pid)
+    finally:
+        _stop(proc)

@@ -1,0 +1,123 @@
+"""Smoke test of bench/: every measurement runs end to end with tiny bounds.
+
+No timing assertions — a loaded CI machine may be slow — only that each measurement
+returns sane numbers: requests were served without errors, a cache miss is one round
+trip, revoked tokens are refused by the other gateway, memory and last-used counts add
+up. ``bench/run.py`` itself is exercised through ``measure()`` + ``report()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+
+from bench._wrk import _python_load, parse_wrk
+from bench.env import bench_env
+from bench.nginx import find_nginx
+from bench.report import BEGIN, END, update_doc
+from bench.run import measure, parse_args, report, rows
+from bench.servers import uvicorn_server
+
+_WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000/items
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.70ms    1.13ms  21.37ms   94.05%
+    Req/Sec     4.74k   312.03     5.18k    85.00%
+  Latency Distribution
+     50%    1.53ms
+     75%    1.71ms
+     90%    2.10ms
+     99%  850.00us
+  9431 requests in 1.00s, 1.47MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   9412.35
+Transfer/sec:      1.47MB
+"""
+
+
+def test_parse_wrk_latency_distribution() -> None:
+    result = parse_wrk(_WRK_OUTPUT)
+    assert (result.requests, result.rps, result.non_2xx) == (9431, 9412.35, 3)
+    assert result.p50_ms == pytest.approx(1.53)
+    assert result.p99_ms == pytest.approx(0.85)
+    assert not result.ok
+    with pytest.raises(ValueError, match="unexpected wrk output"):
+        parse_wrk("wrk: connection refused")
+
+
+def test_update_doc_replaces_only_the_generated_block(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    update_doc(doc, "first table")
+    doc.write_text("# Performance\n\nhand-written intro\n\n" + doc.read_text().split("\n", 2)[2]
+                   + "\nhand-written analysis\n")  # fmt: skip
+    update_doc(doc, "second table")
+    text = doc.read_text()
+    assert "second table" in text
+    assert "first table" not in text
+    assert text.index("hand-written intro") < text.index(BEGIN) < text.index(END)
+    assert text.rstrip().endswith("hand-written analysis")
+
+
+@pytest.mark.slow
+def test_python_load_fallback_serves_requests() -> None:
+    with bench_env(many=1, revocable=1) as env, uvicorn_server("bare_app", {}) as bare:
+        result = asyncio.run(_python_load(bare.url + "/items", 0.5, 4, (), [env.token]))
+    assert result.tool == "python"
+    assert result.ok
+    assert result.requests > 0
+    assert 0 < result.p50_ms <= result.p99_ms
+
+
+@pytest.mark.slow
+def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
+    args = parse_args([
+        "--duration", "1", "--rounds", "1", "--warmup", "0", "--iterations", "2000",
+        "--revocations", "2", "--memory-tokens", "1000", "--lastused-tokens", "20",
+        "--lastused-interval", "0.3", "--doc", str(tmp_path / "perf.md"),
+    ])  # fmt: skip
+    r = measure(args)
+
+    assert r.cpu is not None
+    assert r.cpu.iterations >= 2000
+    assert 0 < r.cpu.us_per_decision < math.inf
+    assert set(r.cpu.steps) >= {"route", "credentials", "digest", "cache get", "decide"}
+    assert r.trips is not None
+    assert r.trips.round_trips == 1
+    assert r.trips.server_commands.get("evalsha") == 1
+
+    expected = {"direct", "gateway"} | ({"nginx", "authreq"} if find_nginx() else set())
+    assert set(r.middleware) == {"bare", "patgate", "naive"}
+    assert set(r.gateway) == expected
+    for measured in (*r.middleware.values(), *r.gateway.values()):
+        assert measured.ok, measured
+        assert measured.rps > 0
+        assert 0 < measured.p50_ms <= measured.p99_ms
+    assert set(r.insitu) == {"middleware", "gateway"}
+
+    assert r.revocation is not None
+    assert r.revocation.rounds == 2
+    assert r.revocation.missed == 0
+    assert all(x >= 0 for x in r.revocation.latencies)
+
+    assert r.memory is not None
+    assert r.memory.tokens == 1000
+    assert r.memory.used_after > r.memory.used_before
+    assert sum(b for b, _ in r.memory.breakdown.values()) > 0
+
+    assert [lu.tokens for lu in r.lastused] == [10, 20]
+    for lu in r.lastused:
+        assert lu.requests > 0
+        assert lu.flushes > 0
+        assert 0 < lu.max_per_flush <= lu.tokens
+        assert lu.ok
+
+    table = rows(r)
+    assert {row.name for row in table} >= {"bare Starlette app", "cache-miss Redis round trips"}
+    text = report(r, args)
+    assert "| row | req/s | p50 | p99 |" in text
+    assert "Machine:" in text
+    if find_nginx() is None:
+        assert any("nginx is not installed" in note for note in r.notes)
