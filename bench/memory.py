@@ -5,8 +5,8 @@ users are written first (``users`` users in ``orgs`` orgs: 10 tokens each at 100
 default per-owner limit), then ``INFO memory`` ``used_memory`` is read, the tokens are
 bulk-loaded with ``Plan.put_token`` + ``COMMIT`` in batches, and ``used_memory`` is read
 again: (after - before) / count is the table's number. It covers every key a token
-touches — the record hash, the digest index, the per-owner name index, the per-owner
-and per-org listing zsets — but not the audit stream (one event per create, capped at
+touches — the record hash, the digest index, the per-owner name sets and listing zsets,
+the per-org owner sets — but not the audit stream (one event per create, capped at
 ``events_maxlen``), which is measured separately and reported beside it.
 
 The breakdown uses ``MEMORY USAGE <key> SAMPLES 0`` (exact) and ``OBJECT ENCODING``.
@@ -97,9 +97,9 @@ async def _measure(url: str, count: int, users: int, orgs: int, batch: int) -> M
         breakdown = {
             "records (tok)": await _usage(client, keys.tokens),
             "digest index (idx)": await _usage(client, keys.index),
-            "name index (names)": await _usage(client, keys.names),
+            "per-owner name sets (nm:*)": await _group(client, keys.owner_names("*")),
             "per-owner zsets (own:*)": await _group(client, keys.owner_tokens("*")),
-            "per-org zsets (orgtok:*)": await _group(client, keys.org_tokens("*")),
+            "org owner sets (orgown:*)": await _group(client, keys.org_owners("*")),
         }
         record = sum(len(t.encode()) for t in seeded.tokens[:1000]) / min(1000, count)
         event = await _event_bytes(client, seeded.tokens[: min(2000, count)])

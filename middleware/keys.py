@@ -30,11 +30,6 @@ class Keys:
         return self.base + "idx"
 
     @property
-    def names(self) -> str:
-        """HASH ``<owner key>/<casefolded name>`` → token id: uniqueness per owner."""
-        return self.base + "names"
-
-    @property
     def last_used(self) -> str:
         """HASH token id → msgpack last-used; separate so recording never rewrites tokens."""
         return self.base + "lu"
@@ -61,13 +56,27 @@ class Keys:
         """ZSET created-ms → token id, per owner (``u:<id>`` / ``o:<id>``)."""
         return self.base + "own:" + owner_key
 
-    def org_tokens(self, org_id: str) -> str:
-        """ZSET created-ms → token id, every token in an org (the admin view)."""
-        return self.base + "orgtok:" + org_id
+    def owner_names(self, owner_key: str) -> str:
+        """SET of the owner's casefolded token names: name uniqueness per owner.
+
+        One small set per owner rather than one global hash: with up to 128 short names
+        Redis keeps it as a listpack, a few bytes per name instead of a hash entry."""
+        return self.base + "nm:" + owner_key
+
+    def org_owners(self, org_id: str) -> str:
+        """SET of the owner keys (``u:<id>``, ``o:<id>``) holding tokens of an org.
+
+        The org admin view merges these owners' ``own:`` zsets instead of keeping a
+        per-org zset of every token (a large zset is a skiplist: ~80 B per token). It
+        lists owners, not current users, so a removed user's revoked tokens still show;
+        an owner leaves the set when its last token is deleted."""
+        return self.base + "orgown:" + org_id
 
     def org_users(self, org_id: str) -> str:
         """ZSET created-ms → user id."""
         return self.base + "orgusr:" + org_id
 
-    def name_field(self, owner_key: str, name: str) -> str:
-        return owner_key + "/" + name.casefold()
+    @staticmethod
+    def name_member(name: str) -> str:
+        """A name as the uniqueness set holds it: case-insensitive (``Deploy`` = ``deploy``)."""
+        return name.casefold()

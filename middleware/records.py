@@ -3,6 +3,16 @@
 Records are msgpack arrays (positional, no field names) to keep Redis memory per token
 small (SPEC target: ≤ 400 B at 100k tokens). Adding a field means appending to the end;
 decoders accept shorter arrays from older versions.
+
+The token record is the most numerous, so it is squeezed further, always losslessly
+(``Token.decode(t.encode()) == t``, and ``encode`` is stable over a round trip, which the
+store's compare-and-set relies on): owner kind and type share a one-byte code; whole-second
+timestamps are ints; the expiry is stored as its lifetime (``-seconds``) when that is
+exact; ``created_by``, ``updated_at`` and ``issued_at`` are nil when they equal the owner
+id and ``created_at``; and optional fields sit last and are trimmed while they hold their
+default, so a fresh token is a 10-element fixarray. The first layout (17 fields in
+declaration order, kind and type as text in fields 3 and 6) still decodes: field 2 is
+text there (the description) and an int here.
 """
 
 from __future__ import annotations
@@ -42,6 +52,43 @@ def _pack(values: list[Any]) -> bytes:
 
 def _unpack(blob: bytes) -> list[Any]:
     return msgpack.unpackb(blob, raw=False, use_list=True)  # type: ignore[no-any-return]
+
+
+#: (owner kind, type) pairs by their one-byte code in the token record.
+_KIND_TYPE: tuple[tuple[OwnerKind, TokenType], ...] = tuple(
+    (kind, type_) for kind in ("user", "org") for type_ in ("personal", "service", "oauth")
+)
+#: fields every token record carries; the rest are trimmed when they hold their default.
+_REQUIRED = 10
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("", None, None, None, None, None)
+
+
+def _ts(t: float) -> float:
+    """A timestamp as msgpack stores it smallest without losing a bit: whole seconds
+    as an int (5 bytes instead of a 9-byte float64), anything else unchanged."""
+    f = float(t)
+    if f.is_integer() and 0 <= f < 2**63:
+        return int(f)
+    return f
+
+
+def _expiry(expires_at: float | None, created_at: float) -> float | None:
+    """Expiry as a negative whole-second lifetime after creation when that is exact (the
+    usual ``now + 30d``), else as a timestamp (non-negative int or float)."""
+    if expires_at is None:
+        return None
+    life = expires_at - created_at
+    if 0 < life < 2**31 and life.is_integer() and created_at + life == expires_at:
+        return -int(life)
+    return _ts(expires_at)
+
+
+def _unexpiry(value: float | None, created_at: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and value < 0:
+        return created_at + float(-value)
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,31 +155,64 @@ class Token:
         return owner_key(self.owner_kind, self.owner_id)
 
     def encode(self) -> bytes:
-        return _pack(
-            [
-                self.id,
-                self.name,
-                self.description,
-                self.owner_kind,
-                self.owner_id,
-                self.org_id,
-                self.type,
-                list(self.scopes),
-                None if self.workspaces is None else list(self.workspaces),
-                self.expires_at,
-                self.created_at,
-                self.created_by,
-                self.revoked_at,
-                self.prefix,
-                self.digest,
-                self.updated_at,
-                self.issued_at,
-            ]
-        )
+        """The compact layout (see the module docstring): defaults trailing, then trimmed."""
+        created = self.created_at
+        values: list[Any] = [
+            self.id,
+            self.name,
+            _KIND_TYPE.index((self.owner_kind, self.type)),
+            self.owner_id,
+            self.org_id,
+            list(self.scopes),
+            _ts(created),
+            _expiry(self.expires_at, created),
+            self.prefix,
+            self.digest,
+            self.description,
+            None if self.workspaces is None else list(self.workspaces),
+            None if self.created_by == self.owner_id else self.created_by,
+            None if self.revoked_at is None else _ts(self.revoked_at),
+            None if self.updated_at == created else _ts(self.updated_at),
+            None if self.issued_at == created else _ts(self.issued_at),
+        ]
+        while len(values) > _REQUIRED and values[-1] == _TRAILING_DEFAULTS[len(values) - 1]:
+            values.pop()
+        return _pack(values)
 
     @classmethod
     def decode(cls, blob: bytes, last_used: bytes | None = None) -> Token:
         v = _unpack(blob)
+        used = LastUsed.decode(last_used) if last_used else None
+        if isinstance(v[2], str):
+            return cls._decode_v1(v, used)
+        v += _TRAILING_DEFAULTS[len(v) :]
+        kind, type_ = _KIND_TYPE[v[2]]
+        created = float(v[6])
+        ws = v[11]
+        return cls(
+            id=v[0],
+            name=v[1],
+            description=v[10],
+            owner_kind=kind,
+            owner_id=v[3],
+            org_id=v[4],
+            type=type_,
+            scopes=tuple(v[5]),
+            workspaces=None if ws is None else tuple(ws),
+            expires_at=_unexpiry(v[7], created),
+            created_at=created,
+            created_by=v[3] if v[12] is None else v[12],
+            revoked_at=None if v[13] is None else float(v[13]),
+            prefix=v[8],
+            digest=v[9],
+            updated_at=created if v[14] is None else float(v[14]),
+            issued_at=created if v[15] is None else float(v[15]),
+            last_used=used,
+        )
+
+    @classmethod
+    def _decode_v1(cls, v: list[Any], used: LastUsed | None) -> Token:
+        """The first layout: 15-17 fields in declaration order, kinds and types as text."""
         ws = v[8]
         return cls(
             id=v[0],
@@ -152,7 +232,7 @@ class Token:
             digest=v[14],
             updated_at=v[15] if len(v) > 15 else v[10],
             issued_at=v[16] if len(v) > 16 else v[10],
-            last_used=LastUsed.decode(last_used) if last_used else None,
+            last_used=used,
         )
 
     def evolve(self, **changes: Any) -> Token:

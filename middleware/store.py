@@ -39,15 +39,20 @@ for i, c in ipairs(plan.c or {}) do
   end
 end
 for _, u in ipairs(plan.u or {}) do
-  if redis.call('HEXISTS', u[1], u[2]) == 1 then return {'exists', u[2]} end
+  if redis.call('SISMEMBER', u[1], u[2]) == 1 then return {'exists', u[2]} end
 end
 for _, l in ipairs(plan.l or {}) do
   if redis.call('ZCARD', l[1]) >= tonumber(l[2]) then return {'limit', l[1]} end
 end
 for _, w in ipairs(plan.hd or {}) do redis.call('HDEL', w[1], w[2]) end
 for _, w in ipairs(plan.zr or {}) do redis.call('ZREM', w[1], w[2]) end
+for _, w in ipairs(plan.sr or {}) do redis.call('SREM', w[1], w[2]) end
 for _, w in ipairs(plan.hs or {}) do redis.call('HSET', w[1], w[2], w[3]) end
 for _, w in ipairs(plan.za or {}) do redis.call('ZADD', w[1], w[2], w[3]) end
+for _, w in ipairs(plan.sa or {}) do redis.call('SADD', w[1], w[2]) end
+for _, w in ipairs(plan.sp or {}) do
+  if redis.call('EXISTS', w[3]) == 0 then redis.call('SREM', w[1], w[2]) end
+end
 for _, m in ipairs(plan.p or {}) do redis.call('PUBLISH', ARGV[3], m) end
 for _, e in ipairs(plan.e or {}) do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', e)
@@ -71,6 +76,27 @@ local rec = redis.call('HGET', KEYS[2], id)
 if not rec then return false end
 return {rec, user}
 """
+
+# Read-only: newest-first rows of many zsets (the merged org admin view), each after its
+# own cursor score. Ties on the cursor's score come back whole, to be filtered by member
+# in Python (Lua's string "<" follows the server's locale, not Redis's byte order).
+_PAGES = """
+local n = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local s = ARGV[i + 1]
+  if s == '' then
+    out[i] = redis.call('ZREVRANGEBYSCORE', key, '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, n)
+  else
+    out[i] = {
+      redis.call('ZREVRANGEBYSCORE', key, s, s, 'WITHSCORES'),
+      redis.call('ZREVRANGEBYSCORE', key, '(' .. s, '-inf', 'WITHSCORES', 'LIMIT', 0, n),
+    }
+  end
+end
+return out
+"""
+_PAGES_BATCH = 1000
 
 # Last-used writes only touch tokens that still exist: a flush racing a delete must not
 # resurrect the deleted token's entry (SPEC, data plane: "never resurrects a deleted token").
@@ -107,6 +133,11 @@ def _ms(t: float) -> int:
     return int(t * 1000)
 
 
+def _rows(flat: list[bytes]) -> list[tuple[str, int]]:
+    """``[member, score, member, score, ...]`` (WITHSCORES from Lua) as (id, score) rows."""
+    return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
 def _index_value(token: Token) -> str:
     return token.id + " " + token.owner_id if token.owner_kind == "user" else token.id
 
@@ -123,6 +154,10 @@ class Plan:
     hdel: list[list[Any]] = field(default_factory=list)
     zadd: list[list[Any]] = field(default_factory=list)
     zrem: list[list[Any]] = field(default_factory=list)
+    sadd: list[list[Any]] = field(default_factory=list)
+    srem: list[list[Any]] = field(default_factory=list)
+    #: ``[set, member, key]``: SREM once ``key`` is gone (checked after every other write).
+    prune: list[list[Any]] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
     #: audit events (JSON), appended to the stream in order.
     events: list[str] = field(default_factory=list)
@@ -136,13 +171,13 @@ class Plan:
     def put_token(self, old: Token | None, new: Token, *, limit: int | None = None) -> None:
         k = self.keys
         self.expect(k.tokens, new.id, None if old is None else old.encode())
-        new_name = k.name_field(new.owner_key, new.name)
-        old_name = None if old is None else k.name_field(old.owner_key, old.name)
+        new_name = [k.owner_names(new.owner_key), k.name_member(new.name)]
+        old_name = None if old is None else [k.owner_names(old.owner_key), k.name_member(old.name)]
         if new_name != old_name:
-            self.unique.append([k.names, new_name])
+            self.unique.append(new_name)
             if old_name is not None:
-                self.hdel.append([k.names, old_name])
-            self.hset.append([k.names, new_name, new.id])
+                self.srem.append(old_name)
+            self.sadd.append(new_name)
         if old is None or old.digest != new.digest:
             if old is not None:
                 self.hdel.append([k.index, old.digest])
@@ -152,7 +187,7 @@ class Plan:
             if limit is not None:
                 self.limits.append([own, limit])
             self.zadd.append([own, _ms(new.created_at), new.id])
-            self.zadd.append([k.org_tokens(new.org_id), _ms(new.created_at), new.id])
+            self.sadd.append([k.org_owners(new.org_id), new.owner_key])
         self.hset.append([k.tokens, new.id, new.encode()])
 
     def delete_token(self, old: Token) -> None:
@@ -160,10 +195,12 @@ class Plan:
         self.expect(k.tokens, old.id, old.encode())
         self.hdel.append([k.tokens, old.id])
         self.hdel.append([k.index, old.digest])
-        self.hdel.append([k.names, k.name_field(old.owner_key, old.name)])
         self.hdel.append([k.last_used, old.id])
-        self.zrem.append([k.owner_tokens(old.owner_key), old.id])
-        self.zrem.append([k.org_tokens(old.org_id), old.id])
+        self.srem.append([k.owner_names(old.owner_key), k.name_member(old.name)])
+        own = k.owner_tokens(old.owner_key)
+        self.zrem.append([own, old.id])
+        # The owner stays listed in the org's admin view while it holds any token.
+        self.prune.append([k.org_owners(old.org_id), old.owner_key, own])
 
     # -- users and orgs ------------------------------------------------------------------
 
@@ -195,6 +232,9 @@ class Plan:
                 ("hd", self.hdel),
                 ("za", self.zadd),
                 ("zr", self.zrem),
+                ("sa", self.sadd),
+                ("sr", self.srem),
+                ("sp", self.prune),
                 ("p", self.publish),
                 ("e", self.events),
             )
@@ -227,6 +267,7 @@ class TokenStore:
         self._commit = client.register_script(_COMMIT)
         self._lookup = client.register_script(_LOOKUP)
         self._touch = client.register_script(_TOUCH)
+        self._pages = client.register_script(_PAGES)
 
     def plan(self) -> Plan:
         return Plan(self.keys)
@@ -358,6 +399,38 @@ class TokenStore:
                     offset += len(chunk)
                 rows = rows[:count]
         return [(m.decode(), int(s)) for m, s in rows]
+
+    async def token_pages(
+        self, requests: Sequence[tuple[str, tuple[int, str] | None]], *, count: int
+    ) -> list[list[tuple[str, int]]]:
+        """:meth:`token_page` for many ``(zset, cursor)`` pairs, in one script call per
+        :data:`_PAGES_BATCH` zsets (a pipeline of thousands of commands costs far more in
+        redis-py than one reply of the same rows).
+
+        A page shorter than ``count`` means its zset holds nothing more after the cursor.
+        Members on the cursor's own millisecond are fetched whole (at most one owner's
+        tokens) and filtered here, so no tie is skipped however many share it."""
+        pages: list[list[tuple[str, int]]] = []
+        for start in range(0, len(requests), _PAGES_BATCH):
+            batch = requests[start : start + _PAGES_BATCH]
+            args: list[Any] = [count]
+            args += ["" if before is None else before[0] for _, before in batch]
+            with redis_errors_wrapped():
+                replies = await self._pages(keys=[z for z, _ in batch], args=args)
+            for (_, before), reply in zip(batch, replies, strict=True):
+                rows: list[tuple[str, int]] = []
+                if before is not None:
+                    ties, reply = reply
+                    rows += [r for r in _rows(ties) if r[0] < before[1]]
+                rows += _rows(reply)
+                pages.append(rows[:count])
+        return pages
+
+    async def org_owner_keys(self, org_id: str) -> list[str]:
+        """Owner keys (``u:<id>``, ``o:<id>``) that hold tokens of ``org_id``, sorted."""
+        with redis_errors_wrapped():
+            members = await self._r.smembers(self.keys.org_owners(org_id))
+        return sorted(m.decode() for m in members)
 
     async def count(self, zkey: str) -> int:
         with redis_errors_wrapped():

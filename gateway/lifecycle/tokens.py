@@ -27,7 +27,7 @@ from .audit import event_json
 from .expiry import resolve_expiry
 from .inputs import check_description, check_id, check_name, check_scopes, check_token_type
 from .inputs import check_workspaces as _check_workspaces
-from .listing import Filters, Page, scan
+from .listing import Filters, Page, scan, scan_org
 
 __all__ = ["DEFAULT_LIFETIME", "Owner", "TokenService"]
 
@@ -266,9 +266,7 @@ class TokenService:
     async def list_org(self, actor: Actor, org_id: str, filters: Filters) -> Page:
         actor.require_admin("tokens:admin")
         actor.require_org(org_id)
-        return await scan(
-            self.store, self.store.keys.org_tokens(org_id), filters, self.clock(), match_owner=True
-        )
+        return await scan_org(self.store, org_id, filters, self.clock())
 
     # -- edits ---------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ async def snapshot(client: aioredis.Redis, namespace: str) -> dict[bytes, Any]:
         kind = raw.decode() if isinstance(raw, bytes) else raw
         if kind == "hash":
             out[key] = sorted((await client.hgetall(key)).items())
+        elif kind == "set":
+            out[key] = sorted(await client.smembers(key))
         elif kind == "zset":
             out[key] = await client.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":

@@ -43,7 +43,7 @@ async def test_fifty_concurrent_creates_against_a_limit_of_ten(
     assert await store.count(store.keys.owner_tokens("u:alice")) == 10
     assert await store.client.hlen(store.keys.tokens) == 10
     assert await store.client.hlen(store.keys.index) == 10
-    assert await store.client.hlen(store.keys.names) == 10
+    assert await store.client.scard(store.keys.owner_names("u:alice")) == 10
     created = sum(b'"token.created"' in b for _, b in await store.events(count=1000))
     assert created == 10
 
@@ -145,5 +145,7 @@ async def test_delete_racing_an_update_leaves_no_orphans(
     assert isinstance(results[0], Token | NotFound)
     assert await store.get_token(token.id) is None
     assert await store.lookup(tokens.format.digest(secret)) is None
-    for key in (store.keys.tokens, store.keys.index, store.keys.names):
+    for key in (store.keys.tokens, store.keys.index):
         assert await store.client.hlen(key) == 0, key
+    assert await store.client.exists(store.keys.owner_names("u:alice")) == 0
+    assert await store.client.exists(store.keys.org_owners(token.org_id)) == 0

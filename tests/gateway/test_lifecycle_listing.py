@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -245,3 +246,108 @@ def test_filters_defaults_and_cursor_round_trip() -> None:
     f = Filters.parse(limit="200", q="", cursor=encode_cursor(123, "tok_a"))
     assert (f.limit, f.q, f.status, f.type) == (200, None, None, None)
     assert Filters.parse().limit == 50
+
+
+def _newest_first(tokens: list[Token]) -> list[str]:
+    """The order of one zset read newest first: created millisecond, then id, descending."""
+    return [t.id for t in sorted(tokens, key=lambda t: (int(t.created_at * 1000), t.id))][::-1]
+
+
+async def _admin_pages(w: World, limit: int, **filters: str) -> tuple[list[str], int]:
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        f = Filters.parse(limit=limit, cursor=cursor, **filters)
+        page = await w.tokens.list_org(w.admin, "acme", f)
+        assert len(page.items) <= limit
+        seen += [t.id for t in page.items]
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen, pages
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [1, 7, 50, 200])
+async def test_admin_pagination_merges_every_owner_like_one_zset(w: World, limit: int) -> None:
+    # More tokens than one read fetches per owner (alice), ties on one millisecond
+    # across owners, and owners with few tokens: the merged admin view must page
+    # exactly like a single zset of the org's tokens, with no gap and no duplicate.
+    actors = [w.alice] * 5 + [w.bob, w.admin]
+    created: list[Token] = []
+    for i in range(210):
+        if i % 4 == 0:
+            w.clock.now += 0.0004  # several tokens per millisecond, some alone
+        actor, owner = actors[i % len(actors)], None
+        if i % 10 == 9:
+            actor, owner = w.admin, Owner("org", "acme")
+        token, _ = await w.tokens.create(actor, name=f"t{i:03d}", owner=owner)
+        if i % 6 == 0:
+            await w.tokens.revoke(w.admin, token.id)
+            token = token.evolve(revoked_at=w.clock.now)
+        created.append(token)
+    seen, pages = await _admin_pages(w, limit)
+    assert seen == _newest_first(created)
+    assert pages <= len(created) // limit + 2
+    revoked, _ = await _admin_pages(w, limit, status="revoked")
+    assert revoked == _newest_first([t for t in created if t.revoked_at is not None])
+
+
+@pytest.mark.anyio
+async def test_admin_view_lists_owners_not_users_and_forgets_emptied_owners(
+    w: World,
+) -> None:
+    system = Actor.system()
+    directory = Directory(w.store, clock=w.clock)
+    old, _ = await w.tokens.create(w.alice, name="before")
+    w.clock.now += 1
+    kept, _ = await w.tokens.create(w.bob, name="kept")
+    dropped, _ = await w.tokens.create(w.bob, name="dropped")
+    # alice is removed (her token stays, revoked) and her id reused in another org
+    await directory.remove_user(system, "alice")
+    await directory.put_org(system, "beta", {"name": "Beta"})
+    await directory.put_user(system, "alice", {"org_id": "beta", "email": "a@beta.example"})
+    beta_alice = Actor("user", "alice", "beta", "member", w.alice.scopes)
+    w.clock.now += 1
+    new, _ = await w.tokens.create(beta_alice, name="after")
+    acme = await w.tokens.list_org(w.admin, "acme", Filters())
+    assert [t.id for t in acme.items] == _newest_first([old, kept, dropped])
+    assert acme.items[-1].status(w.clock()) == "revoked"
+    beta_admin = Actor("user", "root", "beta", "admin", w.admin.scopes)
+    beta = await w.tokens.list_org(beta_admin, "beta", Filters())
+    assert [t.id for t in beta.items] == [new.id]
+    keys = w.store.keys
+    assert await w.store.org_owner_keys("acme") == ["u:alice", "u:bob"]
+    await w.tokens.delete(w.bob, dropped.id)
+    assert await w.store.org_owner_keys("acme") == ["u:alice", "u:bob"]
+    await w.tokens.delete(w.bob, kept.id)
+    assert await w.store.org_owner_keys("acme") == ["u:alice"]
+    assert await w.store.client.exists(keys.owner_names("u:bob")) == 0
+    assert [t.id for t in (await w.tokens.list_org(w.admin, "acme", Filters())).items] == [old.id]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [3, 40])
+async def test_admin_pagination_over_many_small_owners(w: World, limit: int) -> None:
+    # 80 owners holding 0-13 tokens each, on a few shared milliseconds: the first read
+    # takes only a few rows per owner, so many owners are re-read mid-page.
+    rng = random.Random(limit)
+    created: list[Token] = []
+    plan = w.store.plan()
+    for n in range(80):
+        for k in range(rng.randrange(14)):
+            at = T0 + rng.randrange(5) / 1000
+            token = Token(
+                id=f"tok_{rng.getrandbits(40):010x}", name=f"t{k}", description="",
+                owner_kind="user", owner_id=f"user{n:02d}", org_id="acme", type="personal",
+                scopes=(), workspaces=None, expires_at=None, created_at=at,
+                created_by=f"user{n:02d}", revoked_at=None, prefix="pat_x",
+                digest=rng.randbytes(32), updated_at=at, issued_at=at,
+            )  # fmt: skip
+            plan.put_token(None, token)
+            created.append(token)
+    await w.store.commit(plan)
+    seen, pages = await _admin_pages(w, limit)
+    assert seen == _newest_first(created)
+    assert pages <= len(created) // limit + 2

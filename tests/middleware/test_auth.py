@@ -548,3 +548,36 @@ async def test_closed_port_with_nothing_cached_is_503(keys: Keys) -> None:
     finally:
         await client.aclose()
         await sub_client.aclose()
+
+
+# -- the credentials step on its own (RFC 6750 §2.1: exactly one b64token) -------------
+
+
+@pytest.mark.parametrize(
+    ("value", "token"),
+    [
+        (b"Bearer abc", "abc"),
+        (b"bearer abc", "abc"),
+        (b"  BEARER   abc \t", "abc"),
+        (b"Bearer a-b._~+/c==", "a-b._~+/c=="),
+    ],
+)
+def test_bearer_token_accepts(value: bytes, token: str) -> None:
+    assert Authenticator.credentials([(b"host", b"x"), (b"authorization", value)]) == token
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (b"Bearer a b", InvalidRequest),
+        (b"Bearer a,b", InvalidRequest),
+        (b"Bearer a\tb", InvalidRequest),
+        (b"Bearer ", InvalidRequest),
+        (b"Bearer \xc3\xa9", InvalidRequest),
+        (b"Basic abc", MissingCredentials),
+        (b"Bearer\tabc", MissingCredentials),
+    ],
+)
+def test_bearer_token_refuses(value: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Authenticator.credentials([(b"authorization", value)])

@@ -57,12 +57,70 @@ def test_token_with_last_used() -> None:
     }
 
 
+def _v1_fields(token: Token) -> list[object]:
+    """The first record layout: every field in declaration order, kind and type as text."""
+    return [
+        token.id, token.name, token.description, token.owner_kind, token.owner_id,
+        token.org_id, token.type, list(token.scopes),
+        None if token.workspaces is None else list(token.workspaces), token.expires_at,
+        token.created_at, token.created_by, token.revoked_at, token.prefix, token.digest,
+        token.updated_at, token.issued_at,
+    ]  # fmt: skip
+
+
 def test_token_decodes_shorter_arrays_from_older_versions() -> None:
-    fields = msgpack.unpackb(_token().encode(), raw=False)
-    old = msgpack.packb(fields[:15], use_bin_type=True)
+    old = msgpack.packb(_v1_fields(_token())[:15], use_bin_type=True)
     decoded = Token.decode(old)
     assert decoded.updated_at == decoded.created_at == 1000.0
     assert decoded.issued_at == 1000.0
+    assert decoded == _token(updated_at=1000.0, issued_at=1000.0)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [_token(), _token(revoked_at=1800.0, owner_kind="org", owner_id="acme", type="service")],
+)
+def test_token_decodes_the_first_full_layout(token: Token) -> None:
+    blob = msgpack.packb(_v1_fields(token), use_bin_type=True)
+    assert Token.decode(blob) == token
+    # Re-encoding writes the current layout, which decodes to the same token.
+    assert Token.decode(Token.decode(blob).encode()) == token
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _token(),
+        _token(created_at=1_700_000_000.123456, expires_at=1_700_000_000.123456 + 86_400.0),
+        _token(created_at=0.1, expires_at=0.3, updated_at=0.7, issued_at=0.2),
+        _token(expires_at=999.5, created_by="bob", description="", workspaces=None),
+        _token(created_at=5.0, expires_at=-3.0),
+        _token(created_at=5.0, expires_at=5.0, updated_at=5.0, issued_at=5.0),
+    ],
+)
+def test_token_encoding_is_lossless_and_stable(token: Token) -> None:
+    # The store's compare-and-set compares a re-encoded record byte for byte.
+    blob = token.encode()
+    decoded = Token.decode(blob)
+    assert decoded == token
+    assert decoded.encode() == blob
+    assert all(isinstance(getattr(decoded, f), float) for f in ("created_at", "updated_at"))
+
+
+def test_fresh_token_record_trims_its_defaults() -> None:
+    # What a create writes: no description, every workspace, created by its owner, and
+    # updated/issued at creation; the optional fields are trimmed off the array.
+    now = 1_700_000_000.25
+    fresh = _token(
+        description="", workspaces=None, created_at=now, updated_at=now, issued_at=now,
+        expires_at=now + 30 * 86_400.0,
+    )  # fmt: skip
+    fields = msgpack.unpackb(fresh.encode(), raw=False)
+    assert len(fields) == 10
+    assert fields[2] == 0  # user-owned personal token
+    assert fields[7] == -30 * 86_400  # the lifetime, exactly
+    assert Token.decode(fresh.encode()) == fresh
+    assert len(fresh.encode()) < len(msgpack.packb(_v1_fields(fresh), use_bin_type=True)) - 40
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,7 @@ async def test_stale_write_changes_nothing(store: TokenStore, redis_client: aior
         await store.commit(plan)
     assert await store.get_token(token.id) == token
     assert await redis_client.xlen(store.keys.events) == 0
-    assert await redis_client.hget(store.keys.names, "u:alice/renamed") is None
+    assert not await redis_client.sismember(store.keys.owner_names("u:alice"), "renamed")
 
 
 @pytest.mark.anyio
@@ -158,10 +158,11 @@ async def test_delete_token_removes_every_trace(
     await store.commit(plan)
     assert await store.lookup(token.digest) is None
     k = store.keys
-    for key in (k.tokens, k.index, k.names, k.last_used):
+    for key in (k.tokens, k.index, k.last_used):
         assert await redis_client.hlen(key) == 0, key
+    assert await redis_client.scard(k.owner_names("u:alice")) == 0
     assert await redis_client.zcard(k.owner_tokens("u:alice")) == 0
-    assert await redis_client.zcard(k.org_tokens("acme")) == 0
+    assert await redis_client.scard(k.org_owners("acme")) == 0
 
 
 @pytest.mark.anyio
