@@ -1,6 +1,6 @@
 """``PatgateMiddleware``: the pure-ASGI authentication middleware.
 
-Pure ASGI, like Starlette's ``AuthenticationMiddleware`` (never ``BaseHTTPMiddleware``,
+Pure ASGI, like Starlette's ``AuthenticationMiddleware`` (never the base HTTP middleware class,
 which costs ~90 µs a layer). Per request it asks the :class:`~middleware.auth.Authenticator`
 and either answers the refusal itself (precomputed RFC 6750 response) or annotates the
 scope in Starlette's conventions, so ``@requires("threads:read")`` works::
