@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from middleware.errors import ValidationFailed
-from middleware.records import Token, User
+from middleware.records import Token, User, owner_key
 
 from .cli_context import Context
 from .lifecycle import EventQuery, Filters, Owner, bootstrap, query_events
@@ -138,7 +138,7 @@ async def _list(ctx: Context, a: argparse.Namespace) -> int:
     f = Filters.parse(status=a.status, q=a.q, type=a.type, limit=a.limit, cursor=a.cursor)
     keys = ctx.store.keys
     if a.user or (a.org and not a.all):
-        zkey = keys.owner_tokens(("u:" + a.user) if a.user else ("o:" + a.org))
+        zkey = keys.owner_tokens(owner_key("user", a.user) if a.user else owner_key("org", a.org))
         _page(ctx, await scan(ctx.store, zkey, f, ctx.tokens.clock()))
     else:
         org = a.org or ctx.settings.default_org

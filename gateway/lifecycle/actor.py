@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from middleware.errors import Forbidden
-from middleware.records import Role
+from middleware.records import OwnerKind, Role, owner_key
 from policies.scopes import grants
 
 __all__ = ["Actor", "ActorKind"]
@@ -46,6 +46,25 @@ class Actor:
     @property
     def is_system(self) -> bool:
         return self.kind == "system"
+
+    @property
+    def owner_kind(self) -> OwnerKind | None:
+        """The kind of token owner the actor's own tokens have (None for the operator)."""
+        if self.kind == "system":
+            return None
+        return "user" if self.kind == "user" else "org"
+
+    def owns(self, kind: OwnerKind, owner_id: str) -> bool:
+        """Whether tokens of this owner are the actor's own."""
+        return kind == self.owner_kind and owner_id == self.id
+
+    @property
+    def own_key(self) -> str:
+        """The owner key (``u:<id>``/``o:<id>``) of the actor's own tokens."""
+        kind = self.owner_kind
+        if kind is None:
+            raise ValueError("the local operator owns no tokens")
+        return owner_key(kind, self.id)
 
     def may(self, scope: str, *, own: bool = False) -> bool:
         """Whether the actor's token grants ``scope`` (``own``: on the actor's own tokens)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from middleware.errors import Conflict
-from middleware.records import Token
+from middleware.records import Token, owner_key
 from policies.scopes import MANAGEMENT_SCOPES
 
 from .actor import Actor
@@ -33,7 +33,7 @@ async def bootstrap(
     existing = await store.get_user(user_id)
     if existing is not None:
         owned = await store.token_page(
-            store.keys.owner_tokens("u:" + user_id), before=None, count=1000
+            store.keys.owner_tokens(owner_key("user", user_id)), before=None, count=1000
         )
         names = {t.name for t in await store.get_tokens([i for i, _ in owned])}
         if BOOTSTRAP_TOKEN_NAME in names:

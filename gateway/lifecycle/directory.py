@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from middleware.errors import Conflict, NotFound, ValidationFailed
-from middleware.records import Org, Role, User
+from middleware.records import Org, Role, User, owner_key
 from middleware.store import StaleWrite, TokenStore
 
 from .actor import Actor
@@ -215,7 +215,7 @@ class Directory:
             ids = [
                 i
                 for i, _ in await self.store.token_page(
-                    keys.owner_tokens("u:" + user_id), before=None, count=100_000
+                    keys.owner_tokens(owner_key("user", user_id)), before=None, count=100_000
                 )
             ]
             plan = self.store.plan()

@@ -62,12 +62,6 @@ class TokenService:
 
     # -- access rules --------------------------------------------------------------------
 
-    @staticmethod
-    def _is_own(actor: Actor, token: Token) -> bool:
-        return (
-            actor.kind == "user" and token.owner_kind == "user" and token.owner_id == actor.id
-        ) or (actor.kind == "org" and token.owner_kind == "org" and token.owner_id == actor.id)
-
     def _authorize(self, actor: Actor, token: Token, access: Access) -> None:
         """Own tokens need ``tokens:<read|write>:own``; admins manage org-owned tokens and
         may read and revoke anyone's in their org. Tokens an actor may not see are 404,
@@ -76,7 +70,7 @@ class TokenService:
             return
         if token.org_id != actor.org_id:
             raise NotFound(f"token {token.id} not found")
-        if self._is_own(actor, token):
+        if actor.owns(token.owner_kind, token.owner_id):
             actor.require("tokens:read" if access == "read" else "tokens:write", own=True)
             return
         if (token.owner_kind == "org" or access != "write") and actor.is_admin("tokens:admin"):
@@ -230,14 +224,11 @@ class TokenService:
 
     async def _resolve_owner(self, actor: Actor, owner: Owner | None) -> Owner:
         if owner is None:
-            if actor.is_system:
+            if actor.owner_kind is None:
                 raise ValidationFailed("owner: required (which user or org owns the token)")
-            owner = Owner("user" if actor.kind == "user" else "org", actor.id)
+            owner = Owner(actor.owner_kind, actor.id)
         check_id(owner.id, "owner.id")
-        own = (actor.kind == "user" and owner == Owner("user", actor.id)) or (
-            actor.kind == "org" and owner == Owner("org", actor.id)
-        )
-        if own:
+        if actor.owns(owner.kind, owner.id):
             actor.require("tokens:write", own=True)
         else:
             actor.require_admin("tokens:admin")
@@ -260,8 +251,9 @@ class TokenService:
         if actor.is_system:
             raise ValidationFailed("the local operator has no own tokens; list an org instead")
         actor.require("tokens:read", own=True)
-        owner = ("u:" if actor.kind == "user" else "o:") + actor.id
-        return await scan(self.store, self.store.keys.owner_tokens(owner), filters, self.clock())
+        return await scan(
+            self.store, self.store.keys.owner_tokens(actor.own_key), filters, self.clock()
+        )
 
     async def list_org(self, actor: Actor, org_id: str, filters: Filters) -> Page:
         actor.require_admin("tokens:admin")
@@ -387,7 +379,7 @@ class TokenService:
         if actor.is_system:
             raise ValidationFailed("the local operator has no own tokens")
         actor.require("tokens:write", own=True)
-        owner = ("u:" if actor.kind == "user" else "o:") + actor.id
+        owner = actor.own_key
         deleted = 0
         for _ in range(_RETRIES):
             ids = [
