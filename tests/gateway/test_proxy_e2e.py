@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.proxy import ProxyApp
 from gateway.settings import Settings
 from middleware.metrics import Metrics
 from middleware.records import Identity
+from tests.middleware._servers import serve
 
 IDENTITY = Identity(
     token_id="tok_e2e",
@@ -129,37 +129,10 @@ class _StubAuth:
         await self.app(scope, receive, send)
 
 
-@contextlib.asynccontextmanager
-async def _serve(app: Any) -> AsyncIterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        log_level="critical",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "server did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+def _serve(app: Any) -> contextlib.AbstractAsyncContextManager[int]:
+    # An upstream (or the proxy) must not add Server/Date headers of its own: the tests
+    # compare exactly which headers crossed the proxy.
+    return serve(app, lifespan="off", server_header=False, date_header=False)
 
 
 def _errors(metrics: Metrics, kind: str) -> float | None:

@@ -14,7 +14,12 @@ from uvicorn.config import LifespanType, WSProtocolType
 
 @contextlib.asynccontextmanager
 async def serve(
-    app: Any, *, lifespan: LifespanType = "on", ws: WSProtocolType = "none"
+    app: Any,
+    *,
+    lifespan: LifespanType = "on",
+    ws: WSProtocolType = "none",
+    server_header: bool = True,
+    date_header: bool = True,
 ) -> AsyncIterator[int]:
     """Serve ``app`` on a fresh loopback port (yielded) until the block ends."""
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
@@ -32,6 +37,8 @@ async def serve(
         log_level="critical",
         access_log=False,
         proxy_headers=False,
+        server_header=server_header,
+        date_header=date_header,
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
