@@ -20,19 +20,11 @@ from gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
 from middleware.records import Token
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
+from tests.gateway._clock import T0, Clock
 
-T0 = 1_800_000_000.0
 DAY = 86_400.0
 FEB_1 = datetime(2027, 2, 1, tzinfo=UTC).timestamp()
 OWN = ["tokens:read:own", "tokens:write:own"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -12,17 +12,7 @@ from middleware.errors import ValidationFailed
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from policies.scopes import MANAGEMENT_SCOPES
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        self.now += 1  # every call a distinct, known second
-        return self.now
+from tests.gateway._clock import T0, Clock
 
 
 def _actor(uid: str, role: str = "member", ip: str = "203.0.113.7") -> Actor:
@@ -45,7 +35,7 @@ async def _all(store: TokenStore) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def services(store: TokenStore) -> tuple[TokenService, Directory]:
-    clock = Clock()
+    clock = Clock(tick=1)
     directory = Directory(store, clock=clock)
     system = Actor.system()
     await directory.put_org(system, "acme", {})

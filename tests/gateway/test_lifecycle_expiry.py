@@ -14,8 +14,8 @@ from middleware.records import Org, Token, User
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
+from tests.gateway._clock import T0, Clock
 
-T0 = 1_800_000_000.0
 DAY = 86_400.0
 JAN_15 = datetime(2027, 1, 15, 12, 0, 0, 250_000, tzinfo=UTC).timestamp()
 FREE = Org("acme", "Acme")
@@ -110,14 +110,6 @@ def test_parse_duration_refuses(value: object) -> None:
 
 
 # -- through the service -----------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

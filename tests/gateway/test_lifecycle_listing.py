@@ -15,17 +15,9 @@ from middleware.records import Token
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from policies.scopes import MANAGEMENT_SCOPES
+from tests.gateway._clock import T0, Clock
 
-T0 = 1_800_000_000.0
 DAY = 86_400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -23,19 +23,11 @@ from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
 from policies.scopes import MANAGEMENT_SCOPES
+from tests.gateway._clock import T0, Clock
 
-T0 = 1_800_000_000.0
 DAY = 86_400.0
 MARCH_1 = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
 OWN = frozenset({"tokens:read:own", "tokens:write:own"})
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -16,16 +16,7 @@ from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
 from policies.scopes import MANAGEMENT_SCOPES
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.gateway._clock import T0, Clock
 
 
 @dataclass
