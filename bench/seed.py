@@ -62,7 +62,12 @@ async def seed_orgs(store: TokenStore, org_ids: Sequence[str]) -> None:
     now = time.time()
     plan = store.plan()
     for org in dict.fromkeys(org_ids):
-        plan.put_org(None, Org(org, org, token_limit=10_000, created_at=now, updated_at=now))
+        # Members may grant what the bench tokens carry (issue 9: nothing by default).
+        plan.put_org(
+            None,
+            Org(org, org, token_limit=10_000, created_at=now, updated_at=now,
+                member_scopes=_SCOPES),
+        )  # fmt: skip
     await store.commit(plan)
 
 

@@ -77,7 +77,8 @@ def create_gateway_app(runtime: Runtime, proxy: ProxyApp | None = None) -> ASGIA
 
 def create_authz_app(runtime: Runtime, *, prefix: str = "/authz") -> ASGIApp:
     health = HealthEndpoints(runtime)
-    authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, prefix=prefix)
+    source = runtime.settings.forward_auth_source
+    authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, prefix=prefix, source=source)
     paths = _Paths(
         {"/healthz": health.healthz, "/readyz": health.readyz}, prefix, authz, _not_found
     )
@@ -99,6 +100,7 @@ def create_admin_app(runtime: Runtime, api_app: ASGIApp | None = None) -> ASGIAp
         await send({"type": "http.response.body", "body": body})
 
     exact = {"/metrics": metrics_endpoint, "/healthz": health.healthz, "/readyz": health.readyz}
-    authz = ForwardAuthApp(runtime.authenticator, runtime.trusted)
+    source = runtime.settings.forward_auth_source
+    authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, source=source)
     paths = _Paths(exact, "/authz", authz, api_app if api_app is not None else _not_found)
     return LifespanHooks(paths, runtime.start, runtime.aclose)

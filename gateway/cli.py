@@ -20,7 +20,7 @@ from policies import cli as policy_cli
 
 from . import cli_tokens
 from .cli_context import Context
-from .settings import Settings, parse_hostport
+from .settings import FORWARD_AUTH_SOURCES, Settings, parse_hostport
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +35,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         listen=getattr(args, "listen", None),
         admin_listen=getattr(args, "admin_listen", None),
         authz_listen=getattr(args, "authz_listen", None),
+        forward_auth_source=getattr(args, "forward_auth_source", None),
     )
 
 
@@ -59,6 +60,14 @@ def _add_server_commands(sub: Any) -> None:
         for listen in listens:
             flag = "--" + listen.replace("_", "-")
             p.add_argument(flag, dest=listen, type=_hostport(flag), metavar="HOST:PORT")
+        # Every role serves /authz (the admin listener has it too).
+        p.add_argument(
+            "--forward-auth-source",
+            choices=FORWARD_AUTH_SOURCES,
+            help="where /authz reads the original request: nginx X-Original-*, traefik "
+            "X-Forwarded-*, envoy the path after /authz, auto exactly one of them "
+            "(PATGATE_FORWARD_AUTH_SOURCE; default auto)",
+        )
         p.set_defaults(run=_run_server, role=name)
 
     server(

@@ -18,6 +18,7 @@ from middleware.tokenformat import TokenFormat
 
 from .embedded import EmbeddedValkey
 from .lifecycle import Actor, Directory, TokenService
+from .runtime import DURABLE_TIMEOUT_MS, store_client
 from .settings import Settings
 
 __all__ = ["Context", "connect_store"]
@@ -25,9 +26,9 @@ __all__ = ["Context", "connect_store"]
 
 def connect_store(settings: Settings, url: str) -> tuple[aioredis.Redis, TokenStore]:
     try:
-        client = aioredis.from_url(
-            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
-        )
+        # The runtime's factory and timeouts: the CLI's writes are durable (WAITAOF), so it
+        # gets the management client, not the data plane's 1 s one.
+        client = store_client(settings, url)
     except ValueError as exc:  # --redis-url is not checked by Settings.from_env
         raise ConfigError(f"PATGATE_REDIS_URL / --redis-url: {exc}") from None
     store = TokenStore(
@@ -35,6 +36,7 @@ def connect_store(settings: Settings, url: str) -> tuple[aioredis.Redis, TokenSt
         Keys(settings.namespace),
         events_maxlen=settings.events_maxlen,
         durable_writes=settings.durable_writes,
+        durable_timeout_ms=DURABLE_TIMEOUT_MS,
     )
     return client, store
 
@@ -67,7 +69,11 @@ class Context:
                 settings=settings,
                 store=store,
                 tokens=TokenService(store, fmt),
-                directory=Directory(store, default_token_limit=settings.default_token_limit),
+                directory=Directory(
+                    store,
+                    default_token_limit=settings.default_token_limit,
+                    default_org=settings.default_org,
+                ),
                 actor=Actor.system(),
                 json_output=json_output,
             )

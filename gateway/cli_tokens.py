@@ -92,10 +92,18 @@ def _page(ctx: Context, page: Page) -> None:
         print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
 
 
-def _owner(args: argparse.Namespace) -> Owner:
-    if bool(args.user) == bool(args.org):
-        raise ValidationFailed("give exactly one of --user ID or --org ID")
-    return Owner("user", args.user) if args.user else Owner("org", args.org)
+def _owner(ctx: Context, args: argparse.Namespace) -> Owner:
+    """``--user ID [--org ORG]``: a user of ORG (user ids are per org); ``--org ORG``
+    alone: the org's own tokens."""
+    if args.user:
+        return Owner("user", args.user, args.org or ctx.settings.default_org)
+    if args.org:
+        return Owner("org", args.org)
+    raise ValidationFailed("give --user ID (with --org ORG for another org) or --org ID")
+
+
+def _star_or_list(values: list[str]) -> Any:
+    return "*" if values == ["*"] else values
 
 
 def _user(ctx: Context, user: User) -> None:
@@ -115,6 +123,15 @@ async def _bootstrap(ctx: Context, a: argparse.Namespace) -> int:
         expiration=a.expiration,
     )
     _reveal(ctx, token, secret)
+    org = await ctx.store.get_org(token.org_id)
+    if org is not None and not org.member_scopes:
+        # Safe by default (issue 9): say how to let members grant API scopes.
+        print(
+            f"members of {org.id} may grant no API scopes yet; allow some with e.g. "
+            f"`patgate orgs put {org.id} --member-scope threads:read --member-scope "
+            "threads:list`",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -127,7 +144,7 @@ async def _create(ctx: Context, a: argparse.Namespace) -> int:
         workspaces=a.workspace or None,
         expiration=a.expiration,
         expires_at=a.expires_at,
-        owner=_owner(a),
+        owner=_owner(ctx, a),
         type=a.type,
     )
     _reveal(ctx, token, secret)
@@ -138,7 +155,8 @@ async def _list(ctx: Context, a: argparse.Namespace) -> int:
     f = Filters.parse(status=a.status, q=a.q, type=a.type, limit=a.limit, cursor=a.cursor)
     keys = ctx.store.keys
     if a.user or (a.org and not a.all):
-        zkey = keys.owner_tokens(owner_key("user", a.user) if a.user else owner_key("org", a.org))
+        owner = _owner(ctx, a)
+        zkey = keys.owner_tokens(owner_key(owner.kind, owner.id, owner.org_id or owner.id))
         _page(ctx, await scan(ctx.store, zkey, f, ctx.tokens.clock()))
     else:
         org = a.org or ctx.settings.default_org
@@ -199,7 +217,7 @@ async def _scopes(ctx: Context, a: argparse.Namespace) -> int:
 
 
 async def _user_put(ctx: Context, a: argparse.Namespace) -> int:
-    body = {
+    body: dict[str, Any] = {
         k: v
         for k, v in {
             "org_id": a.org,
@@ -211,12 +229,17 @@ async def _user_put(ctx: Context, a: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    if a.workspace is not None:
+        body["workspaces"] = _star_or_list(a.workspace)
+    if a.grantable_scope is not None:
+        # "default": back to the org's scopes for the user's role.
+        body["grantable_scopes"] = None if a.grantable_scope == ["default"] else a.grantable_scope
     _user(ctx, await ctx.directory.put_user(ctx.actor, a.id, body))
     return 0
 
 
 async def _user_show(ctx: Context, a: argparse.Namespace) -> int:
-    _user(ctx, await ctx.directory.get_user(ctx.actor, a.id))
+    _user(ctx, await ctx.directory.get_user(ctx.actor, a.id, a.org))
     return 0
 
 
@@ -231,7 +254,7 @@ async def _user_list(ctx: Context, a: argparse.Namespace) -> int:
 
 
 async def _user_remove(ctx: Context, a: argparse.Namespace) -> int:
-    revoked = await ctx.directory.remove_user(ctx.actor, a.id)
+    revoked = await ctx.directory.remove_user(ctx.actor, a.id, a.org)
     ctx.emit(
         {"removed": a.id, "revoked_tokens": revoked},
         f"removed {a.id}; revoked {len(revoked)} personal token(s)",
@@ -246,6 +269,8 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
             "name": a.name,
             "token_limit": a.token_limit,
             "allow_never": a.allow_never,
+            "member_scopes": a.member_scope,
+            "admin_scopes": a.admin_scope,
         }.items()
         if v is not None
     }
@@ -306,8 +331,8 @@ def _expiry_args(p: argparse.ArgumentParser) -> None:
 
 
 def _owner_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user", help="owning user id")
-    p.add_argument("--org", help="owning organization id (org-owned token)")
+    p.add_argument("--user", help="owning user id (of --org, default PATGATE_DEFAULT_ORG)")
+    p.add_argument("--org", help="the user's organization; alone: an org-owned token")
 
 
 def register(sub: Any) -> None:
@@ -372,6 +397,14 @@ def register(sub: Any) -> None:
     p.add_argument("--role", choices=["member", "admin"])
     p.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--can-manage-tokens", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--workspace", action="append", help="repeatable: the user's workspaces; '*' for all"
+    )
+    p.add_argument(
+        "--grantable-scope",
+        action="append",
+        help="repeatable: scopes this user may grant; 'default' = the org's for the role",
+    )
     p.set_defaults(action=_user_put)
     for name, func, help_ in (
         ("show", _user_show, "show a user"),
@@ -379,6 +412,7 @@ def register(sub: Any) -> None:
     ):
         p = u.add_parser(name, help=help_)
         p.add_argument("id")
+        p.add_argument("--org", help="the user's organization (PATGATE_DEFAULT_ORG)")
         p.set_defaults(action=func)
     p = u.add_parser("list", help="users of an organization")
     p.add_argument("--org")
@@ -392,6 +426,8 @@ def register(sub: Any) -> None:
     p.add_argument("--token-limit", type=int)
     p.add_argument("--max-lifetime", help="preset (90d), seconds, or 'none'")
     p.add_argument("--allow-never", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--member-scope", action="append", help="repeatable: scopes members may grant")
+    p.add_argument("--admin-scope", action="append", help="repeatable: scopes admins may grant")
     p.set_defaults(action=_org_put)
     p = o.add_parser("show", help="show an organization")
     p.add_argument("id")

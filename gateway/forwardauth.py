@@ -1,20 +1,27 @@
 """The forward-auth decision endpoint for nginx, Traefik and Envoy.
 
 The proxy in front asks "may this request through?" and copies the identity headers of a
-200 answer to the upstream request. Where the original request is described:
+200 answer to the upstream request. The original request is described by exactly one
+*source*, chosen by ``settings.forward_auth_source`` (``PATGATE_FORWARD_AUTH_SOURCE``):
 
-=================================  ============================================
-caller                             original method / URI
-=================================  ============================================
-nginx ``auth_request``             ``X-Original-Method`` / ``X-Original-URI``
-Traefik ``ForwardAuth``            ``X-Forwarded-Method`` / ``X-Forwarded-Uri``
-Envoy ``ext_authz`` (HTTP service) the request's own method, path = the path
-                                   after the prefix (``path_prefix: /authz``)
-=================================  ============================================
+=========  =================================  ============================================
+source     caller                             original method / URI
+=========  =================================  ============================================
+nginx      nginx ``auth_request``             ``X-Original-Method`` / ``X-Original-URI``
+traefik    Traefik ``ForwardAuth``            ``X-Forwarded-Method`` / ``X-Forwarded-Uri``
+envoy      Envoy ``ext_authz`` (HTTP service) the request's own method, path = the path
+                                              after the prefix (``path_prefix: /authz``)
+auto       (default) exactly one of the above must be present
+=========  =================================  ============================================
 
-The headers are looked for in that order. ``<prefix>`` itself without either header pair
-is refused with 400, so a proxy configuration that forgets ``X-Original-URI`` fails
-closed instead of authorizing every request as ``/``.
+Why one source (issue 9): a front proxy sets its own headers but passes the client's
+others through — Traefik forwards a client-sent ``X-Original-URI`` unless
+``authRequestHeaders`` filters it, nginx forwards a client-sent ``X-Forwarded-Uri``. If
+one source silently won over another, a client could get a decision for ``/a/x`` while
+``/admin/x`` is forwarded. With a fixed source the other sources' headers are ignored; in
+``auto`` mode a request describing more than one is refused with 400 ``invalid_request``,
+and so is a request describing none (a proxy configuration that forgets
+``X-Original-URI`` fails closed instead of authorizing every request as ``/``).
 
 Trust: the endpoint answers only peers in ``settings.trusted_proxies`` — anyone else gets
 403 ``untrusted_proxy`` — because the request description (and ``X-Forwarded-For``, used
@@ -32,17 +39,19 @@ import json
 from starlette.types import Receive, Scope, Send
 
 from middleware.auth import Authenticator
-from middleware.errors import AuthError, InvalidRequest, StoreUnavailable
+from middleware.errors import AuthError, ConfigError, InvalidRequest, StoreUnavailable
 from middleware.responses import Prepared
 
 from .headers import TrustedProxies, identity_headers
 
-__all__ = ["ForwardAuthApp"]
+__all__ = ["SOURCES", "ForwardAuthApp"]
 
-_ORIGINAL = (
-    (b"x-original-method", b"x-original-uri"),  # nginx auth_request
-    (b"x-forwarded-method", b"x-forwarded-uri"),  # Traefik ForwardAuth
-)
+#: header-based sources: (method header, URI header).
+_HEADER_SOURCES: dict[str, tuple[bytes, bytes]] = {
+    "nginx": (b"x-original-method", b"x-original-uri"),  # nginx auth_request
+    "traefik": (b"x-forwarded-method", b"x-forwarded-uri"),  # Traefik ForwardAuth
+}
+SOURCES = ("auto", "nginx", "traefik", "envoy")
 _EMPTY_OK = [(b"content-length", b"0")]
 
 
@@ -59,8 +68,18 @@ class ForwardAuthApp:
     """ASGI app answering forward-auth subrequests under ``prefix``."""
 
     def __init__(
-        self, authenticator: Authenticator, trusted: TrustedProxies, *, prefix: str = "/authz"
+        self,
+        authenticator: Authenticator,
+        trusted: TrustedProxies,
+        *,
+        prefix: str = "/authz",
+        source: str = "auto",
     ) -> None:
+        if source not in SOURCES:
+            raise ConfigError(f"forward-auth source: expected one of {', '.join(SOURCES)}")
+        self._source = source
+        # Only the configured source's headers are read (and checked for repeats).
+        self._wanted = _WANTED if source == "auto" else frozenset(_HEADER_SOURCES.get(source, ()))
         self._auth = authenticator
         self._responses = authenticator.responses
         self._trusted = trusted
@@ -97,31 +116,53 @@ class ForwardAuthApp:
         await send({"type": "http.response.body", "body": b""})
 
     def _original(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
-        """The described request's method and path (query dropped), per the table above."""
+        """The described request's method and path (query dropped), from the one source
+        the module docstring describes."""
         found: dict[bytes, bytes] = {}
+        wanted = self._wanted
         for name, value in headers:
-            if name in _WANTED:
+            if name in wanted:
                 if name in found:
                     raise InvalidRequest("repeated forward-auth header")
                 found[name] = value
-        for method_header, uri_header in _ORIGINAL:
-            uri = found.get(uri_header)
-            if uri is not None:
-                method = found.get(method_header)
-                if not method:
-                    raise InvalidRequest("forward-auth request without the original method")
-                return method.decode("latin-1"), _path_of(uri.decode("latin-1"))
+        source = self._source
+        envoy_path = self._envoy_path(scope)
+        if source == "auto":
+            present = [s for s, pair in _HEADER_SOURCES.items() if any(h in found for h in pair)]
+            if envoy_path is not None:
+                present.append("envoy")
+            if len(present) > 1:
+                raise InvalidRequest(
+                    f"conflicting forward-auth sources ({', '.join(present)}): configure "
+                    "PATGATE_FORWARD_AUTH_SOURCE"
+                )
+            if not present:
+                raise InvalidRequest("forward-auth request does not describe the original request")
+            source = present[0]
+        if source == "envoy":
+            if envoy_path is None:
+                raise InvalidRequest("forward-auth request has no path after the prefix")
+            return scope["method"], envoy_path
+        method_header, uri_header = _HEADER_SOURCES[source]
+        uri = found.get(uri_header)
+        if uri is None:
+            raise InvalidRequest("forward-auth request without the original URI")
+        method = found.get(method_header)
+        if not method:
+            raise InvalidRequest("forward-auth request without the original method")
+        return method.decode("latin-1"), _path_of(uri.decode("latin-1"))
+
+    def _envoy_path(self, scope: Scope) -> str | None:
+        """The raw path after the prefix (Envoy's ``path_prefix``), or ``None``."""
         raw: bytes = scope.get("raw_path") or scope["path"].encode("latin-1")
         root = scope.get("root_path", "").encode("latin-1")
         if root and raw.startswith(root):
             raw = raw[len(root) :]
         rest = raw[len(self._prefix_bytes) :] if raw.startswith(self._prefix_bytes) else b""
-        if not rest.startswith(b"/"):
-            raise InvalidRequest("forward-auth request does not describe the original request")
-        return scope["method"], rest.decode("latin-1")
+        return rest.decode("latin-1") if rest.startswith(b"/") else None
 
 
-_WANTED: frozenset[bytes] = frozenset(name for pair in _ORIGINAL for name in pair)
+_WANTED: frozenset[bytes] = frozenset(name for pair in _HEADER_SOURCES.values() for name in pair)
 
 
 def _path_of(uri: str) -> str:

@@ -77,6 +77,9 @@ _CANON = bytes(
     c if (0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A) else 0x2D for c in bytes(range(256)).lower()
 )
 _PATGATE_PREFIX = b"x-patgate-"
+# The bare name too (issue 9): an upstream reading ``X-Patgate`` must never see a
+# client's value. ``X-Patgateway`` is another name, not a look-alike.
+_PATGATE_BARE = b"x-patgate"
 _FORWARDED_PREFIX = b"x-forwarded-"
 _FORWARDING_EXACT: frozenset[bytes] = frozenset({b"forwarded", b"x-real-ip"})
 _XFF = b"x-forwarded-for"
@@ -92,12 +95,13 @@ def _canonical(name: bytes) -> bytes:
 def is_identity_lookalike(name: bytes, *, trusted_peer: bool = False) -> bool:
     """True for a header name a client must never get to the upstream.
 
-    ``X-Patgate-*`` in any case or spelling (``x_patgate_owner_id``) always; forwarding
+    ``X-Patgate*`` in any case or spelling (``x_patgate_owner_id``, the bare ``X-Patgate``,
+    ``X.Patgate``) always; forwarding
     headers (:func:`is_forwarding_header`) unless they come from a trusted proxy, and their
     non-canonical spellings (``X_Forwarded_For``) always — no proxy sends those.
     """
     canon = _canonical(name)
-    if canon.startswith(_PATGATE_PREFIX):
+    if canon.startswith(_PATGATE_PREFIX) or canon == _PATGATE_BARE:
         return True
     if not (canon.startswith(_FORWARDED_PREFIX) or canon in _FORWARDING_EXACT):
         return False

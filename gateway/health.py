@@ -8,6 +8,10 @@
   named, e.g. ``{"status": "unready", "checks": {"redis": "ok", "subscriber": "…"}}``.
   Without the subscription the cache is off (every request costs a Redis round trip),
   so a replica is taken out of rotation rather than silently running slow.
+  Under ``patgate serve`` on the embedded store there is one more check first,
+  ``store_process``: ``"ok"`` while the supervised ``valkey-server`` runs, or
+  ``"restarting (attempt n)"`` while the supervisor brings a dead one back
+  (:mod:`gateway.embedded`).
 """
 
 from __future__ import annotations

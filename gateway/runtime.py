@@ -6,25 +6,40 @@ subscriber, the last-used recorder and the policy watcher; ``await aclose()`` st
 The Redis URL must already be resolved: the CLI starts ``gateway.embedded.EmbeddedValkey``
 when ``settings.redis_url`` is ``None`` and passes settings with the URL set.
 
-Two Redis clients, on purpose:
+Three Redis clients, on purpose:
 
-* ``redis`` — lookups, last-used, the management API. Short timeouts and at most one quick
-  retry (a pooled connection may be stale after a Redis restart), so an outage turns into
-  a 503 within ~1 s instead of redis-py's default ten retries with backoff.
+* ``redis`` — the data plane: lookups and last-used. ``PATGATE_REDIS_TIMEOUT`` (1 s) per
+  operation and ``PATGATE_REDIS_CONNECT_TIMEOUT`` (0.5 s) to connect; one quick retry,
+  but only of a *connection* error (a pooled connection may be stale after a Redis
+  restart), never of a timeout, which would double the wait. A black-holed store
+  (accepts, never answers) so turns into a 503 after about one timeout instead of
+  redis-py's defaults (no timeout at all) or our old 5 s times 2.
+* ``store`` / its client — management writes (the API, bootstrap). A durable write ends
+  with ``WAITAOF 1 0 2000``, which the *server* may hold for up to 2 s; with the data
+  plane's 1 s socket timeout the client would give up on a write that then succeeds. So
+  this client's socket timeout is at least the WAITAOF timeout plus a margin
+  (:func:`write_timeout`), and control-plane reads share it; the hot path never waits
+  that long.
 * the subscriber's — no retries at all: a dropped subscription must surface so the cache
   is switched off, not be silently re-established (see :mod:`middleware.invalidation`).
+  Its liveness PINGs follow ``PATGATE_INVALIDATION_STALENESS``.
+
+``store_process`` (``patgate serve`` on the embedded default): the supervised
+``valkey-server``; ``ready()`` reports its state and its restarts are counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError
 
 from middleware.auth import Authenticator, PolicySource, Resolved
 from middleware.cache import TokenCache
@@ -41,22 +56,49 @@ from policies.reload import PolicyHolder
 from .headers import TrustedProxies
 from .settings import Settings
 
-__all__ = ["Runtime", "redis_client"]
+__all__ = [
+    "DURABLE_TIMEOUT_MS",
+    "Runtime",
+    "StoreProcess",
+    "redis_client",
+    "store_client",
+    "write_timeout",
+]
 
-#: seconds; WAITAOF (durable token writes) waits up to 2 s, so reads must wait longer.
-_SOCKET_TIMEOUT = 5.0
-_CONNECT_TIMEOUT = 1.0
+#: WAITAOF's own timeout for durable writes (the store's default, passed explicitly so
+#: the write client's socket timeout below is derived from the same number).
+DURABLE_TIMEOUT_MS = 2000
+#: what a write client waits beyond WAITAOF's timeout for the reply to arrive.
+_WRITE_MARGIN = 1.0
 _POLICY_POLL = 1.0
 
 
-def redis_client(url: str, *, retries: int = 1) -> aioredis.Redis:
-    """A client with patgate's timeouts; ``retries=0`` for the pub/sub subscriber."""
+def write_timeout(settings: Settings) -> float:
+    """Socket timeout for clients that issue durable writes (see the module docstring)."""
+    return max(settings.redis_timeout, DURABLE_TIMEOUT_MS / 1000 + _WRITE_MARGIN)
+
+
+def redis_client(
+    url: str,
+    *,
+    retries: int = 1,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+) -> aioredis.Redis:
+    """A client with patgate's timeouts (default: :class:`Settings`' defaults);
+    ``retries=0`` for the pub/sub subscriber."""
+    defaults = Settings()
     options: dict[str, Any] = {
-        "socket_timeout": _SOCKET_TIMEOUT,
-        "socket_connect_timeout": _CONNECT_TIMEOUT,
+        "socket_timeout": defaults.redis_timeout if timeout is None else timeout,
+        "socket_connect_timeout": (
+            defaults.redis_connect_timeout if connect_timeout is None else connect_timeout
+        ),
         "health_check_interval": 30,
         "retry": (
-            Retry(ExponentialBackoff(cap=0.05, base=0.01), retries)
+            # ConnectionError only: a stale pooled connection fails fast and is worth one
+            # more try; a TimeoutError means the server is not answering, and retrying
+            # would make every request wait twice as long for its 503.
+            Retry(ExponentialBackoff(cap=0.05, base=0.01), retries, (ConnectionError,))
             if retries
             else Retry(NoBackoff(), 0)
         ),
@@ -64,6 +106,22 @@ def redis_client(url: str, *, retries: int = 1) -> aioredis.Redis:
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True
     return aioredis.from_url(url, **options)
+
+
+def store_client(settings: Settings, url: str) -> aioredis.Redis:
+    """The client for management writes (API, CLI): long enough for ``WAITAOF``."""
+    return redis_client(
+        url, timeout=write_timeout(settings), connect_timeout=settings.redis_connect_timeout
+    )
+
+
+class StoreProcess(Protocol):
+    """The supervised embedded server as the runtime sees it (``EmbeddedValkey``)."""
+
+    @property
+    def state(self) -> str: ...
+
+    def on_restart(self, callback: Callable[[], None]) -> None: ...
 
 
 class Runtime:
@@ -75,6 +133,7 @@ class Runtime:
         *,
         policy: Policy | str | Path | None = None,
         metrics: Metrics | None = None,
+        store_process: StoreProcess | None = None,
     ) -> None:
         if settings.redis_url is None:
             raise ConfigError(
@@ -84,23 +143,46 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.keys = Keys(settings.namespace)
-        self.redis = redis_client(settings.redis_url)
-        self._subscriber_redis = redis_client(settings.redis_url, retries=0)
+        url = settings.redis_url
+        self.redis = redis_client(
+            url, timeout=settings.redis_timeout, connect_timeout=settings.redis_connect_timeout
+        )
+        self._write_redis = store_client(settings, url)
+        self._subscriber_redis = redis_client(
+            url,
+            retries=0,
+            timeout=settings.redis_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+        )
+        #: management reads and writes (the API, tests' fixtures): waits out WAITAOF.
         self.store = TokenStore(
+            self._write_redis,
+            self.keys,
+            events_maxlen=settings.events_maxlen,
+            durable_writes=settings.durable_writes,
+            durable_timeout_ms=DURABLE_TIMEOUT_MS,
+        )
+        #: the data plane's view of the same keys, on the short-timeout client.
+        self.data_store = TokenStore(
             self.redis,
             self.keys,
             events_maxlen=settings.events_maxlen,
             durable_writes=settings.durable_writes,
+            durable_timeout_ms=DURABLE_TIMEOUT_MS,
         )
         self.token_format = TokenFormat(settings.token_prefix, settings.pepper)
         self.cache: TokenCache[Resolved] = TokenCache(
             settings.cache_size, settings.cache_ttl, settings.negative_ttl, self.metrics
         )
-        self.subscriber = InvalidationSubscriber(
-            self._subscriber_redis, self.keys.channel, self.cache, self.metrics
+        self.subscriber = InvalidationSubscriber.for_staleness(
+            self._subscriber_redis,
+            self.keys.channel,
+            self.cache,
+            self.metrics,
+            staleness=settings.invalidation_staleness,
         )
         self.recorder = LastUsedRecorder(
-            self.store,
+            self.data_store,
             self.metrics,
             interval=settings.lastused_interval,
             max_pending=settings.lastused_max_pending,
@@ -108,7 +190,7 @@ class Runtime:
         self.policies = self._policy_source(policy)
         self.trusted = TrustedProxies(settings.trusted_proxies)
         self.authenticator = Authenticator(
-            self.store,
+            self.data_store,
             self.cache,
             self.token_format,
             self.policies,
@@ -119,6 +201,10 @@ class Runtime:
         )
         self._watch: asyncio.Task[None] | None = None
         self._users = 0
+        self.store_process = store_process
+        if store_process is not None:
+            # Called from the supervisor thread; prometheus-client counters are thread-safe.
+            store_process.on_restart(self.metrics.embedded_restarts.inc)
 
     def _policy_source(self, policy: Policy | str | Path | None) -> PolicySource:
         if isinstance(policy, Policy):
@@ -159,14 +245,18 @@ class Runtime:
         await self.recorder.aclose()
         await self.subscriber.aclose()
         await self.redis.aclose()
+        await self._write_redis.aclose()
         await self._subscriber_redis.aclose()
 
     async def ready(self) -> dict[str, str]:
         """Readiness checks by name → ``"ok"`` or what failed (for ``/readyz``)."""
         checks = {"redis": "ok", "subscriber": "ok"}
+        if self.store_process is not None:
+            # First, and named: "restarting (attempt 3)" says more than a failed PING.
+            checks = {"store_process": self.store_process.state, **checks}
         try:
-            async with asyncio.timeout(_CONNECT_TIMEOUT):
-                await self.store.ping()
+            async with asyncio.timeout(self.settings.redis_timeout):
+                await self.data_store.ping()
         except Exception as exc:
             checks["redis"] = f"ping failed: {exc.__class__.__name__}"
         if not self.subscriber.connected:

@@ -34,6 +34,7 @@ from .api import create_api_app
 from .app import create_admin_app, create_authz_app, create_gateway_app
 from .embedded import EmbeddedValkey
 from .lifecycle import Actor
+from .protocol import limited_protocol
 from .runtime import Runtime
 from .sample import sample_upstream
 from .settings import Settings
@@ -75,7 +76,13 @@ def _config(
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http="httptools",
+        # httptools with bounded request heads and strict Host (431/414/400 before any
+        # ASGI app runs): gateway/protocol.py, issue 9.
+        http=limited_protocol(
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            max_url_bytes=settings.max_url_bytes,
+        ),
         loop="none",
         lifespan=lifespan,
         log_level=settings.log_level,
@@ -168,7 +175,9 @@ def build_listeners(
     return [admin]
 
 
-async def _serve(settings: Settings, role: str) -> None:
+async def _serve(
+    settings: Settings, role: str, store_process: EmbeddedValkey | None = None
+) -> None:
     sockets: list[tuple[_Server, socket.socket]] = []
     if role == "serve" and settings.upstream_url is None:
         sock = _bind("127.0.0.1", 0)
@@ -180,7 +189,7 @@ async def _serve(settings: Settings, role: str) -> None:
         )
     if role in ("serve", "gateway") and settings.upstream_url is None:
         raise ConfigError("the gateway needs an upstream: PATGATE_UPSTREAM_URL or --upstream")
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, store_process=store_process)
     for n, (app, (host, port)) in enumerate(build_listeners(settings, role, runtime)):
         proxied = n == 0 and role in ("serve", "gateway")
         sockets.append((_Server(_config(app, settings, proxied=proxied)), _bind(host, port)))
@@ -215,14 +224,18 @@ def run_role(settings: Settings, role: str) -> int:
         url = embedded.start()
         _log.info("embedded Valkey store in %s (AOF on)", embedded.data_dir)
         settings = settings.evolve(redis_url=url)
+        # Restart the valkey-server child whenever it dies (a no-op if another process
+        # owns the data directory's server: that process supervises it).
+        embedded.supervise()
+    owned = embedded if embedded is not None and embedded.owns_server else None
     try:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-            asyncio.run(_serve(settings, role))
+            asyncio.run(_serve(settings, role, owned))
         else:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(_serve(settings, role))
+                runner.run(_serve(settings, role, owned))
     finally:
         if embedded is not None:
             embedded.stop()

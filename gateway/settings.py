@@ -17,7 +17,7 @@ from typing import Any
 
 from middleware.errors import ConfigError
 
-__all__ = ["ENV_VARS", "Settings", "parse_hostport"]
+__all__ = ["ENV_VARS", "FORWARD_AUTH_SOURCES", "Settings", "parse_hostport"]
 
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:
@@ -66,12 +66,19 @@ class Settings:
     token_prefix: str = "pat"
     pepper: bytes | None = field(default=None, repr=False)
     durable_writes: bool = True
+    redis_timeout: float = 1.0
+    redis_connect_timeout: float = 0.5
+    invalidation_staleness: float = 1.5
     policy_file: Path | None = None
     upstream_url: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     admin_listen: tuple[str, int] = ("127.0.0.1", 8081)
     authz_listen: tuple[str, int] = ("127.0.0.1", 8082)
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_url_bytes: int = 16 * 1024
+    forward_auth_source: str = "auto"
     realm: str = "patgate"
     cache_size: int = 10_000
     cache_ttl: float = 30.0
@@ -137,6 +144,18 @@ def _url(value: str, name: str) -> str:
     return value.rstrip("/") if name == "PATGATE_UPSTREAM_URL" else value
 
 
+#: where forward-auth reads the original request (gateway/forwardauth.py).
+FORWARD_AUTH_SOURCES = ("auto", "nginx", "traefik", "envoy")
+
+
+def _source(value: str, name: str) -> str:
+    v = value.strip().lower()
+    if v not in FORWARD_AUTH_SOURCES:
+        expected = ", ".join(FORWARD_AUTH_SOURCES)
+        raise ConfigError(f"{name}: expected one of {expected}, got {value!r}")
+    return v
+
+
 #: environment variable → (Settings attribute, parser); documented in the README table.
 ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_REDIS_URL": ("redis_url", _url),
@@ -145,12 +164,25 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_TOKEN_PREFIX": ("token_prefix", _prefix),
     "PATGATE_PEPPER": ("pepper", lambda v, n: v.encode()),
     "PATGATE_DURABLE_WRITES": ("durable_writes", _bool),
+    "PATGATE_REDIS_TIMEOUT": ("redis_timeout", lambda v, n: _number(v, n, float, 0.01)),
+    "PATGATE_REDIS_CONNECT_TIMEOUT": (
+        "redis_connect_timeout",
+        lambda v, n: _number(v, n, float, 0.01),
+    ),
+    "PATGATE_INVALIDATION_STALENESS": (
+        "invalidation_staleness",
+        lambda v, n: _number(v, n, float, 0.05),
+    ),
     "PATGATE_POLICY_FILE": ("policy_file", _path),
     "PATGATE_UPSTREAM_URL": ("upstream_url", _url),
     "PATGATE_LISTEN": ("listen", parse_hostport),
     "PATGATE_ADMIN_LISTEN": ("admin_listen", parse_hostport),
     "PATGATE_AUTHZ_LISTEN": ("authz_listen", parse_hostport),
     "PATGATE_TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "PATGATE_MAX_HEADER_BYTES": ("max_header_bytes", lambda v, n: _number(v, n, int, 1024)),
+    "PATGATE_MAX_HEADERS": ("max_headers", lambda v, n: _number(v, n, int, 8)),
+    "PATGATE_MAX_URL_BYTES": ("max_url_bytes", lambda v, n: _number(v, n, int, 256)),
+    "PATGATE_FORWARD_AUTH_SOURCE": ("forward_auth_source", _source),
     "PATGATE_REALM": ("realm", _str),
     "PATGATE_CACHE_SIZE": ("cache_size", lambda v, n: _number(v, n, int, 0)),
     "PATGATE_CACHE_TTL": ("cache_ttl", lambda v, n: _number(v, n, float, 0)),

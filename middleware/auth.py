@@ -2,7 +2,8 @@
 
 ::
 
-    route       policy.route(method, path): public → allow, bad path → 400 (no lookup)
+    route       policy.route(method, path): public or allowed CORS preflight → allow,
+                bad path → 400, TRACE/CONNECT no rule names → 405 (no lookup)
     credentials the one Bearer token (RFC 6750 §2.1)             → 401 bare / 400
     well_formed prefix, length, alphabet, CRC32: no Redis call    → 401 invalid_token
     digest      SHA-256 / HMAC of the secret
@@ -32,15 +33,22 @@ from policies.scopes import ScopeSet
 
 from .cache import Slot, TokenCache
 from .credentials import bearer_token
-from .errors import AuthError, InsufficientScope, InvalidRequest, InvalidToken, StoreUnavailable
+from .errors import (
+    AuthError,
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    MethodNotAllowed,
+    StoreUnavailable,
+)
 from .lastused import LastUsedRecorder
 from .metrics import DECISION_REASONS, Metrics
-from .records import Identity, LastUsed, Token, User
+from .records import Identity, LastUsed, Org, Token, User
 from .responses import ErrorResponses
 from .store import TokenStore
 from .tokenformat import TokenFormat
 from .user import PatgateCredentials, PatgateUser
-from .validate import identity_of, usable_identity
+from .validate import check_usable, identity_of
 
 __all__ = ["Authenticator", "PolicySource", "Resolved"]
 
@@ -67,24 +75,32 @@ class _Fixed:
 
 
 class Resolved:
-    """What a digest resolves to; the cache's value, built once per Redis read."""
+    """What a digest resolves to; the cache's value, built once per Redis read.
 
-    __slots__ = ("credentials", "expires_at", "identity", "owner", "scopes", "token", "usable",
-                 "user")  # fmt: skip
+    ``identity`` carries the *effective* scopes and workspaces (the token's, bounded by
+    what its owner may grant now: :mod:`middleware.grants`), and ``scopes`` is their
+    compiled form — so ``@requires``, the policy and the identity headers all see the
+    bounded set, computed once per cache fill rather than per request."""
 
-    def __init__(self, token: Token, owner: User | None, now: float) -> None:
+    __slots__ = ("credentials", "expires_at", "identity", "org", "owner", "scopes", "token",
+                 "usable", "user")  # fmt: skip
+
+    def __init__(
+        self, token: Token, owner: User | None, now: float, org: Org | None = None
+    ) -> None:
         self.token = token
         self.owner = owner
+        self.org = org
         self.expires_at = token.expires_at
+        self.identity = identity_of(token, org, owner)
         try:
-            self.identity = usable_identity(token, owner, now)
+            check_usable(token, owner, now)
             self.usable = True
         except InvalidToken:
             # Cached too: a revoked token's next request is answered without Redis; the
-            # reason is recomputed by usable_identity() on each hit.
-            self.identity = identity_of(token)
+            # reason is recomputed by check_usable() on each hit.
             self.usable = False
-        self.scopes = ScopeSet.from_scopes(token.scopes)
+        self.scopes = ScopeSet.from_scopes(self.identity.scopes)
         self.credentials = PatgateCredentials(self.scopes)
         self.user = PatgateUser(self.identity)
 
@@ -174,7 +190,10 @@ class Authenticator:
         reason = "ok"
         try:
             match = self.route(method, raw_path)
-            if match.public:
+            # A CORS preflight under ``preflight = "allow"`` is treated as public.
+            if match.public or (
+                method == "OPTIONS" and self.policies.current.allows_preflight(headers)
+            ):
                 reason = "public"
                 return None
             secret = self.credentials(headers)
@@ -211,9 +230,10 @@ class Authenticator:
     def route(self, method: str, raw_path: str) -> RouteMatch:
         match = self.policies.current.route(method, raw_path)
         if match.denied == "bad_path":
-            exc = InvalidRequest(match.detail or "malformed or ambiguous path")
-            exc.reason = "bad_path"
-            raise exc
+            raise InvalidRequest(match.detail or "malformed or ambiguous path", reason="bad_path")
+        if match.denied == "method_not_allowed":
+            # TRACE/CONNECT no rule names: 405 before authentication (policies/engine.py).
+            raise MethodNotAllowed(match.detail or "method not allowed")
         return match
 
     @staticmethod
@@ -254,9 +274,9 @@ class Authenticator:
             raise InvalidToken(_UNKNOWN)
         token = Token.decode(found[0])
         owner = User.decode(found[1]) if found[1] is not None else None
-        resolved = Resolved(token, owner, self._clock())
-        owner_id = token.owner_id if token.owner_kind == "user" else None
-        cache.put(digest, resolved, owner_id, epoch, self._monotonic())
+        org = Org.decode(found[2]) if found[2] is not None else None
+        resolved = Resolved(token, owner, self._clock(), org)
+        cache.put(digest, resolved, token.user_key, epoch, self._monotonic())
         return resolved
 
     def decide(
@@ -266,11 +286,9 @@ class Authenticator:
         identity = resolved.identity
         expires_at = resolved.expires_at
         if not resolved.usable or (expires_at is not None and now >= expires_at):
-            identity = usable_identity(resolved.token, resolved.owner, now)
+            check_usable(resolved.token, resolved.owner, now)
         if match.denied == "no_rule":
-            exc = InsufficientScope("no policy rule allows this request")
-            exc.reason = "no_rule"
-            raise exc
+            raise InsufficientScope("no policy rule allows this request", reason="no_rule")
         decision = self.policies.current.authorize(
             match, identity, _HeaderView(headers), scopes=resolved.scopes
         )
@@ -286,13 +304,13 @@ def _outcome(reason: str) -> str:
 
 
 def _policy_error(reason: str, missing_scope: str | None) -> AuthError:
-    if reason == "workspace":
-        exc = InsufficientScope("the token is not valid for this workspace")
-    elif reason == "no_rule":
-        exc = InsufficientScope("no policy rule allows this request")
-    else:
-        exc = InsufficientScope("the token lacks a scope this route requires", scope=missing_scope)
     # Finer policy reasons (own, workspace) count as insufficient_scope unless the metric
     # knows them.
-    exc.reason = reason if reason in DECISION_REASONS else "insufficient_scope"
-    return exc
+    metric = reason if reason in DECISION_REASONS else "insufficient_scope"
+    if reason == "workspace":
+        return InsufficientScope("the token is not valid for this workspace", reason=metric)
+    if reason == "no_rule":
+        return InsufficientScope("no policy rule allows this request", reason=metric)
+    return InsufficientScope(
+        "the token lacks a scope this route requires", scope=missing_scope, reason=metric
+    )

@@ -7,7 +7,8 @@
     │   ├── MissingCredentials         401, no error code
     │   ├── InvalidRequest             400 invalid_request (e.g. two credentials)
     │   ├── InvalidToken               401 invalid_token
-    │   └── InsufficientScope          403 insufficient_scope, scope="..."
+    │   ├── InsufficientScope          403 insufficient_scope, scope="..."
+    │   └── MethodNotAllowed           405 TRACE/CONNECT no rule names; Allow, no challenge
     ├── StoreUnavailable               503; Redis/Valkey could not be reached
     ├── ServiceError                   management API / CLI; JSON {"error", "detail"}
     │   ├── ValidationFailed           400 validation
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidToken",
     "LimitReached",
+    "MethodNotAllowed",
     "MissingCredentials",
     "NotFound",
     "PatgateError",
@@ -57,10 +59,15 @@ class AuthError(PatgateError):
     #: the ``reason`` label of ``patgate_decisions_total``; bounded set.
     reason: str = "invalid_token"
 
-    def __init__(self, description: str | None = None, *, scope: str | None = None) -> None:
+    def __init__(
+        self, description: str | None = None, *, scope: str | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(description or self.error or "unauthorized")
         self.description = description
         self.scope = scope
+        # The metric reason is part of the error from its construction (never mutated).
+        if reason is not None:
+            self.reason = reason
 
     def www_authenticate(self, realm: str) -> str:
         """The ``WWW-Authenticate`` challenge for this error (RFC 6750 §3)."""
@@ -97,8 +104,7 @@ class InvalidToken(AuthError):
     error = "invalid_token"
 
     def __init__(self, description: str | None = None, *, reason: str = "invalid_token") -> None:
-        super().__init__(description)
-        self.reason = reason
+        super().__init__(description, reason=reason)
 
 
 class InsufficientScope(AuthError):
@@ -107,6 +113,17 @@ class InsufficientScope(AuthError):
     status_code = 403
     error = "insufficient_scope"
     reason = "insufficient_scope"
+
+
+class MethodNotAllowed(AuthError):
+    """TRACE or CONNECT on a route whose rule does not name it (issue 9): refused before
+    authentication. RFC 9110 §15.5.6: a 405 carries ``Allow``; it is no auth challenge."""
+
+    status_code = 405
+    error = None
+    reason = "method_not_allowed"
+    #: what the gateway forwards; the upstream may support fewer.
+    allow = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 class StoreUnavailable(PatgateError):

@@ -11,6 +11,13 @@ reconnect — flushes the cache and activates it; any error, or a PING left unan
 until the next confirmed subscription. While deactivated every request goes to Redis; if
 Redis is down too the data plane answers 503, never a stale 200.
 
+The staleness bound: a link that silently drops packets (no RST, no FIN) is noticed at
+most ``ping_interval + ping_timeout`` after the last thing it delivered — a PING goes out
+``ping_interval`` after the last message, and its deadline is ``ping_timeout`` later; the
+loop wakes at exactly those instants rather than on a fixed tick. An invalidation lost on
+such a link is so ignored for at most that long. :meth:`InvalidationSubscriber.for_staleness`
+derives both from one bound (``PATGATE_INVALIDATION_STALENESS``).
+
 The subscriber's client must not retry internally (``retry=Retry(NoBackoff(), 0)``):
 redis-py would otherwise reconnect and resubscribe inside ``get_message`` and we could
 miss invalidations published in between. We still treat every ``subscribe`` confirmation
@@ -74,6 +81,32 @@ class InvalidationSubscriber:
         self._session_ok = False
         #: how many times a subscription was confirmed (1 after the first connect).
         self.connects = 0
+
+    @classmethod
+    def for_staleness(
+        cls,
+        client: aioredis.Redis,
+        channel: str,
+        cache: TokenCache[Any],
+        metrics: Metrics,
+        *,
+        staleness: float,
+    ) -> InvalidationSubscriber:
+        """A subscriber that notices a silently cut link within ``staleness`` seconds.
+
+        A quarter of the bound between PINGs and the rest for the answer: frequent PINGs
+        cost one tiny round trip each, while a long answer window keeps a briefly busy
+        server (or event loop) from flushing the cache for nothing.
+        """
+        interval = staleness / 4
+        return cls(
+            client,
+            channel,
+            cache,
+            metrics,
+            ping_interval=interval,
+            ping_timeout=staleness - interval,
+        )
 
     @property
     def connected(self) -> bool:
@@ -155,13 +188,19 @@ class InvalidationSubscriber:
         last_rx = loop.time()
         ping_sent: float | None = None
         while True:
-            msg = await pubsub.get_message(timeout=self._ping_interval)
+            # Wake exactly when the next PING is due or the outstanding one expires: a
+            # fixed ping_interval tick would add up to one more interval to the bound.
+            if ping_sent is None:
+                due = last_rx + self._ping_interval
+            else:
+                due = ping_sent + self._ping_timeout
+            msg = await pubsub.get_message(timeout=max(0.0, due - loop.time()))
             now = loop.time()
             if msg is None:
                 if ping_sent is not None:
-                    if now - ping_sent > self._ping_timeout:
+                    if now >= ping_sent + self._ping_timeout:
                         raise _Unresponsive()
-                elif now - last_rx >= self._ping_interval:
+                elif now >= last_rx + self._ping_interval:
                     await pubsub.ping()
                     ping_sent = now
                 continue

@@ -61,10 +61,12 @@ DECISION_REASONS = (
     "expired",
     "revoked",
     "disabled",
+    "no_permission",
     "insufficient_scope",
     "own",
     "workspace",
     "bad_path",
+    "method_not_allowed",
     "no_rule",
     "store_unavailable",
 )
@@ -290,6 +292,11 @@ class Metrics:
             "patgate_policy_reloads_total",
             "Policy reload attempts by result (success, failure).",
             ["result"],
+            registry=r,
+        )
+        self.embedded_restarts = Counter(
+            "patgate_embedded_restarts_total",
+            "Restarts of the embedded valkey-server after it died.",
             registry=r,
         )
 

@@ -33,6 +33,7 @@ __all__ = [
     "TokenType",
     "User",
     "owner_key",
+    "user_key",
 ]
 
 OwnerKind = Literal["user", "org"]
@@ -41,9 +42,15 @@ TokenStatus = Literal["active", "revoked", "expired"]
 Role = Literal["member", "admin"]
 
 
-def owner_key(kind: OwnerKind, owner_id: str) -> str:
-    """``u:<id>`` or ``o:<id>``: the owner part of per-owner keys."""
-    return ("u:" if kind == "user" else "o:") + owner_id
+def user_key(org_id: str, user_id: str) -> str:
+    """``<org>/<id>``: how the store names a user (ids are scoped per organization; ids
+    never contain ``/``)."""
+    return org_id + "/" + user_id
+
+
+def owner_key(kind: OwnerKind, owner_id: str, org_id: str) -> str:
+    """``u:<org>/<id>`` or ``o:<id>``: the owner part of per-owner keys."""
+    return "u:" + user_key(org_id, owner_id) if kind == "user" else "o:" + owner_id
 
 
 def _pack(values: list[Any]) -> bytes:
@@ -152,7 +159,12 @@ class Token:
 
     @property
     def owner_key(self) -> str:
-        return owner_key(self.owner_kind, self.owner_id)
+        return owner_key(self.owner_kind, self.owner_id, self.org_id)
+
+    @property
+    def user_key(self) -> str | None:
+        """The owning user's store key (``<org>/<id>``), or None for org-owned tokens."""
+        return user_key(self.org_id, self.owner_id) if self.owner_kind == "user" else None
 
     def encode(self) -> bytes:
         """The compact layout (see the module docstring): defaults trailing, then trimmed."""
@@ -272,31 +284,50 @@ class User:
     can_manage_tokens: bool = True
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: the workspaces the user belongs to in the host product; ``None`` = every one.
+    workspaces: tuple[str, ...] | None = None
+    #: scopes the host lets this user grant; ``None`` = the org's default for the role.
+    grantable_scopes: tuple[str, ...] | None = None
 
     @property
     def can_authenticate(self) -> bool:
         """Disabled users and users without the token permission fail authentication."""
         return self.enabled and self.can_manage_tokens
 
+    @property
+    def key(self) -> str:
+        """``<org>/<id>``: user ids are scoped per organization (issue 9: no cross-org
+        oracle), so the store keys users by both."""
+        return user_key(self.org_id, self.id)
+
     def encode(self) -> bytes:
-        return _pack(
-            [
-                self.id,
-                self.org_id,
-                self.email,
-                self.name,
-                self.role,
-                self.enabled,
-                self.can_manage_tokens,
-                self.created_at,
-                self.updated_at,
-            ]
-        )
+        values: list[Any] = [
+            self.id,
+            self.org_id,
+            self.email,
+            self.name,
+            self.role,
+            self.enabled,
+            self.can_manage_tokens,
+            self.created_at,
+            self.updated_at,
+            None if self.workspaces is None else list(self.workspaces),
+            None if self.grantable_scopes is None else list(self.grantable_scopes),
+        ]
+        while len(values) > 9 and values[-1] is None:
+            values.pop()
+        return _pack(values)
 
     @classmethod
     def decode(cls, blob: bytes) -> User:
         v = _unpack(blob)
-        return cls(*v[:9])
+        v += [None] * (11 - len(v))
+        ws, grantable = v[9], v[10]
+        return replace(
+            cls(*v[:9]),
+            workspaces=None if ws is None else tuple(ws),
+            grantable_scopes=None if grantable is None else tuple(grantable),
+        )
 
     def evolve(self, **changes: Any) -> User:
         return replace(self, **changes)
@@ -310,6 +341,10 @@ class User:
             "role": self.role,
             "enabled": self.enabled,
             "can_manage_tokens": self.can_manage_tokens,
+            "workspaces": ["*"] if self.workspaces is None else list(self.workspaces),
+            "grantable_scopes": (
+                None if self.grantable_scopes is None else list(self.grantable_scopes)
+            ),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -327,24 +362,36 @@ class Org:
     allow_never: bool = True
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: scopes members may grant (besides managing their own tokens). Empty by default:
+    #: with nothing configured a member can grant no API scope at all (issue 9).
+    member_scopes: tuple[str, ...] = ()
+    #: scopes admins may grant; bounds org-owned tokens too.
+    admin_scopes: tuple[str, ...] = ("*",)
 
     def encode(self) -> bytes:
-        return _pack(
-            [
-                self.id,
-                self.name,
-                self.token_limit,
-                self.max_lifetime,
-                self.allow_never,
-                self.created_at,
-                self.updated_at,
-            ]
-        )
+        values: list[Any] = [
+            self.id,
+            self.name,
+            self.token_limit,
+            self.max_lifetime,
+            self.allow_never,
+            self.created_at,
+            self.updated_at,
+            list(self.member_scopes),
+            list(self.admin_scopes),
+        ]
+        if self.admin_scopes == ("*",):
+            values.pop()
+            if not self.member_scopes:
+                values.pop()
+        return _pack(values)
 
     @classmethod
     def decode(cls, blob: bytes) -> Org:
         v = _unpack(blob)
-        return cls(*v[:7])
+        member = tuple(v[7]) if len(v) > 7 else ()
+        admin = tuple(v[8]) if len(v) > 8 else ("*",)
+        return replace(cls(*v[:7]), member_scopes=member, admin_scopes=admin)
 
     def evolve(self, **changes: Any) -> Org:
         return replace(self, **changes)
@@ -356,6 +403,8 @@ class Org:
             "token_limit": self.token_limit,
             "max_lifetime": self.max_lifetime,
             "allow_never": self.allow_never,
+            "member_scopes": list(self.member_scopes),
+            "admin_scopes": list(self.admin_scopes),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

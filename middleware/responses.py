@@ -13,6 +13,7 @@ invalid_token          401     ``error="invalid_token"`` — unknown *and* malfo
 revoked/expired/…      401     ``error="invalid_token"`` with a specific description
 insufficient_scope     403     ``error="insufficient_scope", scope="…"``
 no_rule                403     ``error="insufficient_scope"``; body ``no_rule``
+method_not_allowed     405     no challenge; ``Allow`` (TRACE/CONNECT no rule names)
 store_unavailable      503     no challenge; ``Retry-After: 1``
 =====================  ======  ====================================================
 
@@ -28,13 +29,18 @@ from typing import Any
 
 from starlette.types import Send
 
-from .errors import AuthError, ConfigError, StoreUnavailable
+from .errors import AuthError, ConfigError, MethodNotAllowed, StoreUnavailable
 
 __all__ = ["ErrorResponses", "Prepared"]
 
 _MEMO_LIMIT = 512
 #: reasons whose JSON body carries the RFC 6750 code rather than the finer reason.
-_BODY_CODE = {"revoked": "invalid_token", "expired": "invalid_token", "disabled": "invalid_token"}
+_BODY_CODE = {
+    "revoked": "invalid_token",
+    "expired": "invalid_token",
+    "disabled": "invalid_token",
+    "no_permission": "invalid_token",
+}
 _JSON = (b"content-type", b"application/json")
 
 
@@ -90,11 +96,14 @@ class ErrorResponses:
         code = _BODY_CODE.get(exc.reason, exc.reason)
         detail = exc.description or _DEFAULT_DETAIL.get(code, code.replace("_", " "))
         body = json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
-        headers = [
-            _JSON,
-            (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", exc.www_authenticate(self.realm).encode("latin-1")),
-        ]
+        headers = [_JSON, (b"content-length", str(len(body)).encode())]
+        if isinstance(exc, MethodNotAllowed):
+            # RFC 9110 §15.5.6: a 405 lists the methods in Allow; it is no auth challenge.
+            headers.append((b"allow", exc.allow.encode("latin-1")))
+        else:
+            headers.append(
+                (b"www-authenticate", exc.www_authenticate(self.realm).encode("latin-1"))
+            )
         return Prepared(exc.status_code, headers, body)
 
     def _build_unavailable(self) -> Prepared:

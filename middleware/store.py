@@ -24,7 +24,7 @@ import redis.exceptions as redis_errors
 
 from .errors import Conflict, LimitReached, PatgateError, StoreUnavailable
 from .keys import Keys
-from .records import LastUsed, Org, Token, User
+from .records import LastUsed, Org, Token, User, user_key
 
 __all__ = ["Plan", "StaleWrite", "TokenStore", "redis_errors_wrapped"]
 
@@ -60,21 +60,20 @@ end
 return {'ok'}
 """
 
-# The index value is "<token id>" or "<token id> <owning user id>", so the script can
-# fetch the owner's record without decoding the token in Lua.
+# The index value is "<token id> <org id>" or "<token id> <org id> <owning user id>", so
+# the script can fetch the owner's user record (``<org>/<user>``) and the org record —
+# what the effective scopes are computed from (middleware.grants) — without decoding the
+# token in Lua. Still one round trip per cache miss.
 _LOOKUP = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
-local sp = string.find(v, ' ', 1, true)
-local id = v
-local user = ''
-if sp then
-  id = string.sub(v, 1, sp - 1)
-  user = redis.call('HGET', KEYS[3], string.sub(v, sp + 1)) or ''
-end
+local id, org, user = string.match(v, '^(%S+) (%S+) ?(%S*)$')
+if not id then return false end
 local rec = redis.call('HGET', KEYS[2], id)
 if not rec then return false end
-return {rec, user}
+local u = ''
+if user ~= '' then u = redis.call('HGET', KEYS[3], org .. '/' .. user) or '' end
+return {rec, u, redis.call('HGET', KEYS[4], org) or ''}
 """
 
 # Read-only: newest-first rows of many zsets (the merged org admin view), each after its
@@ -139,7 +138,8 @@ def _rows(flat: list[bytes]) -> list[tuple[str, int]]:
 
 
 def _index_value(token: Token) -> str:
-    return token.id + " " + token.owner_id if token.owner_kind == "user" else token.id
+    head = token.id + " " + token.org_id
+    return head + " " + token.owner_id if token.owner_kind == "user" else head
 
 
 @dataclass(slots=True)
@@ -161,6 +161,21 @@ class Plan:
     publish: list[str] = field(default_factory=list)
     #: audit events (JSON), appended to the stream in order.
     events: list[str] = field(default_factory=list)
+
+    # -- cache invalidations: the only writers of the pub/sub wire format -----------------
+
+    def invalidate_token(self, digest: bytes) -> None:
+        """Every process drops its cached answer for this digest."""
+        self.publish.append("t " + digest.hex())
+
+    def invalidate_user(self, user_key: str) -> None:
+        """Every process drops the cached tokens of this user (``<org>/<id>``)."""
+        self.publish.append("u " + user_key)
+
+    def invalidate_org(self, org_id: str) -> None:
+        """An org's grant catalogue changed: every process flushes its cache (rare; any
+        message other than ``t``/``u`` is a full flush in :mod:`middleware.invalidation`)."""
+        self.publish.append("o " + org_id)
 
     def expect(self, key: str, fld: str, value: bytes | None) -> None:
         """Abort with :class:`StaleWrite` unless ``key[fld]`` is still ``value`` (None: absent)."""
@@ -206,15 +221,15 @@ class Plan:
 
     def put_user(self, old: User | None, new: User) -> None:
         k = self.keys
-        self.expect(k.users, new.id, None if old is None else old.encode())
-        self.hset.append([k.users, new.id, new.encode()])
+        self.expect(k.users, new.key, None if old is None else old.encode())
+        self.hset.append([k.users, new.key, new.encode()])
         if old is None:
             self.zadd.append([k.org_users(new.org_id), _ms(new.created_at), new.id])
 
     def delete_user(self, old: User) -> None:
         k = self.keys
-        self.expect(k.users, old.id, old.encode())
-        self.hdel.append([k.users, old.id])
+        self.expect(k.users, old.key, old.encode())
+        self.hdel.append([k.users, old.key])
         self.zrem.append([k.org_users(old.org_id), old.id])
 
     def put_org(self, old: Org | None, new: Org) -> None:
@@ -328,16 +343,15 @@ class TokenStore:
 
     # -- data plane ----------------------------------------------------------------------
 
-    async def lookup(self, digest: bytes) -> tuple[bytes, bytes | None] | None:
-        """Token record and owner user record for a digest, in one round trip."""
+    async def lookup(self, digest: bytes) -> tuple[bytes, bytes | None, bytes | None] | None:
+        """Token record, owner user record and org record for a digest, in one round trip."""
+        k = self.keys
         with redis_errors_wrapped():
-            found = await self._lookup(
-                keys=[self.keys.index, self.keys.tokens, self.keys.users], args=[digest]
-            )
+            found = await self._lookup(keys=[k.index, k.tokens, k.users, k.orgs], args=[digest])
         if not found:
             return None
-        record, user = found
-        return record, (user or None)
+        record, user, org = found
+        return record, (user or None), (org or None)
 
     async def touch(self, batch: Sequence[tuple[str, LastUsed]]) -> int:
         """Store last-used entries for tokens that still exist; returns how many."""
@@ -436,17 +450,18 @@ class TokenStore:
         with redis_errors_wrapped():
             return int(await self._r.zcard(zkey))
 
-    async def get_user(self, user_id: str) -> User | None:
+    async def get_user(self, org_id: str, user_id: str) -> User | None:
+        """User ``user_id`` of ``org_id``: ids are scoped per org (no cross-org oracle)."""
         with redis_errors_wrapped():
-            blob = await self._r.hget(self.keys.users, user_id)
+            blob = await self._r.hget(self.keys.users, user_key(org_id, user_id))
         return None if blob is None else User.decode(blob)
 
-    async def get_users(self, ids: Iterable[str]) -> list[User]:
-        ids = list(ids)
-        if not ids:
+    async def get_users(self, org_id: str, ids: Iterable[str]) -> list[User]:
+        fields = [user_key(org_id, i) for i in ids]
+        if not fields:
             return []
         with redis_errors_wrapped():
-            blobs = await self._r.hmget(self.keys.users, ids)
+            blobs = await self._r.hmget(self.keys.users, fields)
         return [User.decode(b) for b in blobs if b is not None]
 
     async def org_user_ids(self, org_id: str) -> list[str]:
@@ -463,6 +478,8 @@ class TokenStore:
         self, *, before: str | None = None, count: int = 100
     ) -> list[tuple[str, bytes]]:
         """Audit events newest first, as (stream id, JSON bytes)."""
+        if before == "0-0":  # nothing precedes it, and Redis refuses the exclusive "(0-0"
+            return []
         with redis_errors_wrapped():
             top = "+" if before is None else "(" + before
             rows = await self._r.xrevrange(self.keys.events, top, "-", count=count)

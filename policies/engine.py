@@ -11,6 +11,18 @@ Deciding is two steps so the data plane can skip the token lookup on public rout
 changed the path's structure (dot segments, empty segments), also the as-sent structure;
 if the two reach a different rule or bind different parameters the request is denied
 with ``bad_path`` — no spelling of a path can reach a weaker rule than its canonical form.
+
+``TRACE`` and ``CONNECT`` are denied with ``method_not_allowed`` (405) unless the rule the
+request reaches names the method in its ``methods`` list (``methods = "*"`` does not
+count): TRACE echoes the request — credentials and cookies included — to whoever can read
+the response (cross-site tracing), and CONNECT turns an HTTP proxy into a TCP tunnel
+(RFC 9110 §9.3.6, §9.3.8). Neither is decided per token: the refusal comes before
+authentication.
+
+``preflight = "allow"`` lets CORS preflights (:meth:`Policy.allows_preflight`) through
+without a token, like Kong's ``run_on_preflight = false``: browsers never attach
+credentials to a preflight (Fetch standard, "CORS-preflight request"), so requiring a
+token makes every cross-origin call from a browser fail.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from policies.verdicts import REASONS, PolicyDecision, scope_verdict, workspace_
 
 __all__ = [
     "DEFAULT_RULE",
+    "EXPLICIT_METHODS",
     "REASONS",
     "Policy",
     "PolicyDecision",
@@ -42,6 +55,12 @@ __all__ = [
 
 #: the rule name reported for requests no rule matched.
 DEFAULT_RULE = "(default)"
+#: methods refused (405) unless the matched rule names them in ``methods``.
+EXPLICIT_METHODS = frozenset({"TRACE", "CONNECT"})
+_METHOD_DETAIL = "{} is refused unless a policy rule names it"
+_ORIGIN = b"origin"
+_ACRM = b"access-control-request-method"
+_AUTHORIZATION = b"authorization"
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _CACHE_MAX = 4096
 # Longer raw paths are not memoized, which bounds the route memo to a few MiB.
@@ -58,7 +77,8 @@ class RouteMatch(NamedTuple):
     """
 
     public: bool
-    #: ``"bad_path"`` or ``"no_rule"`` when the request is denied outright, else ``None``.
+    #: ``"bad_path"``, ``"method_not_allowed"`` or ``"no_rule"`` when the request is
+    #: denied outright, else ``None``.
     denied: str | None
     #: the rule's name; :data:`DEFAULT_RULE` when none matched, ``""`` for a bad path.
     rule: str
@@ -80,12 +100,14 @@ class Policy:
     __slots__ = (
         "_default_ok",
         "_exact",
+        "_explicit",
         "_fixed_decisions",
         "_mixed_case",
         "_routes",
         "_scope_cache",
         "_table",
         "_verdicts",
+        "preflight",
         "spec",
     )
 
@@ -122,6 +144,29 @@ class Policy:
         # shared, because building a frozen dataclass per request costs ~1 µs.
         self._fixed_decisions: dict[tuple[bool, str, str], PolicyDecision] = {}
         self._routes: dict[tuple[str, str], RouteMatch] = {}
+        #: TRACE/CONNECT that some rule names; any other is refused before routing.
+        self._explicit = (
+            frozenset(m for r in spec.rules if r.methods is not None for m in r.methods)
+            & EXPLICIT_METHODS
+        )
+        #: whether CORS preflights pass without a token (``preflight = "allow"``).
+        self.preflight = spec.preflight == "allow"
+
+    def allows_preflight(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether ``preflight = "allow"`` and an ``OPTIONS`` request's raw ASGI headers
+        make it a CORS preflight: ``Origin`` and ``Access-Control-Request-Method``
+        present, no ``Authorization`` (a request with credentials is decided normally)."""
+        if not self.preflight:
+            return False
+        origin = acrm = False
+        for name, _ in headers:
+            if name == _AUTHORIZATION:
+                return False
+            if name == _ORIGIN:
+                origin = True
+            elif name == _ACRM:
+                acrm = True
+        return origin and acrm
 
     @property
     def source(self) -> str:
@@ -144,11 +189,25 @@ class Policy:
         return match
 
     def _route(self, method: str, raw_path: str) -> RouteMatch:
+        if not method.isupper():
+            method = method.upper()
+        if method in EXPLICIT_METHODS and method not in self._explicit:
+            # Before the path: a CONNECT target is host:port, not a path.
+            return _new(
+                RouteMatch,
+                (False, "method_not_allowed", "", _EMPTY, "", None,
+                 _METHOD_DETAIL.format(method), None),
+            )  # fmt: skip
+        match = self._route_path(method, raw_path)
+        if method in EXPLICIT_METHODS and match.denied != "bad_path" and not _names(match, method):
+            detail = _METHOD_DETAIL.format(method)
+            return match._replace(denied="method_not_allowed", public=False, detail=detail)
+        return match
+
+    def _route_path(self, method: str, raw_path: str) -> RouteMatch:
         norm = normalize(raw_path)
         if isinstance(norm, BadPath):
             return _new(RouteMatch, (False, "bad_path", "", _EMPTY, "", None, norm.detail, None))
-        if not method.isupper():
-            method = method.upper()
         hit = self._table.match(method, norm.segments, norm.values)
         if norm.raw_segments is not None:
             raw = norm.raw_segments
@@ -244,6 +303,16 @@ class Policy:
             if not second.allowed:
                 return second
         return decision
+
+
+def _names(match: RouteMatch | None, method: str) -> bool:
+    """Whether the matched rule (and its exact-case twin) lists ``method`` explicitly."""
+    while match is not None:
+        spec = match.spec
+        if spec is None or spec.methods is None or method not in spec.methods:
+            return False
+        match = match.also
+    return True
 
 
 def _same(

@@ -18,7 +18,9 @@ between common upstreams is rejected (SPEC: "deny when in doubt"):
    ``\\``, ``;``, NUL and control characters are rejected (``%2F`` splits segments in
    some upstreams and not others); every other escape is kept, with upper-case hex
    (§6.2.2.1). ``%25`` followed by two hex digits is rejected: an upstream that decodes
-   twice would see a different path.
+   twice would see a different path. The escaped octets of a segment must be valid UTF-8
+   (RFC 3629: no overlong forms such as ``%C0%AE``, no surrogates, no truncated
+   sequences): a lenient decoder reads ``%C0%AE`` as ``.``.
 5. Dot segments are removed (RFC 3986 §5.2.4). *Encoded* dot segments (``%2e%2e``,
    ``.%2E``) are rejected: RFC 3986 §6.2.2.2 makes them dot segments after decoding, but
    a server that resolves before decoding (or never decodes) reads them as ordinary
@@ -44,6 +46,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
+from urllib.parse import unquote_to_bytes
 
 __all__ = ["MAX_PATH_LENGTH", "BadPath", "NormalizedPath", "normalize"]
 
@@ -88,6 +91,7 @@ def _decode_segment(seg: str) -> str | BadPath:
         return seg
     pieces = seg.split("%")
     out = [pieces[0]]
+    high = False
     for piece in pieces[1:]:
         hx = piece[:2]
         if len(hx) != 2 or hx[0] not in _HEX or hx[1] not in _HEX:
@@ -95,11 +99,20 @@ def _decode_segment(seg: str) -> str | BadPath:
         byte = int(hx, 16)
         if byte in _FORBIDDEN_ESCAPES:
             return BadPath(f"forbidden escape %{hx.upper()}")
+        high = high or byte >= 0x80
         out.append(chr(byte) if byte in _UNRESERVED else "%" + hx.upper())
         out.append(piece[2:])
     decoded = "".join(out)
     if "%25" in decoded and _DOUBLE_ESCAPE.search(decoded):
         return BadPath("double-encoded escape")
+    if high:
+        # RFC 3986 §2.5 / RFC 3629 §3: escaped octets are UTF-8. Overlong forms
+        # (%C0%AE is "." to a lenient decoder), surrogates and truncated sequences
+        # decode differently per upstream — or to a dot segment after our check.
+        try:
+            unquote_to_bytes(decoded).decode("utf-8")
+        except UnicodeDecodeError:
+            return BadPath("percent-escapes are not valid UTF-8")
     return decoded
 
 

@@ -17,10 +17,12 @@ from middleware.errors import ConfigError
 from policies.routes import Template, parse_template
 from policies.scopes import validate_required
 
-__all__ = ["DEFAULTS", "PolicySpec", "RuleSpec", "build_spec"]
+__all__ = ["DEFAULTS", "PREFLIGHT", "PolicySpec", "RuleSpec", "build_spec"]
 
 DEFAULTS = ("deny", "authenticated")
-_TOP_KEYS = frozenset({"version", "default", "description", "rules"})
+#: values of the top-level ``preflight`` key (CORS preflight without credentials).
+PREFLIGHT = ("authenticate", "allow")
+_TOP_KEYS = frozenset({"version", "default", "description", "preflight", "rules"})
 _RULE_KEYS = frozenset(
     {
         "name",
@@ -71,6 +73,9 @@ class PolicySpec:
     default: Literal["deny", "authenticated"]
     description: str
     rules: tuple[RuleSpec, ...]
+    #: ``"allow"``: CORS preflights pass without a token (Kong's ``run_on_preflight =
+    #: false``); ``"authenticate"`` (default): they are decided like any request.
+    preflight: Literal["authenticate", "allow"] = "authenticate"
 
 
 class _Errors:
@@ -203,6 +208,10 @@ def build_spec(doc: Mapping[str, Any], source: str) -> PolicySpec:
     if not isinstance(description, str):
         errs.add("", "description", "must be a string")
         description = ""
+    preflight = doc.get("preflight", "authenticate")
+    if preflight not in PREFLIGHT:
+        errs.add("", "preflight", f"{preflight!r} is not one of {', '.join(PREFLIGHT)}")
+        preflight = "authenticate"
     raw_rules = doc.get("rules", [])
     if not isinstance(raw_rules, list):
         errs.add("", "rules", "must be an array of tables ([[rules]])")
@@ -221,4 +230,4 @@ def build_spec(doc: Mapping[str, Any], source: str) -> PolicySpec:
         rules.append(spec)
     if errs.lines:
         raise ConfigError("\n".join(errs.lines))
-    return PolicySpec(source, default, description, tuple(rules))
+    return PolicySpec(source, default, description, tuple(rules), preflight)

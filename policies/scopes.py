@@ -37,12 +37,18 @@ from dataclasses import dataclass
 
 __all__ = [
     "ACTIONS",
+    "ADMIN_ONLY_SCOPES",
     "MANAGEMENT_SCOPES",
     "MAX_SCOPES",
     "MAX_SCOPE_LENGTH",
     "PRESETS",
+    "SELF_SERVICE_SCOPES",
     "ScopeSet",
+    "expand",
     "grants",
+    "intersect",
+    "is_admin_only",
+    "ungranted",
     "validate_required",
     "validate_scopes",
 ]
@@ -71,6 +77,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 MANAGEMENT_SCOPES = ("tokens:read:own", "tokens:write:own", "tokens:admin", "users:admin")
+#: management scopes over other people's tokens and users: only admins may hold them.
+ADMIN_ONLY_SCOPES = ("tokens:admin", "users:admin")
+#: managing one's own tokens: grantable by anyone who holds the token permission.
+SELF_SERVICE_SCOPES = ("tokens:read:own", "tokens:write:own")
 
 MAX_SCOPES = 64
 MAX_SCOPE_LENGTH = 100
@@ -225,3 +235,81 @@ def grants(granted: frozenset[str], required: str, *, owner_match: bool = False)
     :class:`ScopeSet` once instead.
     """
     return ScopeSet.from_scopes(granted).grants(required.lower(), owner_match)
+
+
+# -- grant algebra (issue 9: nobody mints or holds a token beyond their own grant) ------
+
+
+def expand(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Presets replaced by what they stand for; ``*:*`` spelled ``*``; invalid dropped."""
+    out: list[str] = []
+    for raw in scopes:
+        s = raw.lower()
+        for one in PRESETS.get(s, (s,)):
+            if one in ("*", "*:*"):
+                out.append("*")
+                continue
+            m = _SCOPE_RE.fullmatch(one)
+            if m is not None and (m["act"] == "*" or m["act"] in ACTIONS):
+                out.append(one)
+    return tuple(dict.fromkeys(out))
+
+
+def _parts(scope: str) -> tuple[str, str, bool]:
+    if scope == "*":
+        return "*", "*", False
+    res, act, *own = scope.split(":")
+    return res, act, bool(own)
+
+
+def _meet_part(a: str, b: str) -> str | None:
+    if a == "*":
+        return b
+    if b == "*" or a == b:
+        return a
+    return None
+
+
+def _meet(a: str, b: str) -> str | None:
+    """The broadest single scope that both ``a`` and ``b`` grant (expanded forms), or
+    None: each part is the narrower of the two, and ``:own`` if either says so."""
+    ra, aa, oa = _parts(a)
+    rb, ab, ob = _parts(b)
+    res, act = _meet_part(ra, rb), _meet_part(aa, ab)
+    if res is None or act is None:
+        return None
+    own = oa or ob
+    if res == "*" and act == "*" and not own:
+        return "*"
+    return f"{res}:{act}" + (":own" if own else "")
+
+
+def intersect(granted: Iterable[str], bound: Iterable[str]) -> tuple[str, ...]:
+    """What a token with scopes ``granted`` may still do when its owner may grant only
+    ``bound``: every pairwise meet, sorted (a finite, exact intersection, because each
+    scope is a product of a resource set, an action set and an ownership flag)."""
+    bounds = expand(bound)
+    compiled = ScopeSet.from_scopes(bounds)
+    out: set[str] = set()
+    for g in expand(granted):
+        if compiled.grants(g):
+            out.add(g)  # wholly inside the bound: keep it as written (threads:* stays)
+        else:
+            out.update(m for b in bounds if (m := _meet(g, b)) is not None)
+    return tuple(sorted(out))
+
+
+def ungranted(scopes: Iterable[str], bound: Iterable[str]) -> list[str]:
+    """The scopes (as written) that ``bound`` does not fully cover; empty = a subset."""
+    compiled = ScopeSet.from_scopes(bound)
+    missing: list[str] = []
+    for raw in scopes:
+        if not all(compiled.grants(one) for one in expand([raw])) or not expand([raw]):
+            missing.append(raw)
+    return missing
+
+
+def is_admin_only(scope: str) -> bool:
+    """Whether ``scope`` grants any of :data:`ADMIN_ONLY_SCOPES` (``*``, ``tokens:*`` …)."""
+    compiled = ScopeSet.from_scopes([scope])
+    return any(compiled.grants(s) for s in ADMIN_ONLY_SCOPES)

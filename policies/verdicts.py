@@ -11,7 +11,16 @@ from policies.scopes import ScopeSet
 __all__ = ["REASONS", "PolicyDecision", "scope_verdict", "workspace_ok"]
 
 #: every value :attr:`PolicyDecision.reason` takes.
-REASONS = ("ok", "public", "insufficient_scope", "workspace", "own", "bad_path", "no_rule")
+REASONS = (
+    "ok",
+    "public",
+    "insufficient_scope",
+    "workspace",
+    "own",
+    "bad_path",
+    "no_rule",
+    "method_not_allowed",
+)
 
 
 @dataclass(frozen=True, slots=True)

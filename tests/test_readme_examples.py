@@ -45,7 +45,7 @@ async def test_readme_middleware_example_works(
 
     system = Actor.system()
     directory = Directory(store)
-    await directory.put_org(system, "acme", {})
+    await directory.put_org(system, "acme", {"member_scopes": ["threads:*"]})
     await directory.put_user(system, "alice", {"org_id": "acme", "email": "a@example.test"})
     tokens = TokenService(store, TokenFormat())
     _, secret = await tokens.create(
@@ -53,10 +53,10 @@ async def test_readme_middleware_example_works(
         name="readme",
         scopes=["threads:read"],
         workspaces=["w1"],
-        owner=Owner("user", "alice"),
+        owner=Owner("user", "alice", "acme"),
     )
     _, other = await tokens.create(
-        system, name="other", scopes=["threads:list"], owner=Owner("user", "alice")
+        system, name="other", scopes=["threads:list"], owner=Owner("user", "alice", "acme")
     )
     auth = {"authorization": f"Bearer {secret}"}
     async with (

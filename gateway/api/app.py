@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.lifecycle import Directory, TokenService
 from middleware.errors import AuthError, ServiceError, StoreUnavailable
@@ -27,6 +30,46 @@ _log = logging.getLogger("patgate.api")
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+class _InternalErrors:
+    """The safety net: an unexpected exception answers a JSON 500 and the connection
+    stays usable.
+
+    Not an ``exception_handlers[Exception]`` entry: Starlette runs that one in
+    ``ServerErrorMiddleware`` and re-raises after answering, and uvicorn then closes a
+    connection whose response already started, without ``Connection: close``. This sits
+    inside it, so the error ends here. Only the exception's type and traceback are logged,
+    never its message or the request (either may hold a token or a body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            _log.error(
+                "internal error answering %s %s: %s\n%s",
+                scope.get("method"),
+                scope.get("path"),
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            if started:  # too late for a clean answer; let the server end the connection
+                raise
+            await _error(500, "internal", "internal error")(scope, receive, send)
 
 
 def _peer_ip(request: Request) -> str | None:
@@ -79,6 +122,7 @@ def create_api_app(
 
     return Starlette(
         routes=routes,
+        middleware=[Middleware(_InternalErrors)],
         exception_handlers={
             ServiceError: service_error,
             AuthError: auth_error,

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from starlette.requests import Request
 
 from gateway.lifecycle import Actor
 from middleware.credentials import bearer_token
 from middleware.errors import InvalidToken
-from middleware.records import Token, User
+from middleware.records import Org, Token, User
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
 
 __all__ = ["ActorResolver"]
 
-# RFC 6750 §3.1: unknown and malformed tokens get one identical answer.
-_UNKNOWN = "unknown or malformed token"
+# RFC 6750 §3.1: unknown and malformed tokens get one identical answer — the same words
+# as the data plane's (middleware.auth), so no front door tells them apart.
+_UNKNOWN = "invalid or unknown token"
 
 
 class ActorResolver:
@@ -49,7 +51,9 @@ class ActorResolver:
             raise InvalidToken(_UNKNOWN)
         token = Token.decode(found[0])
         user = None if found[1] is None else User.decode(found[1])
-        identity = usable_identity(token, user, self.clock())
+        org = None if found[2] is None else Org.decode(found[2])
+        # Effective scopes: a demoted admin's token can do no more than a member's now.
+        identity = usable_identity(token, user, self.clock(), org)
         ip = self.client_ip(request)
         ua = request.headers.get("user-agent")
         actor = Actor(
@@ -67,14 +71,5 @@ class ActorResolver:
         end_ip = request.headers.get("x-end-user-ip")
         end_ua = request.headers.get("x-end-user-agent")
         if (end_ip or end_ua) and actor.is_admin("users:admin"):
-            actor = Actor(
-                kind=actor.kind,
-                id=actor.id,
-                org_id=actor.org_id,
-                role=actor.role,
-                scopes=actor.scopes,
-                token_id=actor.token_id,
-                ip=end_ip or ip,
-                user_agent=end_ua or ua,
-            )
+            actor = replace(actor, ip=end_ip or ip, user_agent=end_ua or ua)
         return actor

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.lifecycle.expiry import PRESETS
+from gateway.lifecycle.expiry import MAX_LIFETIME, PRESETS
 from middleware.tokenformat import TokenFormat
+from policies.scopes import ACTIONS, MAX_SCOPE_LENGTH, MAX_SCOPES
+from policies.scopes import PRESETS as SCOPE_PRESETS
 
 __all__ = ["openapi_document"]
 
@@ -28,14 +30,59 @@ _ERR = {
     for code, text in {
         "400": "Validation error; nothing changed",
         "401": "Missing, unknown, revoked or expired token (RFC 6750)",
-        "403": "The token lacks the scope or role for this operation",
+        "403": "The token lacks the scope or role for this operation, or a scope it asks "
+        "for is not grantable by its owner",
         "404": "No such resource (or not visible to this token)",
+        "405": "Method not allowed on this path (see Allow)",
         "409": "Name already taken for this owner, or a concurrent change",
         "422": "Valid input the organization's policy does not allow",
         "429": "Token limit reached for this owner",
         "503": "Token store unavailable",
     }.items()
 }
+
+
+def _ci(word: str) -> str:
+    """A case-insensitive regex for ``word`` (ECMA-262 patterns have no inline flags)."""
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+#: ids of users and orgs (gateway.lifecycle.inputs.check_id); token ids are ``tok_<hex>``.
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+#: workspace ids (gateway.lifecycle.inputs.check_workspaces).
+WORKSPACE_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: one scope (policies.scopes): ``*``, a preset or ``resource:action[:own]``, any case.
+SCOPE_PATTERN = (
+    "^(?:\\*|"
+    + "|".join(_ci(p) for p in sorted(SCOPE_PRESETS))
+    + "|(?:\\*|[A-Za-z][A-Za-z0-9_-]*):(?:\\*|"
+    + "|".join(_ci(a) for a in sorted(ACTIONS))
+    + ")(?::[oO][wW][nN])?)$"
+)
+#: the cursor of a token listing (gateway.lifecycle.listing.encode_cursor): base64url.
+TOKEN_CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,200}$"
+#: the cursor of the audit log: a Redis Stream id above 0-0.
+EVENT_CURSOR_PATTERN = "^(?:0|[1-9][0-9]{0,19})-(?:0|[1-9][0-9]{0,19})$"
+
+_SCOPE = {"type": "string", "minLength": 1, "maxLength": MAX_SCOPE_LENGTH, "pattern": SCOPE_PATTERN}
+_SCOPE_LIST = {"type": "array", "maxItems": MAX_SCOPES, "items": _SCOPE}
+_WORKSPACES = {
+    "description": '"*" (or ["*"]) for every workspace, else a list of workspace ids',
+    "oneOf": [
+        {"const": "*"},
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 100,
+            "items": {"type": "string", "pattern": WORKSPACE_PATTERN},
+        },
+    ],
+}
+#: what workspaces look like in responses: ``["*"]`` or the ids.
+_WORKSPACES_OUT = {"type": "array", "items": {"type": "string", "minLength": 1}}
+#: names are trimmed, then 1-100 printable characters.
+_NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "\\S"}
+_TEXT = {"type": "string", "maxLength": 200}
 
 
 def _op(
@@ -61,13 +108,13 @@ def _op(
     return op
 
 
-def _path(name: str, description: str) -> dict[str, Any]:
+def _path(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string", "pattern": ID_PATTERN},
     }
 
 
@@ -82,42 +129,62 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _ID = _path("id", "token id (stable across regeneration)")
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (50)")
 _LIST = [
     _query("status", {"enum": ["active", "expired", "revoked"]}, "filter by computed status"),
-    _query("q", {"type": "string"}, "case-insensitive match on name (admin: or owner)"),
+    _query(
+        "q",
+        {"type": "string", "maxLength": 200},
+        "case-insensitive match on name (admin: or owner)",
+    ),
     _query("type", {"enum": ["personal", "service", "oauth"]}, "filter by token type"),
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (50)"),
-    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+    _LIMIT,
+    _query(
+        "cursor",
+        {"type": "string", "pattern": TOKEN_CURSOR_PATTERN},
+        "next_cursor of the previous page",
+    ),
 ]
+
+
+def _object(
+    props: dict[str, Any], required: list[str] | None = None, *, closed: bool = True
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    return out
 
 
 def _schemas(fmt: TokenFormat) -> dict[str, Any]:
     nullable_num = {"type": ["number", "null"]}
+    nullable_str = {"type": ["string", "null"]}
     last_used = {
         "type": ["object", "null"],
-        "properties": {
-            k: {"type": ["string", "null"]} for k in ("method", "path", "ip", "user_agent")
-        }
+        "additionalProperties": False,
+        "required": ["at", "method", "path", "ip", "user_agent"],
+        "properties": {k: nullable_str for k in ("method", "path", "ip", "user_agent")}
         | {"at": {"type": "number"}},
     }
     token_props: dict[str, Any] = {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "description": {"type": "string"},
-        "owner": {
-            "type": "object",
-            "required": ["type", "id"],
-            "properties": {
+        "id": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": {"type": "string", "maxLength": 1000},
+        "owner": _object(
+            {
                 "type": {"enum": ["user", "org"]},
-                "id": {"type": "string"},
+                "id": {"type": "string", "minLength": 1},
                 "email": {"type": "string"},
                 "name": {"type": "string"},
             },
-        },
-        "org_id": {"type": "string"},
+            ["type", "id"],
+        ),
+        "org_id": {"type": "string", "minLength": 1},
         "type": {"enum": ["personal", "service", "oauth"]},
-        "scopes": {"type": "array", "items": {"type": "string"}},
-        "workspaces": {"type": "array", "items": {"type": "string"}},
+        "scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "workspaces": _WORKSPACES_OUT,
         "expires_at": nullable_num,
         "created_at": {"type": "number"},
         "created_by": {"type": "string"},
@@ -128,176 +195,238 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "prefix": {"type": "string", "description": "display prefix, e.g. pat_3kF9"},
         "last_used": last_used,
     }
+    # null means "not given" for both (the default lifetime applies).
     expiry = {
-        "expiration": {"enum": list(PRESETS), "description": "lifetime preset (default 30d)"},
+        "expiration": {
+            "enum": [*PRESETS, None],
+            "description": "lifetime preset (default 30d)",
+        },
         "expires_at": {
-            "type": ["string", "number"],
-            "description": "explicit expiry: ISO 8601 with zone, or epoch seconds",
+            "description": "explicit expiry: ISO 8601 with zone, or epoch seconds; in "
+            "the future and before the end of year 9999",
+            "oneOf": [
+                {"type": "string", "minLength": 1, "maxLength": 64},
+                {"type": "number", "minimum": 0, "maximum": 253_402_300_799},
+                {"type": "null"},
+            ],
         },
     }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "detail"],
-            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    user_out = {
+        "id": {"type": "string", "minLength": 1},
+        "org_id": {"type": "string", "minLength": 1},
+        "email": {"type": "string"},
+        "name": {"type": "string"},
+        "role": {"enum": ["member", "admin"]},
+        "enabled": {"type": "boolean"},
+        "can_manage_tokens": {"type": "boolean"},
+        "workspaces": _WORKSPACES_OUT,
+        "grantable_scopes": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "minLength": 1},
+            "description": "scopes this user may grant (synced from the host); null: "
+            "those of the org for the user's role",
         },
-        "Token": {"type": "object", "required": list(token_props), "properties": token_props},
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+    }
+    org_out = {
+        "id": {"type": "string", "minLength": 1},
+        "name": {"type": "string"},
+        "token_limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "max_lifetime": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_LIFETIME},
+        "allow_never": {"type": "boolean"},
+        "member_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "admin_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+    }
+    return {
+        "Error": _object(
+            {"error": {"type": "string", "minLength": 1}, "detail": {"type": "string"}},
+            ["error", "detail"],
+        ),
+        "Token": _object(token_props, list(token_props)),
         "TokenWithSecret": {
             "allOf": [
-                _ref("Token"),
-                {
-                    "type": "object",
-                    "required": ["token"],
-                    "properties": {
+                _object(token_props, list(token_props), closed=False),
+                # allOf with a closed Token would refuse "token": list the fields again.
+                _object(
+                    {k: {} for k in token_props}
+                    | {
                         "token": {
                             "type": "string",
                             "pattern": fmt.pattern.replace(r"\b", ""),
                             "description": "the secret; returned only here, once",
                         }
                     },
-                },
+                    ["token"],
+                ),
             ]
         },
-        "TokenPage": {
-            "type": "object",
-            "required": ["items", "next_cursor"],
-            "properties": {
+        "TokenPage": _object(
+            {
                 "items": {"type": "array", "items": _ref("Token")},
                 "next_cursor": {"type": ["string", "null"]},
             },
-        },
-        "TokenCreate": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 100},
-                "description": {"type": "string", "maxLength": 1000},
-                "scopes": {"type": "array", "items": {"type": "string"}},
-                "workspaces": {
-                    "oneOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]
-                },
+            ["items", "next_cursor"],
+        ),
+        "TokenCreate": _object(
+            {
+                "name": _NAME,
+                "description": {"type": ["string", "null"], "maxLength": 1000},
+                "scopes": _SCOPE_LIST,
+                "workspaces": {"oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}]},
                 "owner": {
-                    "type": "object",
-                    "properties": {"type": {"enum": ["user", "org"]}, "id": {"type": "string"}},
+                    "oneOf": [
+                        _object(
+                            {
+                                "type": {"enum": ["user", "org"]},
+                                "id": {"type": "string", "pattern": ID_PATTERN},
+                            },
+                            ["type"],
+                        ),
+                        {"type": "null"},
+                    ],
+                    "description": "default: the calling user; an org's id defaults to "
+                    "the caller's org",
                 },
-                "type": {"enum": ["personal", "service", "oauth"]},
+                "type": {"enum": ["personal", "service", "oauth", None]},
                 **expiry,
             },
-        },
+            ["name"],
+        ),
         "TokenPatch": {
-            "type": "object",
-            "additionalProperties": False,
+            **_object(
+                {
+                    "name": _NAME,
+                    "description": {"type": ["string", "null"], "maxLength": 1000},
+                    "scopes": _SCOPE_LIST,
+                    "workspaces": {"oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}]},
+                }
+            ),
             "minProperties": 1,
-            "properties": {
-                k: token_props[k] for k in ("name", "description", "scopes", "workspaces")
-            },
         },
-        "Regenerate": {"type": "object", "additionalProperties": False, "properties": expiry},
-        "Scopes": {
-            "type": "object",
-            "required": ["scopes"],
-            "properties": {"scopes": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
-        },
-        "User": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "org_id": {"type": "string"},
-                "email": {"type": "string"},
-                "name": {"type": "string"},
+        "Regenerate": _object(expiry),
+        "Scopes": _object({"scopes": {**_SCOPE_LIST, "minItems": 1}}, ["scopes"]),
+        "User": _object(user_out, list(user_out)),
+        "UserPage": _object({"items": {"type": "array", "items": _ref("User")}}, ["items"]),
+        "UserPut": _object(
+            {
+                "org_id": {
+                    "type": ["string", "null"],
+                    "pattern": ID_PATTERN,
+                    "description": "required for a new user (default: the caller's org)",
+                },
+                "email": {**_TEXT, "description": "required for a new user"},
+                "name": _TEXT,
                 "role": {"enum": ["member", "admin"]},
                 "enabled": {"type": "boolean"},
                 "can_manage_tokens": {"type": "boolean"},
-                "created_at": {"type": "number"},
-                "updated_at": {"type": "number"},
+                "workspaces": {
+                    "oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}],
+                    "description": "the workspaces the user's tokens may name; * or null: all",
+                },
+                "grantable_scopes": {
+                    "oneOf": [_SCOPE_LIST, {"type": "null"}],
+                    "description": "scopes the user may grant; null: by the org's roles",
+                },
+            }
+        ),
+        "UserRemoved": _object(
+            {
+                "removed": {"type": "string"},
+                "revoked_tokens": {"type": "array", "items": {"type": "string"}},
             },
-        },
-        "UserPut": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                k: v
-                for k, v in {
-                    "org_id": {"type": "string"},
-                    "email": {"type": "string"},
-                    "name": {"type": "string"},
-                    "role": {"enum": ["member", "admin"]},
-                    "enabled": {"type": "boolean"},
-                    "can_manage_tokens": {"type": "boolean"},
-                }.items()
-            },
-        },
-        "Org": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "token_limit": {"type": "integer"},
-                "max_lifetime": nullable_num,
-                "allow_never": {"type": "boolean"},
-                "created_at": {"type": "number"},
-                "updated_at": {"type": "number"},
-            },
-        },
-        "OrgPut": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string"},
+            ["removed", "revoked_tokens"],
+        ),
+        "Org": _object(org_out, list(org_out)),
+        "OrgPut": _object(
+            {
+                "name": _TEXT,
                 "token_limit": {"type": "integer", "minimum": 1, "maximum": 10000},
                 "max_lifetime": {
-                    "type": ["string", "number", "null"],
-                    "description": "preset (e.g. 90d) or seconds; null = no maximum",
+                    "description": "preset (e.g. 90d) or seconds (at most 100 years); "
+                    "null or never = no maximum",
+                    "oneOf": [
+                        {"enum": [*PRESETS, None]},
+                        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LIFETIME},
+                    ],
                 },
                 "allow_never": {"type": "boolean"},
-            },
-        },
-        "Event": {
-            "type": "object",
-            "properties": {
+                "member_scopes": {
+                    **_SCOPE_LIST,
+                    "description": "scopes members may grant (admin-only scopes refused)",
+                },
+                "admin_scopes": {
+                    **_SCOPE_LIST,
+                    "description": "scopes admins may grant; must cover the management "
+                    "scopes (default [*])",
+                },
+            }
+        ),
+        "Event": _object(
+            {
                 "id": {"type": "string"},
                 "type": {"type": "string"},
                 "at": {"type": "number"},
-                "org_id": {"type": ["string", "null"]},
+                "org_id": nullable_str,
                 "actor": {"type": "object"},
-                "ip": {"type": ["string", "null"]},
-                "user_agent": {"type": ["string", "null"]},
-                "token_id": {"type": ["string", "null"]},
-                "user_id": {"type": ["string", "null"]},
+                "ip": nullable_str,
+                "user_agent": nullable_str,
+                "token_id": nullable_str,
+                "user_id": nullable_str,
                 "data": {"type": "object"},
             },
-        },
-        "VerifyRequest": {
-            "type": "object",
-            "required": ["token", "method", "path"],
-            "properties": {
-                "token": {"type": "string"},
-                "method": {"type": "string"},
-                "path": {"type": "string"},
-                "headers": {"type": "object"},
+            ["id", "type", "at", "actor", "data"],
+            closed=False,
+        ),
+        "EventPage": _object(
+            {
+                "items": {"type": "array", "items": _ref("Event")},
+                "next_cursor": nullable_str,
             },
-        },
-        "VerifyResponse": {
-            "type": "object",
-            "required": ["allowed", "status"],
-            "properties": {
+            ["items", "next_cursor"],
+        ),
+        "VerifyRequest": _object(
+            {
+                "token": {"type": "string", "minLength": 1},
+                "method": {"type": "string", "minLength": 1},
+                "path": {"type": "string", "minLength": 1},
+                "headers": {
+                    "type": ["object", "null"],
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+            ["token", "method", "path"],
+        ),
+        "VerifyResponse": _object(
+            {
                 "allowed": {"type": "boolean"},
                 "status": {"type": "integer"},
-                "error": {"type": ["string", "null"]},
+                "error": nullable_str,
                 "reason": {"type": "string"},
-                "scope": {"type": ["string", "null"]},
-                "rule": {"type": ["string", "null"]},
+                "detail": nullable_str,
+                "scope": nullable_str,
+                "rule": nullable_str,
                 "identity": {"type": ["object", "null"]},
             },
-        },
+            ["allowed", "status"],
+            closed=False,
+        ),
     }
 
 
 def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
     token = _json(_ref("Token"), "The token (never its secret)")
     secret = _json(_ref("TokenWithSecret"), "The token and its secret, shown this once")
-    std = "401 403 404 503"
+    # Every authenticated operation can answer 400 (two credentials, RFC 6750 §3.1), 401,
+    # 403 and 503; edits add 404 and 409 (a concurrent change that kept losing).
+    read = "400 401 403 503"
+    one = "400 401 403 404 503"
+    edit = "400 401 403 404 409 503"
+    user_id = _path("id", "user id")
+    org_id = _path("id", "organization id")
+    scope = _path("scope", "the scope to remove", {"type": "string", "pattern": SCOPE_PATTERN})
     paths: dict[str, dict[str, Any]] = {
         "/v1/openapi.json": {
             "get": _op("This document", ("200", _json({}, "OpenAPI")), "", public=True)
@@ -306,7 +435,7 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
             "get": _op(
                 "Who the calling token speaks for",
                 ("200", _json({"type": "object"}, "identity")),
-                "401 503",
+                read,
             )
         },
         "/v1/tokens": {
@@ -319,7 +448,7 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
             "get": _op(
                 "List own tokens",
                 ("200", _json(_ref("TokenPage"), "page")),
-                "400 401 403 503",
+                read,
                 params=_LIST,
             ),
             "delete": _op(
@@ -327,50 +456,44 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
                 (
                     "200",
                     _json(
-                        {"type": "object", "properties": {"deleted": {"type": "integer"}}}, "count"
+                        _object({"deleted": {"type": "integer", "minimum": 0}}, ["deleted"]),
+                        "count",
                     ),
                 ),
-                "401 403 409 503",
+                "400 401 403 409 503",
             ),
         },
         "/v1/tokens/{id}": {
-            "get": _op("Get a token", ("200", token), std, params=[_ID]),
+            "get": _op("Get a token", ("200", token), one, params=[_ID]),
             "patch": _op(
                 "Edit name, description, scopes, workspaces",
                 ("200", token),
-                "400 401 403 404 409 503",
+                edit,
                 params=[_ID],
                 body=_ref("TokenPatch"),
             ),
             "delete": _op(
                 "Revoke and delete a token",
                 ("204", {"description": "deleted"}),
-                std + " 409",
+                edit,
                 params=[_ID],
             ),
         },
         "/v1/tokens/{id}/scopes": {
-            "post": _op(
-                "Add scopes", ("200", token), "400 " + std, params=[_ID], body=_ref("Scopes")
-            ),
-            "delete": _op("Remove all scopes", ("200", token), std, params=[_ID]),
+            "post": _op("Add scopes", ("200", token), edit, params=[_ID], body=_ref("Scopes")),
+            "delete": _op("Remove all scopes", ("200", token), edit, params=[_ID]),
         },
         "/v1/tokens/{id}/scopes/{scope}": {
-            "delete": _op(
-                "Remove one scope",
-                ("200", token),
-                "400 " + std,
-                params=[_ID, _path("scope", "the scope to remove")],
-            ),
+            "delete": _op("Remove one scope", ("200", token), edit, params=[_ID, scope]),
         },
         "/v1/tokens/{id}/revoke": {
-            "post": _op("Revoke (idempotent)", ("200", token), std, params=[_ID])
+            "post": _op("Revoke (idempotent)", ("200", token), edit, params=[_ID])
         },
         "/v1/tokens/{id}/regenerate": {
             "post": _op(
                 "New secret, same id/name/scopes, new expiry",
                 ("200", secret),
-                "400 422 " + std,
+                "400 401 403 404 409 422 503",
                 params=[_ID],
                 body=_ref("Regenerate"),
             )
@@ -379,82 +502,81 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
             "get": _op(
                 "Every token in the organization (tokens:admin)",
                 ("200", _json(_ref("TokenPage"), "page")),
-                "400 401 403 503",
+                read,
                 params=[
                     *_LIST,
-                    _query("org_id", {"type": "string"}, "organization (default: the caller's)"),
+                    _query(
+                        "org_id",
+                        {"type": "string", "pattern": ID_PATTERN},
+                        "organization (default: the caller's)",
+                    ),
                 ],
             )
         },
         "/v1/admin/tokens/{id}/revoke": {
-            "post": _op("Revoke any token in the organization", ("200", token), std, params=[_ID])
+            "post": _op("Revoke any token in the organization", ("200", token), edit, params=[_ID])
         },
         "/v1/users": {
             "get": _op(
                 "Users of the organization (users:admin)",
-                ("200", _json({"type": "object"}, "users")),
-                "400 401 403 503",
+                ("200", _json(_ref("UserPage"), "users")),
+                read,
+                params=[
+                    _query(
+                        "org_id",
+                        {"type": "string", "pattern": ID_PATTERN},
+                        "organization (default: the caller's)",
+                    )
+                ],
             )
         },
         "/v1/users/{id}": {
-            "get": _op(
-                "Get a user",
-                ("200", _json(_ref("User"), "user")),
-                std,
-                params=[_path("id", "user id")],
-            ),
+            "get": _op("Get a user", ("200", _json(_ref("User"), "user")), one, params=[user_id]),
             "put": _op(
-                "Create or update a user (role, enabled, can_manage_tokens)",
+                "Create or update a user (role, enabled, can_manage_tokens, workspaces, "
+                "grantable scopes)",
                 ("200", _json(_ref("User"), "user")),
-                "400 " + std,
-                params=[_path("id", "user id")],
+                edit,
+                params=[user_id],
                 body=_ref("UserPut"),
             ),
             "delete": _op(
                 "Remove a user; their personal tokens are revoked",
-                ("200", _json({"type": "object"}, "removed")),
-                std,
-                params=[_path("id", "user id")],
+                ("200", _json(_ref("UserRemoved"), "removed")),
+                edit,
+                params=[user_id],
             ),
         },
         "/v1/orgs/{id}": {
             "get": _op(
-                "Get an organization",
+                "Get an organization (members may read their own)",
                 ("200", _json(_ref("Org"), "org")),
-                std,
-                params=[_path("id", "organization id")],
+                one,
+                params=[org_id],
             ),
             "put": _op(
-                "Create or update an organization (token limit, lifetime policy)",
+                "Create or update an organization (token limit, lifetime policy, grants)",
                 ("200", _json(_ref("Org"), "org")),
-                "400 " + std,
-                params=[_path("id", "organization id")],
+                edit,
+                params=[org_id],
                 body=_ref("OrgPut"),
             ),
         },
         "/v1/events": {
             "get": _op(
                 "Audit log, newest first",
-                (
-                    "200",
-                    _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "items": {"type": "array", "items": _ref("Event")},
-                                "next_cursor": {"type": ["string", "null"]},
-                            },
-                        },
-                        "events",
-                    ),
-                ),
-                "400 401 403 503",
+                ("200", _json(_ref("EventPage"), "events")),
+                read,
                 params=[
                     _query("token_id", {"type": "string"}, "events of one token"),
                     _query("actor", {"type": "string"}, "events by one actor id"),
                     _query("type", {"type": "string"}, "event type, e.g. token.revoked"),
-                    _LIST[3],
-                    _LIST[4],
+                    _LIMIT,
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": EVENT_CURSOR_PATTERN},
+                        "next_cursor of the previous page",
+                    ),
                 ],
             )
         },
@@ -462,7 +584,7 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
             "post": _op(
                 "Decide a request for a non-ASGI caller",
                 ("200", _json(_ref("VerifyResponse"), "decision")),
-                "400 401 403 503",
+                read,
                 body=_ref("VerifyRequest"),
             )
         },

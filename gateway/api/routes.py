@@ -148,7 +148,11 @@ class ManagementApi:
         owner = None
         if body.get("owner") is not None:
             o = body["owner"]
-            if not isinstance(o, dict) or o.get("type") not in ("user", "org"):
+            if (
+                not isinstance(o, dict)
+                or o.get("type") not in ("user", "org")
+                or not set(o) <= {"type", "id"}
+            ):
                 raise ValidationFailed('owner: expected {"type": "user"|"org", "id": ...}')
             owner_id = o.get("id", actor.org_id if o["type"] == "org" else actor.id)
             if not isinstance(owner_id, str):
@@ -313,6 +317,15 @@ class ManagementApi:
             raise ValidationFailed("verification is not available on this listener")
         body = await _body(request)
         _only(body, {"token", "method", "path", "headers"})
+        for key in ("token", "method", "path"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise ValidationFailed(f"{key}: a non-empty string is required")
+        extra = body.get("headers")
+        # ``or {}`` downstream would take false, 0, "" and [] for "no headers".
+        if extra is not None and not (
+            isinstance(extra, dict) and all(isinstance(v, str) for v in extra.values())
+        ):
+            raise ValidationFailed("headers: expected an object of strings")
         return JSONResponse(await self.verifier(body, actor), headers=_NO_STORE)
 
     async def me(self, request: Request) -> Response:

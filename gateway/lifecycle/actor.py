@@ -62,9 +62,9 @@ class Actor:
     def own_key(self) -> str:
         """The owner key (``u:<id>``/``o:<id>``) of the actor's own tokens."""
         kind = self.owner_kind
-        if kind is None:
+        if kind is None or self.org_id is None:
             raise ValueError("the local operator owns no tokens")
-        return owner_key(kind, self.id)
+        return owner_key(kind, self.id, self.org_id)
 
     def may(self, scope: str, *, own: bool = False) -> bool:
         """Whether the actor's token grants ``scope`` (``own``: on the actor's own tokens)."""

@@ -40,8 +40,20 @@ EVENT_TYPES = frozenset(
 # A page scans at most this many stream entries, so a filter that matches nothing in a
 # long history still answers quickly; the response carries a cursor to continue.
 _SCAN_LIMIT = 10_000
-#: a Redis Stream entry id, the events cursor; anything else would reach XREVRANGE raw.
-_STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+#: a Redis Stream entry id ``<ms>-<seq>``, the events cursor; anything else would reach
+#: XREVRANGE raw and fail there (Redis answers an error, not an empty page).
+_STREAM_ID = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,19})")
+_U64 = 2**64 - 1
+
+
+def _check_cursor(cursor: str) -> str:
+    """A cursor this API can have returned: a stream id with both parts in 64 bits, and
+    above ``0-0`` (XREVRANGE's exclusive ``(0-0`` is an error: nothing precedes it)."""
+    m = _STREAM_ID.fullmatch(cursor)
+    ms, seq = (int(m[1]), int(m[2])) if m else (0, 0)
+    if not (ms <= _U64 and seq <= _U64 and (ms, seq) > (0, 0)):
+        raise ValidationFailed("cursor: not a cursor returned by this API")
+    return cursor
 
 
 def event_json(
@@ -92,8 +104,8 @@ class EventQuery:
 
 async def query_events(store: TokenStore, q: EventQuery) -> tuple[list[dict[str, Any]], str | None]:
     """Matching events newest first, and the cursor for the next page (or None)."""
-    if q.cursor is not None and not _STREAM_ID.fullmatch(q.cursor):
-        raise ValidationFailed("cursor: not a cursor returned by this API")
+    if q.cursor is not None:
+        _check_cursor(q.cursor)
     found: list[dict[str, Any]] = []
     before = q.cursor
     scanned = 0

@@ -30,10 +30,10 @@ async def bootstrap(
     first, admins create further tokens through the API or ``patgate tokens create``."""
     actor = Actor.system()
     store = tokens.store
-    existing = await store.get_user(user_id)
+    existing = await store.get_user(org_id, user_id)
     if existing is not None:
         owned = await store.token_page(
-            store.keys.owner_tokens(owner_key("user", user_id)), before=None, count=1000
+            store.keys.owner_tokens(owner_key("user", user_id, org_id)), before=None, count=1000
         )
         names = {t.name for t in await store.get_tokens([i for i, _ in owned])}
         if BOOTSTRAP_TOKEN_NAME in names:
@@ -62,5 +62,5 @@ async def bootstrap(
         description="created by patgate bootstrap",
         scopes=MANAGEMENT_SCOPES,
         expiration=expiration,
-        owner=Owner("user", user_id),
+        owner=Owner("user", user_id, org_id),
     )

@@ -15,18 +15,52 @@ from typing import Any
 from middleware.errors import Conflict, NotFound, ValidationFailed
 from middleware.records import Org, Role, User, owner_key
 from middleware.store import StaleWrite, TokenStore
+from policies.scopes import ADMIN_ONLY_SCOPES, is_admin_only, ungranted
 
 from .actor import Actor
 from .audit import event_json
 from .expiry import parse_duration
-from .inputs import check_id
+from .inputs import check_id, check_scopes, check_workspaces
 
 __all__ = ["Directory"]
 
 _RETRIES = 8
 _ROLES: tuple[Role, ...] = ("member", "admin")
-_USER_FIELDS = {"org_id", "email", "name", "role", "enabled", "can_manage_tokens"}
-_ORG_FIELDS = {"name", "token_limit", "max_lifetime", "allow_never"}
+_USER_FIELDS = {
+    "org_id",
+    "email",
+    "name",
+    "role",
+    "enabled",
+    "can_manage_tokens",
+    "workspaces",
+    "grantable_scopes",
+}
+_ORG_FIELDS = {
+    "name",
+    "token_limit",
+    "max_lifetime",
+    "allow_never",
+    "member_scopes",
+    "admin_scopes",
+}
+#: changes that alter what a user's tokens may do: every cache drops them at once.
+_USER_POWER = ("enabled", "can_manage_tokens", "role", "workspaces", "grantable_scopes")
+
+
+def _grant_list(body: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if key not in body:
+        return default
+    return check_scopes(body[key], key)
+
+
+def _no_admin_only(scopes: tuple[str, ...], field: str) -> None:
+    bad = [s for s in scopes if is_admin_only(s)]
+    if bad:
+        raise ValidationFailed(
+            f"{field}: {', '.join(bad)} would let members grant admin-only scopes "
+            f"({', '.join(ADMIN_ONLY_SCOPES)}); name the resources instead"
+        )
 
 
 def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -56,10 +90,13 @@ class Directory:
         *,
         clock: Callable[[], float] = time.time,
         default_token_limit: int = 10,
+        default_org: str = "default",
     ) -> None:
         self.store = store
         self.clock = clock
         self.default_token_limit = default_token_limit
+        #: the org the local operator means when it names no org.
+        self.default_org = default_org
 
     # -- orgs ----------------------------------------------------------------------------
 
@@ -90,17 +127,33 @@ class Directory:
                 if "max_lifetime" in body
                 else base.max_lifetime
             )
+            member_scopes = _grant_list(body, "member_scopes", base.member_scopes)
+            _no_admin_only(member_scopes, "member_scopes")
+            admin_scopes = _grant_list(body, "admin_scopes", base.admin_scopes)
+            lacking = [s for s in ADMIN_ONLY_SCOPES if ungranted([s], admin_scopes)]
+            if lacking:
+                # Admins would lose their own management tokens' power at once.
+                raise ValidationFailed(
+                    f"admin_scopes: must include {', '.join(lacking)} (or a wildcard)"
+                )
             new = base.evolve(
                 name=_text(body, "name", base.name),
                 token_limit=limit,
                 max_lifetime=lifetime,
                 allow_never=_bool(body, "allow_never", base.allow_never),
+                member_scopes=member_scopes,
+                admin_scopes=admin_scopes,
                 updated_at=now,
             )
             if new == old:
                 return new
             plan = self.store.plan()
             plan.put_org(old, new)
+            if old is not None and (old.member_scopes, old.admin_scopes) != (
+                member_scopes,
+                admin_scopes,
+            ):
+                plan.invalidate_org(org_id)
             plan.events.append(
                 event_json(
                     "org.created" if old is None else "org.updated",
@@ -119,9 +172,21 @@ class Directory:
 
     # -- users ---------------------------------------------------------------------------
 
-    async def get_user(self, actor: Actor, user_id: str) -> User:
-        user = await self.store.get_user(user_id)
-        if user is None or not (actor.is_system or actor.org_id == user.org_id):
+    def _org_of(self, actor: Actor, org_id: str | None) -> str:
+        """Which org a user id is looked up in: user ids are scoped per organization, so
+        an admin can only ever name users of their own org — an id that exists in
+        another org is simply not there (issue 9: no cross-org oracle)."""
+        if not actor.is_system:
+            assert actor.org_id is not None
+            if org_id is not None and org_id != actor.org_id:
+                # The same answer whatever the id: it says nothing about other orgs.
+                raise ValidationFailed("org_id: users can only be managed in your own org")
+            return actor.org_id
+        return check_id(org_id if org_id is not None else self.default_org, "org_id")
+
+    async def get_user(self, actor: Actor, user_id: str, org_id: str | None = None) -> User:
+        user = await self.store.get_user(self._org_of(actor, org_id), user_id)
+        if user is None:
             raise NotFound(f"user {user_id} not found")
         if actor.kind == "user" and actor.id == user_id:
             return user
@@ -131,52 +196,60 @@ class Directory:
     async def list_users(self, actor: Actor, org_id: str) -> list[User]:
         actor.require_admin("users:admin")
         actor.require_org(org_id)
-        return await self.store.get_users(await self.store.org_user_ids(org_id))
+        return await self.store.get_users(org_id, await self.store.org_user_ids(org_id))
 
     async def put_user(self, actor: Actor, user_id: str, body: dict[str, Any]) -> User:
         """Create or update (merge) a user; permission changes reach every cache at once."""
         check_id(user_id, "user id")
         _unknown(body, _USER_FIELDS)
         actor.require_admin("users:admin")
+        raw_org = body.get("org_id")
+        if raw_org is not None and not isinstance(raw_org, str):
+            raise ValidationFailed("org_id: expected a string")
+        org_id = self._org_of(actor, raw_org)
         for _ in range(_RETRIES):
-            old = await self.store.get_user(user_id)
+            old = await self.store.get_user(org_id, user_id)
             now = self.clock()
             if old is None:
-                org_id = body.get("org_id", actor.org_id)
-                if org_id is None:
-                    raise ValidationFailed("org_id: required for a new user")
-                org_id = check_id(org_id, "org_id")
                 if "email" not in body:
                     raise ValidationFailed("email: required for a new user")
+                org = await self.store.get_org(org_id)
+                if org is None:
+                    raise NotFound(f"organization {org_id} not found")
                 base = User(id=user_id, org_id=org_id, email="", name="", created_at=now)
             else:
                 base = old
-                if body.get("org_id", old.org_id) != old.org_id:
-                    raise ValidationFailed("org_id: a user cannot move to another organization")
-            actor.require_org(base.org_id)
-            if await self.store.get_org(base.org_id) is None:
-                raise NotFound(f"organization {base.org_id} not found")
             role = body.get("role", base.role)
             if role not in _ROLES:
                 raise ValidationFailed("role: expected member or admin")
             email = _text(body, "email", base.email)
             if old is None and "@" not in email:
                 raise ValidationFailed("email: expected an email address")
+            grantable = base.grantable_scopes
+            if "grantable_scopes" in body:
+                raw = body["grantable_scopes"]
+                grantable = None if raw is None else check_scopes(raw, "grantable_scopes")
+            if role != "admin" and grantable is not None:
+                _no_admin_only(grantable, "grantable_scopes")
+            workspaces = base.workspaces
+            if "workspaces" in body:
+                workspaces = check_workspaces(body["workspaces"])
             new = base.evolve(
                 email=email,
                 name=_text(body, "name", base.name),
                 role=role,
                 enabled=_bool(body, "enabled", base.enabled),
                 can_manage_tokens=_bool(body, "can_manage_tokens", base.can_manage_tokens),
+                workspaces=workspaces,
+                grantable_scopes=grantable,
                 updated_at=now,
             )
             if old is not None and new.evolve(updated_at=old.updated_at) == old:
                 return old
             plan = self.store.plan()
             plan.put_user(old, new)
-            permission = old is not None and (
-                (old.enabled, old.can_manage_tokens, old.role)
-                != (new.enabled, new.can_manage_tokens, new.role)
+            permission = old is not None and any(
+                getattr(old, f) != getattr(new, f) for f in _USER_POWER
             )
             kind = (
                 "user.created"
@@ -184,7 +257,7 @@ class Directory:
                 else ("user.permission_changed" if permission else "user.updated")
             )
             if permission:
-                plan.publish.append("u " + user_id)
+                plan.invalidate_user(new.key)
             plan.events.append(
                 event_json(
                     kind,
@@ -202,20 +275,22 @@ class Directory:
             return new
         raise Conflict("the user changed concurrently; try again", code="conflict")
 
-    async def remove_user(self, actor: Actor, user_id: str) -> list[str]:
+    async def remove_user(self, actor: Actor, user_id: str, org_id: str | None = None) -> list[str]:
         """Delete the user and revoke their personal tokens; returns the revoked ids."""
         actor.require_admin("users:admin")
         keys = self.store.keys
+        org_id = self._org_of(actor, org_id)
         for _ in range(_RETRIES):
-            user = await self.store.get_user(user_id)
-            # Users of other organizations are invisible: 404, as in get_user().
-            if user is None or not (actor.is_system or actor.org_id == user.org_id):
+            user = await self.store.get_user(org_id, user_id)
+            if user is None:
                 raise NotFound(f"user {user_id} not found")
             now = self.clock()
             ids = [
                 i
                 for i, _ in await self.store.token_page(
-                    keys.owner_tokens(owner_key("user", user_id)), before=None, count=100_000
+                    keys.owner_tokens(owner_key("user", user_id, org_id)),
+                    before=None,
+                    count=100_000,
                 )
             ]
             plan = self.store.plan()
@@ -225,8 +300,8 @@ class Directory:
                 if token.revoked_at is None:
                     plan.put_token(token, token.evolve(revoked_at=now, updated_at=now))
                     revoked.append(token.id)
-                plan.publish.append("t " + token.digest.hex())
-            plan.publish.append("u " + user_id)
+                plan.invalidate_token(token.digest)
+            plan.invalidate_user(user.key)
             plan.events.append(
                 event_json(
                     "user.removed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -21,6 +22,14 @@ _CHUNK = 200
 # filter that matches little in a big org still answers promptly.
 _SCAN_LIMIT = 20_000
 MAX_LIMIT = 200
+#: scores are creation times in milliseconds; 2**53 keeps them exact as Redis doubles.
+_MAX_SCORE = 2**53
+#: ``<score>:<token id>`` (ids as gateway.lifecycle.inputs checks them), base64url.
+_CURSOR = re.compile(r"(0|[1-9][0-9]{0,15}):([A-Za-z0-9][A-Za-z0-9_.@-]{0,127})")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_CURSOR = 200
+_LIMIT = re.compile(r"[0-9]{1,4}")
+_MAX_QUERY = 200
 
 
 def encode_cursor(score: int, token_id: str) -> str:
@@ -28,14 +37,19 @@ def encode_cursor(score: int, token_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, _, token_id = raw.partition(":")
-        if not token_id:
-            raise ValueError(raw)
-        return int(score), token_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationFailed("cursor: not a cursor returned by this API") from None
+    """The ``(score, token id)`` of a cursor made by :func:`encode_cursor`; anything else
+    is a 400 here, before it reaches a Redis command (a score Redis cannot read as a
+    double, e.g. 400 digits, would be a Redis error there)."""
+    m = None
+    if len(cursor) <= _MAX_CURSOR and _B64URL.fullmatch(cursor):
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError):
+            raw = ""
+        m = _CURSOR.fullmatch(raw)
+    if m is None or int(m[1]) > _MAX_SCORE:
+        raise ValidationFailed("cursor: not a cursor returned by this API")
+    return int(m[1]), m[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +78,16 @@ class Filters:
             raise ValidationFailed(f"type: expected one of {', '.join(_TYPES)}")
         n = 50
         if limit is not None:
-            try:
-                n = int(limit)
-            except ValueError:
-                raise ValidationFailed("limit: expected an integer") from None
+            # Only ASCII digits: int() also takes " 7", "1_0" and other scripts' digits.
+            if isinstance(limit, bool) or not _LIMIT.fullmatch(str(limit)):
+                raise ValidationFailed(f"limit: expected an integer from 1 to {MAX_LIMIT}")
+            n = int(limit)
             if not 1 <= n <= MAX_LIMIT:
                 raise ValidationFailed(f"limit: must be between 1 and {MAX_LIMIT}")
         if cursor is not None:
             decode_cursor(cursor)
+        if q is not None and len(q) > _MAX_QUERY:
+            raise ValidationFailed(f"q: at most {_MAX_QUERY} characters")
         return cls(status=st, q=(q or None), type=tt, limit=n, cursor=cursor)
 
 
@@ -225,9 +241,11 @@ async def _scan(
             return Page(items, None, owners)
         scores = dict(rows)
         tokens = await store.get_tokens([i for i, _ in rows])
-        if match_owner:
-            wanted = {t.owner_id for t in tokens if t.owner_kind == "user"} - set(owners)
-            owners.update((u.id, u) for u in await store.get_users(wanted))
+        if match_owner and org_id is not None:
+            wanted = {
+                t.owner_id for t in tokens if t.owner_kind == "user" and t.org_id == org_id
+            } - set(owners)
+            owners.update((u.id, u) for u in await store.get_users(org_id, wanted))
         for token in tokens:
             scanned += 1
             before = (scores[token.id], token.id)

@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from middleware.records import OwnerKind, Token, TokenType
+from middleware.records import Org, OwnerKind, Token, TokenType, User
 from middleware.store import Plan, StaleWrite, TokenStore
 from middleware.tokenformat import TokenFormat
 
 from .actor import Actor
 from .audit import event_json
 from .expiry import resolve_expiry
-from .inputs import check_description, check_id, check_name, check_scopes, check_token_type
+from .granting import Bounds, actor_bounds, check_scopes, check_workspaces, owner_bounds
+from .inputs import check_description, check_id, check_name, check_token_type
+from .inputs import check_scopes as parse_scopes
 from .inputs import check_workspaces as _check_workspaces
 from .listing import Filters, Page, scan, scan_org
 
@@ -42,6 +44,8 @@ Access = Literal["read", "write", "revoke"]
 class Owner:
     kind: OwnerKind
     id: str
+    #: a user owner's organization; defaults to the actor's (required for the operator).
+    org_id: str | None = None
 
 
 def _new_id() -> str:
@@ -128,7 +132,7 @@ class TokenService:
         digest: bytes | None,
     ) -> None:
         if digest is not None:
-            plan.publish.append("t " + digest.hex())
+            plan.invalidate_token(digest)
         plan.events.append(
             event_json(
                 kind,
@@ -159,7 +163,7 @@ class TokenService:
         """A new token and its secret — the only time the secret is returned."""
         name = check_name(name)
         description = check_description(description)
-        scope_tuple = check_scopes(scopes)
+        scope_tuple = parse_scopes(scopes)
         ws = _check_workspaces(workspaces)
         owner = await self._resolve_owner(actor, owner)
         token_type: TokenType = check_token_type(
@@ -167,10 +171,18 @@ class TokenService:
         )
         if token_type == "oauth" and not actor.is_admin("tokens:admin"):
             raise Forbidden("only admins may create oauth tokens")
-        org_id, org_user_ok = await self._owner_org(actor, owner)
+        org_id, user = await self._owner_org(actor, owner)
         org = await self.store.get_org(org_id)
         if org is None:
             raise NotFound(f"organization {org_id} not found")
+        org_user_ok = owner.kind == "org" or (user is not None and user.can_authenticate)
+        if workspaces is None and user is not None and user.workspaces is not None:
+            # Naming no workspaces means "all of the owner's", not "*" (which the owner may
+            # not hold); an explicit "*" is still refused below.
+            ws = user.workspaces
+        bounds = [owner_bounds(org, owner.kind, user), await self._actor_bounds(actor, org)]
+        check_scopes(bounds, scope_tuple)
+        check_workspaces(bounds, ws)
         now = self.clock()
         # A create that names no expiry gets the default, shortened to the org's maximum:
         # the caller chose nothing the policy could refuse.
@@ -234,15 +246,34 @@ class TokenService:
             actor.require_admin("tokens:admin")
         return owner
 
-    async def _owner_org(self, actor: Actor, owner: Owner) -> tuple[str, bool]:
-        """The owner's org id, and whether the owner may hold tokens right now."""
+    async def _owner_org(self, actor: Actor, owner: Owner) -> tuple[str, User | None]:
+        """The owner's org id and, for a user owner, the user record. User ids are scoped
+        per org: an actor names users of its own org only (issue 9: no oracle)."""
         if owner.kind == "org":
             actor.require_org(owner.id)
-            return owner.id, True
-        user = await self.store.get_user(owner.id)
-        if user is None or not (actor.is_system or actor.org_id == user.org_id):
+            return owner.id, None
+        org_id = actor.org_id if not actor.is_system else owner.org_id
+        if org_id is None:
+            raise ValidationFailed("owner.org_id: required to name a user (which org?)")
+        user = await self.store.get_user(org_id, owner.id)
+        if user is None:
             raise NotFound(f"user {owner.id} not found")
-        return user.org_id, user.can_authenticate
+        return org_id, user
+
+    async def _actor_bounds(self, actor: Actor, org: Org | None) -> Bounds | None:
+        user = None
+        if actor.kind == "user" and actor.org_id is not None:
+            user = await self.store.get_user(actor.org_id, actor.id)
+        return actor_bounds(actor, org, user)
+
+    async def _bounds(self, actor: Actor, token: Token) -> tuple[Org | None, list[Bounds | None]]:
+        """The token's org now, and what its owner and the actor may grant (read fresh)."""
+        org = await self.store.get_org(token.org_id)
+        owner = None
+        if token.owner_kind == "user":
+            owner = await self.store.get_user(token.org_id, token.owner_id)
+        bounds = [owner_bounds(org, token.owner_kind, owner), await self._actor_bounds(actor, org)]
+        return org, bounds
 
     async def get(self, actor: Actor, token_id: str) -> Token:
         return await self._load(actor, token_id, "read")
@@ -276,25 +307,33 @@ class TokenService:
         if "description" in changes:
             values["description"] = check_description(changes["description"])
         if "scopes" in changes:
-            values["scopes"] = check_scopes(changes["scopes"])
+            values["scopes"] = parse_scopes(changes["scopes"])
         if "workspaces" in changes:
             values["workspaces"] = _check_workspaces(changes["workspaces"])
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
+            if "scopes" in values or "workspaces" in values:
+                _, bounds = await self._bounds(actor, old)
+                if "scopes" in values:
+                    check_scopes(bounds, values["scopes"])
+                if "workspaces" in values:
+                    check_workspaces(bounds, values["workspaces"])
             kind = "token.scopes_changed" if set(values) == {"scopes"} else "token.updated"
             data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+            if "workspaces" in data and data["workspaces"] is None:
+                data["workspaces"] = ["*"]  # every workspace, as the API shows it
             return old.evolve(**values, updated_at=now), kind, data
 
         return (await self._change(actor, token_id, "write", mutate))[1]
 
     async def add_scopes(self, actor: Actor, token_id: str, scopes: Any) -> Token:
-        extra = check_scopes(scopes)
+        extra = parse_scopes(scopes)
         if not extra:
             raise ValidationFailed("scopes: give at least one scope to add")
         return await self._set_scopes(actor, token_id, lambda cur: cur + extra)
 
     async def remove_scope(self, actor: Actor, token_id: str, scope: str) -> Token:
-        (target,) = check_scopes([scope], "scope")
+        (target,) = parse_scopes([scope], "scope")
 
         def drop(cur: tuple[str, ...]) -> tuple[str, ...]:
             if target not in cur:
@@ -310,9 +349,12 @@ class TokenService:
         self, actor: Actor, token_id: str, compute: Callable[[tuple[str, ...]], tuple[str, ...]]
     ) -> Token:
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]] | None:
-            scopes = check_scopes(compute(old.scopes))
+            scopes = parse_scopes(compute(old.scopes))
             if scopes == old.scopes:
                 return None
+            added = tuple(sorted(set(scopes) - set(old.scopes)))
+            if added:
+                check_scopes((await self._bounds(actor, old))[1], added)
             data = {
                 "added": sorted(set(scopes) - set(old.scopes)),
                 "removed": sorted(set(old.scopes) - set(scopes)),
@@ -347,9 +389,13 @@ class TokenService:
         secret = self.format.generate()
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
-            org = await self.store.get_org(old.org_id)
+            org, bounds = await self._bounds(actor, old)
             if org is None:
                 raise NotFound(f"organization {old.org_id} not found")
+            # A new secret re-issues the token's power: it must still be grantable
+            # (e.g. after the owner was demoted, remove the scopes first).
+            check_scopes(bounds, old.scopes)
+            check_workspaces(bounds, old.workspaces)
             previous = None if old.expires_at is None else old.expires_at - old.issued_at
             expiry = resolve_expiry(
                 expiration=expiration, expires_at=expires_at, default=previous, org=org, now=now

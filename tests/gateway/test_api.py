@@ -21,6 +21,7 @@ from middleware.records import Token
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from tests.gateway._clock import T0, Clock
+from tests.middleware._tokens import MEMBER_SCOPES
 
 DAY = 86_400.0
 FEB_1 = datetime(2027, 2, 1, tzinfo=UTC).timestamp()
@@ -48,10 +49,16 @@ class Api:
             h["authorization"] = "Bearer " + self.secrets[who]
         return await self.client.request(method, path, headers=h, **kw)
 
-    async def add_caller(self, name: str, user_id: str, scopes: list[str], **kw: Any) -> str:
-        """A management token for ``user_id``; its secret is remembered under ``name``."""
+    async def add_caller(
+        self, name: str, user_id: str, scopes: list[str], *, org: str = "acme", **kw: Any
+    ) -> str:
+        """A management token for ``user_id`` of ``org``; its secret is kept as ``name``."""
         token, secret = await self.tokens.create(
-            Actor.system(), name=f"mgmt-{name}", owner=Owner("user", user_id), scopes=scopes, **kw
+            Actor.system(),
+            name=f"mgmt-{name}",
+            owner=Owner("user", user_id, org),
+            scopes=scopes,
+            **kw,
         )
         self.secrets[name], self.ids[name] = secret, token.id
         return secret
@@ -66,8 +73,9 @@ async def make_api(store: TokenStore) -> AsyncIterator[Api]:
     """Org ``acme`` with admin ``admin`` (bootstrap token) and members alice and bob."""
     clock, fmt, system = Clock(), TokenFormat(), Actor.system()
     tokens = TokenService(store, fmt, clock=clock)
-    directory = Directory(store, clock=clock)
+    directory = Directory(store, clock=clock, default_org="acme")
     admin_token, admin_secret = await bootstrap(tokens, directory, org_id="acme")
+    await directory.put_org(system, "acme", {"member_scopes": MEMBER_SCOPES})
     for uid in ("alice", "bob"):
         await directory.put_user(
             system, uid, {"org_id": "acme", "email": f"{uid}@acme.io", "name": uid.title()}

@@ -56,9 +56,9 @@ async def world(store: TokenStore, namespace: str) -> AsyncIterator[ErrorWorld]:
         d, t = api.directory, api.tokens
         ids: dict[str, str] = {}
         alice_t, _ = await t.create(
-            _SYSTEM, name="alice-t", owner=Owner("user", "alice"), scopes=["x:read"]
+            _SYSTEM, name="alice-t", owner=Owner("user", "alice", "acme"), scopes=["x:read"]
         )
-        bob_t, _ = await t.create(_SYSTEM, name="bob-t", owner=Owner("user", "bob"))
+        bob_t, _ = await t.create(_SYSTEM, name="bob-t", owner=Owner("user", "bob", "acme"))
         ids.update(alice_t=alice_t.id, bob_t=bob_t.id)
         await api.add_caller("reader", "alice", ["tokens:read:own"])
         await api.add_caller("revoked", "alice", OWN)
@@ -68,18 +68,18 @@ async def world(store: TokenStore, namespace: str) -> AsyncIterator[ErrorWorld]:
             _SYSTEM, "ops", {"email": "ops@acme.io", "role": "admin", "org_id": "acme"}
         )
         await api.add_caller("demoted", "ops", list(MANAGEMENT_SCOPES))
-        await d.put_user(_SYSTEM, "ops", {"role": "member"})
+        await d.put_user(_SYSTEM, "ops", {"org_id": "acme", "role": "member"})
         await d.put_user(_SYSTEM, "dave", {"email": "dave@acme.io", "org_id": "acme"})
         await api.add_caller("disabled", "dave", OWN)
-        await d.put_user(_SYSTEM, "dave", {"enabled": False})
+        await d.put_user(_SYSTEM, "dave", {"org_id": "acme", "enabled": False})
         await d.put_org(
             _SYSTEM, "strict", {"token_limit": 1, "max_lifetime": "7d", "allow_never": False}
         )
         await d.put_user(_SYSTEM, "sam", {"email": "sam@strict.io", "org_id": "strict"})
-        await api.add_caller("sam", "sam", OWN, expiration="7d")
+        await api.add_caller("sam", "sam", OWN, org="strict", expiration="7d")
         await d.put_org(_SYSTEM, "other", {})
         await d.put_user(_SYSTEM, "eve", {"email": "eve@other.io", "org_id": "other"})
-        eve_t, _ = await t.create(_SYSTEM, name="eve-t", owner=Owner("user", "eve"))
+        eve_t, _ = await t.create(_SYSTEM, name="eve-t", owner=Owner("user", "eve", "other"))
         ids["eve_t"] = eve_t.id
         api.clock.now = T0 + 120  # "expired" is now past its expiry; the rest are not
         yield ErrorWorld(api, namespace, ids)
@@ -292,6 +292,80 @@ CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = [
         "POST",
         "/v1/tokens/{alice_t}/regenerate",
         {"json": {"expires_at": 1}},
+        400,
+        "validation",
+    ),
+    # issue 9: each of these answered a plain-text 500 (OverflowError, a Redis error)
+    (
+        "expires-at-huge-int",
+        "alice",
+        "POST",
+        "/v1/tokens",
+        {"content": b'{"name": "n", "expires_at": 1' + b"0" * 400 + b"}"},
+        400,
+        "validation",
+    ),
+    (
+        "regenerate-expires-at-huge-int",
+        "alice",
+        "POST",
+        "/v1/tokens/{alice_t}/regenerate",
+        {"content": b'{"expires_at": 1' + b"0" * 400 + b"}"},
+        400,
+        "validation",
+    ),
+    (
+        "org-max-lifetime-huge-int",
+        "admin",
+        "PUT",
+        "/v1/orgs/acme",
+        {"content": b'{"max_lifetime": 1' + b"0" * 400 + b"}"},
+        400,
+        "validation",
+    ),
+    (
+        "org-max-lifetime-over-100-years",
+        "admin",
+        "PUT",
+        "/v1/orgs/acme",
+        {"json": {"max_lifetime": 101 * 365 * DAY}},
+        400,
+        "validation",
+    ),
+    (
+        "events-cursor-0-0",
+        "admin",
+        "GET",
+        "/v1/events",
+        {"params": {"cursor": "0-0"}},
+        400,
+        "validation",
+    ),
+    (
+        "events-cursor-past-64-bits",
+        "admin",
+        "GET",
+        "/v1/events",
+        {"params": {"cursor": "18446744073709551616-0"}},
+        400,
+        "validation",
+    ),
+    (
+        "limit-fullwidth",
+        "alice",
+        "GET",
+        "/v1/tokens",
+        {"params": {"limit": "\uff15"}},
+        400,
+        "validation",
+    ),
+    ("q-too-long", "alice", "GET", "/v1/tokens", {"params": {"q": "x" * 201}}, 400, "validation"),
+    (
+        "owner-extra-key",
+        "admin",
+        "POST",
+        "/v1/tokens",
+        {"json": {"name": "n", "owner": {"type": "org", "colour": 1}}},
         400,
         "validation",
     ),

@@ -55,6 +55,8 @@ class Cli:
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in [*ENV_VARS, "PATGATE_PEPPER_FILE"]:
         monkeypatch.delenv(var, raising=False)
+    # The org the CLI means when none is named (user ids are scoped per org).
+    monkeypatch.setenv("PATGATE_DEFAULT_ORG", "acme")
 
 
 @pytest.fixture
@@ -67,6 +69,8 @@ def cli(
 @pytest.fixture
 def booted(cli: Cli) -> str:
     out, _ = cli.run("bootstrap", "--org", "acme")
+    # What members may grant (issue 9: nothing until the org says so).
+    cli.run("orgs", "put", "acme", "--member-scope", "threads:*", "--member-scope", "*:read")
     cli.run("users", "put", "alice", "--org", "acme", "--email", "alice@acme.io", "--name", "Alice")
     return out.strip()
 
@@ -254,8 +258,12 @@ def test_users_and_orgs(cli: Cli, booted: str) -> None:
         (["tokens", "show", "tok_nope"], "not found"),
         (["tokens", "create", "--user", "alice", "--name", "x", "--scope", "bad"], "scope"),
         (["tokens", "create", "--user", "ghost", "--name", "x"], "not found"),
-        (["tokens", "create", "--name", "x"], "exactly one of --user"),
-        (["tokens", "create", "--user", "alice", "--org", "acme", "--name", "x"], "exactly one"),
+        (["tokens", "create", "--name", "x"], "give --user ID"),
+        (
+            ["tokens", "create", "--user", "alice", "--name", "x", "--scope", "tokens:admin"],
+            "not grantable",
+        ),
+        (["tokens", "create", "--user", "alice", "--org", "other", "--name", "x"], "not found"),
         (
             [
                 "tokens",

@@ -31,6 +31,7 @@ from middleware.records import Token, User
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
+from tests.middleware._tokens import MEMBER_SCOPES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,10 +149,14 @@ def test_cli_tokens_survive_restarts_of_the_embedded_default(data_dir: Path) -> 
     assert boot.returncode == 0, boot.stderr
     secret = boot.stdout.strip()
     assert not (data_dir / "server.json").exists()  # the process stopped its server
-    made = _cli(data_dir, "--json", "tokens", "create", "--user", "admin", "--name", "ci")
+    made = _cli(
+        data_dir, "--json", "tokens", "create", "--user", "admin", "--org", "acme", "--name", "ci"
+    )
     assert made.returncode == 0, made.stderr
     second = json.loads(made.stdout)["token"]
-    listed = _cli(data_dir, "--json", "tokens", "list", "--user", "admin")  # a new process
+    listed = _cli(
+        data_dir, "--json", "tokens", "list", "--user", "admin", "--org", "acme"
+    )  # a new process
     assert listed.returncode == 0, listed.stderr
     assert sorted(t["name"] for t in json.loads(listed.stdout)["items"]) == ["bootstrap", "ci"]
     for _ in range(2):  # stop/start twice more, in this process
@@ -178,11 +183,11 @@ def test_token_survives_sigkill_of_the_server_right_after_create(data_dir: Path)
         try:
             store = TokenStore(client, Keys("patgate"))
             system = Actor.system()
-            directory = Directory(store)
-            await directory.put_org(system, "acme", {})
+            directory = Directory(store, default_org="acme")
+            await directory.put_org(system, "acme", {"member_scopes": MEMBER_SCOPES})
             await directory.put_user(system, "alice", {"org_id": "acme", "email": "a@x.io"})
             _, secret = await TokenService(store, TokenFormat()).create(
-                system, name="precious", owner=Owner("user", "alice")
+                system, name="precious", owner=Owner("user", "alice", "acme")
             )
             pid = int((await client.info("server"))["process_id"])
             return secret, pid

@@ -120,6 +120,12 @@ def test_authorization_is_never_forwarded(value: bytes, trusted: bool) -> None:
         (b"x-patgate_token-id", True),
         (b"x.patgate.org.id", True),
         (b"x-patgate-anything-new", True),
+        # The bare name in every spelling (issue 9).
+        (b"x-patgate", True),
+        (b"X-Patgate", True),
+        (b"X_PATGATE", True),
+        (b"X.Patgate", True),
+        (b"x-patgate-", True),
         (b"x-patgateway", False),
         (b"patgate-owner", False),
         (b"x-request-id", False),
@@ -130,6 +136,15 @@ def test_identity_lookalikes(name: bytes, lookalike: bool) -> None:
     assert is_identity_lookalike(name) is lookalike
     # No peer is trusted enough to send identity headers.
     assert is_identity_lookalike(name, trusted_peer=True) is lookalike
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_bare_x_patgate_never_reaches_the_upstream(trusted: bool) -> None:
+    """Issue 9: the bare name, in every spelling, was forwarded."""
+    sent = [(b"x-patgate", b"forged"), (b"X_PATGATE", b"forged"), (b"x.patgate", b"forged")]
+    out = _up([*sent, (b"x-request-id", b"1")], trusted=trusted)
+    assert b"forged" not in [v for _, v in out]
+    assert _get(out, b"x-request-id") == [b"1"]
 
 
 @pytest.mark.parametrize(

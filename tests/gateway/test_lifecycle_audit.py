@@ -13,6 +13,7 @@ from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
+from tests.middleware._tokens import MEMBER_SCOPES
 
 
 def _actor(uid: str, role: str = "member", ip: str = "203.0.113.7") -> Actor:
@@ -36,10 +37,10 @@ async def _all(store: TokenStore) -> list[dict[str, Any]]:
 @pytest.fixture
 async def services(store: TokenStore) -> tuple[TokenService, Directory]:
     clock = Clock(tick=1)
-    directory = Directory(store, clock=clock)
+    directory = Directory(store, clock=clock, default_org="acme")
     system = Actor.system()
-    await directory.put_org(system, "acme", {})
-    await directory.put_org(system, "other", {})
+    await directory.put_org(system, "acme", {"member_scopes": MEMBER_SCOPES})
+    await directory.put_org(system, "other", {"member_scopes": MEMBER_SCOPES})
     for uid, org, role in (
         ("root", "acme", "admin"),
         ("alice", "acme", "member"),
@@ -129,7 +130,7 @@ async def test_system_actor_events_name_the_cli(
     store: TokenStore, services: tuple[TokenService, Directory]
 ) -> None:
     tokens, _ = services
-    await tokens.create(Actor.system(), name="t", owner=Owner("user", "alice"))
+    await tokens.create(Actor.system(), name="t", owner=Owner("user", "alice", "acme"))
     event = (await _all(store))[-1]
     assert event["actor"]["type"] == "system"
     assert event["actor"]["id"].startswith("cli:")

@@ -13,6 +13,7 @@ from middleware.errors import Conflict, LimitReached, NotFound
 from middleware.records import Token
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
+from tests.middleware._tokens import MEMBER_SCOPES
 
 OWN = frozenset({"tokens:read:own", "tokens:write:own"})
 ALICE = Actor("user", "alice", "acme", "member", OWN)
@@ -20,9 +21,9 @@ ALICE = Actor("user", "alice", "acme", "member", OWN)
 
 @pytest.fixture
 async def tokens(store: TokenStore) -> TokenService:
-    directory = Directory(store)
+    directory = Directory(store, default_org="acme")
     system = Actor.system()
-    await directory.put_org(system, "acme", {"token_limit": 10})
+    await directory.put_org(system, "acme", {"token_limit": 10, "member_scopes": MEMBER_SCOPES})
     await directory.put_user(system, "alice", {"org_id": "acme", "email": "a@x.io"})
     return TokenService(store, TokenFormat())
 
@@ -40,10 +41,10 @@ async def test_fifty_concurrent_creates_against_a_limit_of_ten(
     )
     assert _outcomes(results) == {"ok": 10, "LimitReached": 40}
     assert all(r.status_code == 429 for r in results if isinstance(r, LimitReached))
-    assert await store.count(store.keys.owner_tokens("u:alice")) == 10
+    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 10
     assert await store.client.hlen(store.keys.tokens) == 10
     assert await store.client.hlen(store.keys.index) == 10
-    assert await store.client.scard(store.keys.owner_names("u:alice")) == 10
+    assert await store.client.scard(store.keys.owner_names("u:acme/alice")) == 10
     created = sum(b'"token.created"' in b for _, b in await store.events(count=1000))
     assert created == 10
 
@@ -58,7 +59,7 @@ async def test_twenty_concurrent_creates_with_one_name(
     )
     assert _outcomes(results) == {"ok": 1, "Conflict": 19}
     assert all(r.status_code == 409 for r in results if isinstance(r, Conflict))
-    assert await store.count(store.keys.owner_tokens("u:alice")) == 1
+    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 1
     assert await store.client.hlen(store.keys.index) == 1
 
 
@@ -147,5 +148,5 @@ async def test_delete_racing_an_update_leaves_no_orphans(
     assert await store.lookup(tokens.format.digest(secret)) is None
     for key in (store.keys.tokens, store.keys.index):
         assert await store.client.hlen(key) == 0, key
-    assert await store.client.exists(store.keys.owner_names("u:alice")) == 0
+    assert await store.client.exists(store.keys.owner_names("u:acme/alice")) == 0
     assert await store.client.exists(store.keys.org_owners(token.org_id)) == 0

@@ -15,6 +15,7 @@ from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
 from tests.gateway._clock import T0, Clock
+from tests.middleware._tokens import MEMBER_SCOPES
 
 DAY = 86_400.0
 JAN_15 = datetime(2027, 1, 15, 12, 0, 0, 250_000, tzinfo=UTC).timestamp()
@@ -115,8 +116,8 @@ def test_parse_duration_refuses(value: object) -> None:
 @pytest.fixture
 async def svc(store: TokenStore) -> tuple[TokenService, Directory, Clock]:
     clock = Clock()
-    directory = Directory(store, clock=clock)
-    await directory.put_org(Actor.system(), "acme", {})
+    directory = Directory(store, clock=clock, default_org="acme")
+    await directory.put_org(Actor.system(), "acme", {"member_scopes": MEMBER_SCOPES})
     await directory.put_user(Actor.system(), "alice", {"org_id": "acme", "email": "a@x.io"})
     return TokenService(store, TokenFormat(), clock=clock), directory, clock
 
@@ -133,7 +134,7 @@ async def test_org_policy_applies_to_create_and_changes_nothing(
     for kwargs in ({"expiration": "30d"}, {"expiration": "never"}, {"expires_at": T0 + 8 * DAY}):
         with pytest.raises(Unprocessable):
             await tokens.create(ALICE, name="t", **kwargs)
-    assert await store.count(store.keys.owner_tokens("u:alice")) == 0
+    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 0
     ok, _ = await tokens.create(ALICE, name="t", expiration="7d")
     assert ok.expires_at == T0 + 7 * DAY
     # no expiry named: the default lifetime, shortened to the org's maximum

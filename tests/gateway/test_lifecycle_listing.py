@@ -16,6 +16,7 @@ from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
+from tests.middleware._tokens import MEMBER_SCOPES
 
 DAY = 86_400.0
 
@@ -33,8 +34,10 @@ class World:
 @pytest.fixture
 async def w(store: TokenStore) -> World:
     clock, system = Clock(), Actor.system()
-    directory = Directory(store, clock=clock)
-    await directory.put_org(system, "acme", {"name": "Acme", "token_limit": 200})
+    directory = Directory(store, clock=clock, default_org="acme")
+    await directory.put_org(
+        system, "acme", {"name": "Acme", "token_limit": 200, "member_scopes": MEMBER_SCOPES}
+    )
     for uid, role, email in (
         ("root", "admin", "root@example.org"),
         ("alice", "member", "alice.liddell@wonder.land"),
@@ -291,7 +294,7 @@ async def test_admin_view_lists_owners_not_users_and_forgets_emptied_owners(
     w: World,
 ) -> None:
     system = Actor.system()
-    directory = Directory(w.store, clock=w.clock)
+    directory = Directory(w.store, clock=w.clock, default_org="acme")
     old, _ = await w.tokens.create(w.alice, name="before")
     w.clock.now += 1
     kept, _ = await w.tokens.create(w.bob, name="kept")
@@ -310,12 +313,12 @@ async def test_admin_view_lists_owners_not_users_and_forgets_emptied_owners(
     beta = await w.tokens.list_org(beta_admin, "beta", Filters())
     assert [t.id for t in beta.items] == [new.id]
     keys = w.store.keys
-    assert await w.store.org_owner_keys("acme") == ["u:alice", "u:bob"]
+    assert await w.store.org_owner_keys("acme") == ["u:acme/alice", "u:acme/bob"]
     await w.tokens.delete(w.bob, dropped.id)
-    assert await w.store.org_owner_keys("acme") == ["u:alice", "u:bob"]
+    assert await w.store.org_owner_keys("acme") == ["u:acme/alice", "u:acme/bob"]
     await w.tokens.delete(w.bob, kept.id)
-    assert await w.store.org_owner_keys("acme") == ["u:alice"]
-    assert await w.store.client.exists(keys.owner_names("u:bob")) == 0
+    assert await w.store.org_owner_keys("acme") == ["u:acme/alice"]
+    assert await w.store.client.exists(keys.owner_names("u:acme/bob")) == 0
     assert [t.id for t in (await w.tokens.list_org(w.admin, "acme", Filters())).items] == [old.id]
 
 

@@ -24,6 +24,7 @@ from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
 from policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
+from tests.middleware._tokens import MEMBER_SCOPES
 
 DAY = 86_400.0
 MARCH_1 = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
@@ -61,9 +62,9 @@ class World:
 @pytest.fixture
 async def w(store: TokenStore) -> World:
     fmt, clock, system = TokenFormat(), Clock(), Actor.system()
-    directory = Directory(store, clock=clock)
-    await directory.put_org(system, "acme", {"name": "Acme"})
-    await directory.put_org(system, "other", {"name": "Other"})
+    directory = Directory(store, clock=clock, default_org="acme")
+    await directory.put_org(system, "acme", {"name": "Acme", "member_scopes": MEMBER_SCOPES})
+    await directory.put_org(system, "other", {"name": "Other", "member_scopes": MEMBER_SCOPES})
     for uid, org, role in (
         ("root", "acme", "admin"),
         ("alice", "acme", "member"),
@@ -172,14 +173,14 @@ async def test_create_rejects_bad_input_and_stores_nothing(
     args: dict[str, object] = {"name": "ok"} | kwargs
     with pytest.raises(ValidationFailed):
         await w.tokens.create(w.alice, **args)  # type: ignore[arg-type]
-    assert await w.store.count(w.store.keys.owner_tokens("u:alice")) == 0
+    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 0
     assert not [b for _, b in await w.store.events() if b"token." in b]
 
 
 @pytest.mark.anyio
 async def test_create_normalizes_scopes_workspaces_and_name(w: World) -> None:
     token, _ = await w.tokens.create(
-        w.alice,
+        w.admin,  # "all" is grantable by admins only (issue 9)
         name="  spaced  ",
         scopes=["Threads:Read", "all", "threads:read"],
         workspaces=["ws2", "ws1", "ws2"],
@@ -197,7 +198,7 @@ async def test_names_are_unique_per_owner_case_insensitively(w: World) -> None:
     with pytest.raises(Conflict) as exc:
         await w.tokens.create(w.alice, name="deploy bot")
     assert exc.value.status_code == 409
-    assert await w.store.count(w.store.keys.owner_tokens("u:alice")) == 1
+    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 1
     other, _ = await w.tokens.create(w.bob, name="Deploy Bot")
     org_owned, _ = await w.tokens.create(w.admin, name="deploy bot", owner=Owner("org", "acme"))
     assert other.owner_id == "bob"
@@ -216,7 +217,9 @@ async def test_admin_creates_org_owned_service_token(w: World) -> None:
 
 @pytest.mark.anyio
 async def test_admin_creates_token_for_a_member(w: World) -> None:
-    token, _ = await w.tokens.create(w.admin, name="for-alice", owner=Owner("user", "alice"))
+    token, _ = await w.tokens.create(
+        w.admin, name="for-alice", owner=Owner("user", "alice", "acme")
+    )
     assert (token.owner_id, token.created_by) == ("alice", "root")
 
 
@@ -225,12 +228,12 @@ async def test_admin_creates_token_for_a_member(w: World) -> None:
     ("actor", "owner", "error"),
     [
         ("alice", Owner("org", "acme"), Forbidden),
-        ("alice", Owner("user", "bob"), Forbidden),
+        ("alice", Owner("user", "bob", "acme"), Forbidden),
         ("admin", Owner("org", "other"), Forbidden),
         # users of other orgs are invisible (404), like in get_user
-        ("admin", Owner("user", "eve"), NotFound),
-        ("admin", Owner("user", "ghost"), NotFound),
-        ("admin", Owner("user", "bad id!"), ValidationFailed),
+        ("admin", Owner("user", "eve", "other"), NotFound),
+        ("admin", Owner("user", "ghost", "acme"), NotFound),
+        ("admin", Owner("user", "bad id!", "acme"), ValidationFailed),
         ("system", None, ValidationFailed),
     ],
 )
@@ -239,7 +242,7 @@ async def test_create_for_someone_else_needs_admin_of_that_org(
 ) -> None:
     with pytest.raises(error):
         await w.tokens.create(getattr(w, actor), name="x", owner=owner)
-    for key in ("u:alice", "u:bob", "o:acme", "o:other", "u:eve"):
+    for key in ("u:acme/alice", "u:acme/bob", "o:acme", "o:other", "u:other/eve"):
         assert await w.store.count(w.store.keys.owner_tokens(key)) == 0
 
 
@@ -258,8 +261,8 @@ async def test_disabled_users_cannot_get_tokens(w: World, change: dict[str, bool
     await w.directory.put_user(w.system, "alice", change)
     for actor in (w.admin, w.system):
         with pytest.raises(Forbidden):
-            await w.tokens.create(actor, name="x", owner=Owner("user", "alice"))
-    assert await w.store.count(w.store.keys.owner_tokens("u:alice")) == 0
+            await w.tokens.create(actor, name="x", owner=Owner("user", "alice", "acme"))
+    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 0
 
 
 @pytest.mark.anyio
@@ -499,7 +502,7 @@ async def test_regenerate_twice_only_the_latest_secret_works(w: World) -> None:
     _, s2 = await w.tokens.regenerate(w.alice, token.id)
     _, s3 = await w.tokens.regenerate(w.alice, token.id)
     assert [await w.resolves(s) is not None for s in (s1, s2, s3)] == [False, False, True]
-    assert await w.store.count(w.store.keys.owner_tokens("u:alice")) == 1
+    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 1
 
 
 # -- delete ------------------------------------------------------------------------------
@@ -535,7 +538,7 @@ async def test_delete_all_own(w: World) -> None:
     _, bob_secret = await w.tokens.create(w.bob, name="t0")
     assert await w.tokens.delete_all_own(w.alice) == 4
     assert [await w.resolves(s) for s in secrets] == [None] * 4
-    assert await w.store.count(w.store.keys.owner_tokens("u:alice")) == 0
+    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 0
     assert await w.usable(bob_secret)
     assert await w.tokens.delete_all_own(w.alice) == 0
     with pytest.raises(ValidationFailed):

@@ -17,6 +17,7 @@ from middleware.tokenformat import TokenFormat
 from middleware.validate import usable_identity
 from policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
+from tests.middleware._tokens import MEMBER_SCOPES
 
 
 @dataclass
@@ -46,9 +47,9 @@ class World:
 @pytest.fixture
 async def w(store: TokenStore) -> World:
     fmt, clock, system = TokenFormat(), Clock(), Actor.system()
-    directory = Directory(store, clock=clock)
-    await directory.put_org(system, "acme", {"name": "Acme"})
-    await directory.put_org(system, "other", {})
+    directory = Directory(store, clock=clock, default_org="acme")
+    await directory.put_org(system, "acme", {"name": "Acme", "member_scopes": MEMBER_SCOPES})
+    await directory.put_org(system, "other", {"member_scopes": MEMBER_SCOPES})
     await directory.put_user(
         system, "root", {"org_id": "acme", "email": "r@acme.io", "role": "admin"}
     )
@@ -189,12 +190,12 @@ async def test_put_user_creates_then_merges(w: World) -> None:
 async def test_bad_user_input_changes_nothing(
     w: World, user_id: str, body: dict[str, object]
 ) -> None:
-    before = await w.store.get_user("alice")
+    before = await w.store.get_user("acme", "alice")
     events = len(await _events(w.store))
     with pytest.raises(ValidationFailed):
         await w.directory.put_user(w.admin, user_id, body)
-    assert await w.store.get_user("alice") == before
-    assert await w.store.get_user("new") is None
+    assert await w.store.get_user("acme", "alice") == before
+    assert await w.store.get_user("acme", "new") is None
     assert len(await _events(w.store)) == events
 
 
@@ -209,7 +210,7 @@ async def test_user_access_rules(w: World) -> None:
         await w.directory.get_user(w.admin, "ghost")
     with pytest.raises(Forbidden):
         await w.directory.put_user(w.alice, "alice", {"role": "admin"})
-    with pytest.raises(Forbidden):
+    with pytest.raises(ValidationFailed):  # the same answer whether or not it exists there
         await w.directory.put_user(w.admin, "mallory", {"email": "m@x.io", "org_id": "other"})
     with pytest.raises(NotFound):
         await w.directory.put_user(w.system, "mallory", {"email": "m@x.io", "org_id": "nope"})
@@ -217,8 +218,8 @@ async def test_user_access_rules(w: World) -> None:
         await w.directory.list_users(w.alice, "acme")
     with pytest.raises(Forbidden):
         await w.directory.remove_user(w.alice, "root")
-    assert (await w.store.get_user("alice")).role == "member"  # type: ignore[union-attr]
-    assert await w.store.get_user("mallory") is None
+    assert (await w.store.get_user("acme", "alice")).role == "member"  # type: ignore[union-attr]
+    assert await w.store.get_user("acme", "mallory") is None
 
 
 @pytest.mark.anyio
@@ -238,10 +239,11 @@ async def test_disable_suspends_tokens_and_enable_restores(
         with anyio.fail_after(2):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-        assert message["data"] == b"u alice"
+        assert message["data"] == b"u acme/alice"
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert await w.reason(secret) == "disabled"
+    # The permission switch has its own reason (issue 9).
+    assert await w.reason(secret) == ("disabled" if field == "enabled" else "no_permission")
     assert await w.reason(org_secret) is None  # org tokens do not depend on one user
     # the token itself is untouched: still listed, still "active"
     token = (await w.tokens.list_own(w.alice, Filters())).items[0]
@@ -264,7 +266,7 @@ async def test_remove_user_revokes_personal_tokens_org_tokens_survive(w: World) 
     w.clock.now += 7
     revoked = await w.directory.remove_user(w.admin, "alice")
     assert revoked == [personal.id]
-    assert await w.store.get_user("alice") is None
+    assert await w.store.get_user("acme", "alice") is None
     assert await w.reason(p_secret) == "revoked"
     assert await w.reason(o_secret) is None
     survivor = await w.tokens.get(w.admin, org_token.id)
@@ -283,4 +285,4 @@ async def test_remove_user_revokes_personal_tokens_org_tokens_survive(w: World) 
 async def test_remove_user_in_another_org_is_refused(w: World) -> None:
     with pytest.raises(ServiceError):
         await w.directory.remove_user(w.admin, "eve")
-    assert await w.store.get_user("eve") is not None
+    assert await w.store.get_user("other", "eve") is not None

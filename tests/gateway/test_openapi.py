@@ -15,6 +15,9 @@ import pytest
 from starlette.routing import Route
 
 from gateway.api import create_api_app, openapi_document
+from gateway.api.openapi import ID_PATTERN, SCOPE_PATTERN, WORKSPACE_PATTERN
+from gateway.lifecycle import inputs
+from gateway.lifecycle.expiry import MAX_LIFETIME
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 
@@ -85,18 +88,25 @@ def errors(value: Any, schema: dict[str, Any], at: str = "$") -> Iterator[str]:
                 extra = set(value) - set(schema.get("properties", {}))
                 if rule is False and extra:
                     yield f"{at}: unexpected {sorted(extra)}"
+                elif isinstance(rule, dict):
+                    for k in sorted(extra):
+                        yield from errors(value[k], rule, f"{at}.{k}")
         elif key == "items":
             if isinstance(value, list):
                 for i, item in enumerate(value):
                     yield from errors(item, rule, f"{at}[{i}]")
-        elif key in ("minLength", "maxLength", "minItems", "minProperties"):
+        elif key in ("minLength", "maxLength", "minItems", "maxItems", "minProperties"):
             if isinstance(value, str | list | dict):
                 n = len(value)
                 if (n < rule) if key.startswith("min") else (n > rule):
                     yield f"{at}: length {n} violates {key}={rule}"
-        elif key in ("minimum", "maximum"):
+        elif key in ("minimum", "maximum", "exclusiveMinimum"):
             if _type_ok(value, "number") and (
-                (value < rule) if key == "minimum" else (value > rule)
+                (value < rule)
+                if key == "minimum"
+                else (value > rule)
+                if key == "maximum"
+                else (value <= rule)
             ):
                 yield f"{at}: {value} violates {key}={rule}"
         elif key == "pattern":
@@ -104,6 +114,28 @@ def errors(value: Any, schema: dict[str, Any], at: str = "$") -> Iterator[str]:
                 yield f"{at}: {value!r} does not match {rule}"
         else:
             raise AssertionError(f"validator does not know the keyword {key!r} at {at}")
+
+
+_KNOWN = {
+    "$ref", "allOf", "oneOf", "type", "enum", "const", "required", "properties",
+    "additionalProperties", "items", "minLength", "maxLength", "minItems", "maxItems",
+    "minProperties", "minimum", "maximum", "exclusiveMinimum", "pattern", *_ANNOTATIONS,
+}  # fmt: skip
+
+
+def _keywords(schema: dict[str, Any], at: str) -> Iterator[str]:
+    """Every keyword in ``schema`` and the schemas nested in it, as ``at: keyword``;
+    ``errors()`` alone only reaches the nested schemas that a value exercises."""
+    for key, rule in schema.items():
+        yield f"{at}: {key}"
+        if key == "properties":
+            for name, sub in rule.items():
+                yield from _keywords(sub, f"{at}.{name}")
+        elif key in ("allOf", "oneOf"):
+            for i, sub in enumerate(rule):
+                yield from _keywords(sub, f"{at}/{key}[{i}]")
+        elif key in ("items", "additionalProperties") and isinstance(rule, dict):
+            yield from _keywords(rule, f"{at}/{key}")
 
 
 def _walk_schemas() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -130,7 +162,7 @@ def test_validator_rejects_what_it_should() -> None:
     assert list(errors({"name": "x", "bogus": 1}, {"$ref": "#/components/schemas/TokenCreate"}))
     assert list(errors({"token": "nope"}, {"$ref": "#/components/schemas/TokenWithSecret"}))
     with pytest.raises(AssertionError, match="keyword"):
-        list(errors(1, {"exclusiveMinimum": 0}))
+        list(errors(1, {"multipleOf": 2}))
 
 
 # -- the document itself -----------------------------------------------------------------
@@ -158,6 +190,8 @@ def test_every_ref_resolves_and_every_keyword_is_known() -> None:
             list(errors(None, schema))
         except AssertionError as exc:  # pragma: no cover - the failure message
             raise AssertionError(f"{where}: {exc}") from None
+        unknown = [k for k in _keywords(schema, where) if k.rsplit(": ", 1)[1] not in _KNOWN]
+        assert not unknown, unknown
 
 
 def test_routes_and_document_agree() -> None:
@@ -303,3 +337,64 @@ async def test_a_scripted_session_matches_the_document(store: TokenStore) -> Non
     successes = {(p, m) for p, m, s in call.seen if s.startswith("2")}
     documented = {(p, m) for p, item in DOC["paths"].items() for m in item if p != "/v1/verify"}
     assert documented - successes == set()
+
+
+# -- the document is as strict as the code (issue 9) ---------------------------------------
+
+_SCOPES = [
+    "*", "all", "READ-ONLY", "restricted", "threads:read", "Threads:Read:Own", "a_b-c:*",
+    "*:list", "x:nope", "x", ":read", "x:read:mine", "x:read:own:own", "1x:read", "x y:read",
+    "", "x:read ", "all:read", "x:*:own",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("scope", _SCOPES)
+def test_the_scope_pattern_is_the_scope_grammar(scope: str) -> None:
+    from policies.scopes import validate_scopes
+
+    try:
+        validate_scopes([scope])
+        valid = True
+    except ValueError:
+        valid = False
+    assert bool(re.search(SCOPE_PATTERN, scope)) == valid
+
+
+@pytest.mark.parametrize(
+    ("pattern", "code_regex"),
+    [(ID_PATTERN, inputs._ID_RE.pattern), (WORKSPACE_PATTERN, inputs._WORKSPACE_RE.pattern)],
+)
+def test_id_patterns_are_the_codes(pattern: str, code_regex: str) -> None:
+    assert pattern == f"^{code_regex}$"
+
+
+def test_every_operation_documents_its_errors_with_the_error_schema() -> None:
+    for path, item in DOC["paths"].items():
+        for method, op in item.items():
+            responses = op["responses"]
+            if op.get("security") == []:
+                continue
+            # any authenticated call: two credentials (400), none (401), scope (403), store
+            assert {"400", "401", "403", "503"} <= set(responses), (method, path)
+            for status, spec in responses.items():
+                if status >= "400":
+                    schema = spec["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path)
+            if "{" in path:
+                assert "404" in responses, (method, path)
+
+
+def test_request_bodies_are_closed_and_strings_bounded() -> None:
+    schemas = DOC["components"]["schemas"]
+    for name in ("TokenCreate", "TokenPatch", "Regenerate", "Scopes", "UserPut", "OrgPut"):
+        assert schemas[name]["additionalProperties"] is False, name
+    create = schemas["TokenCreate"]["properties"]
+    assert create["name"]["minLength"] == 1
+    assert create["scopes"]["items"]["pattern"] == SCOPE_PATTERN
+    assert schemas["OrgPut"]["properties"]["max_lifetime"]["oneOf"][1]["maximum"] == MAX_LIFETIME
+    for field in ("member_scopes", "admin_scopes"):
+        assert schemas["OrgPut"]["properties"][field]["items"]["pattern"] == SCOPE_PATTERN
+        assert field in schemas["Org"]["required"]
+    for field in ("workspaces", "grantable_scopes"):
+        assert field in schemas["UserPut"]["properties"]
+        assert field in schemas["User"]["required"]

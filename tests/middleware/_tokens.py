@@ -8,10 +8,15 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from middleware.records import Token, User
+from middleware.records import Org, Token, User
 from middleware.store import TokenStore
 from middleware.tokenformat import TokenFormat
 from policies.engine import Policy, parse_policy
+from policies.scopes import ACTIONS
+
+#: what members of the test org may grant: every action on every resource except the
+#: admin action (issue 9: members never hold admin-only scopes).
+MEMBER_SCOPES = (*sorted(f"*:{a}" for a in ACTIONS if a != "admin"), "threads:*")
 
 #: routes used across the data-plane tests.
 POLICY_TOML = """
@@ -61,9 +66,35 @@ class Issued:
         return (b"authorization", b"Bearer " + self.secret.encode())
 
 
-async def add_user(store: TokenStore, user_id: str = "u1", *, org: str = "o1") -> User:
+async def add_org(
+    store: TokenStore, org: str = "o1", *, member_scopes: tuple[str, ...] = MEMBER_SCOPES
+) -> Org:
+    """The org record, unless it exists: its catalogue bounds what tokens may do."""
+    existing = await store.get_org(org)
+    if existing is not None:
+        return existing
     now = time.time()
-    user = User(user_id, org, f"{user_id}@example.test", user_id, created_at=now, updated_at=now)
+    record = Org(org, org, member_scopes=member_scopes, created_at=now, updated_at=now)
+    plan = store.plan()
+    plan.put_org(None, record)
+    await store.commit(plan)
+    return record
+
+
+async def add_user(
+    store: TokenStore, user_id: str = "u1", *, org: str = "o1", role: str = "member"
+) -> User:
+    await add_org(store, org)
+    now = time.time()
+    user = User(
+        user_id,
+        org,
+        f"{user_id}@example.test",
+        user_id,
+        role=role,  # type: ignore[arg-type]
+        created_at=now,
+        updated_at=now,
+    )
     plan = store.plan()
     plan.put_user(None, user)
     await store.commit(plan)
@@ -75,7 +106,7 @@ async def update_user(store: TokenStore, old: User, **changes: object) -> User:
     new = old.evolve(**changes, updated_at=time.time())
     plan = store.plan()
     plan.put_user(old, new)
-    plan.publish.append("u " + new.id)
+    plan.invalidate_user(new.key)
     await store.commit(plan)
     return new
 
@@ -110,6 +141,7 @@ async def issue(
         digest=fmt.digest(secret),
         updated_at=now,
     )
+    await add_org(store, "o1")
     plan = store.plan()
     plan.put_token(None, token)
     await store.commit(plan)
@@ -121,7 +153,7 @@ async def change(store: TokenStore, issued: Issued, **changes: object) -> Issued
     new = issued.token.evolve(**changes, updated_at=time.time())
     plan = store.plan()
     plan.put_token(issued.token, new)
-    plan.publish.append("t " + issued.digest.hex())
+    plan.invalidate_token(issued.digest)
     await store.commit(plan)
     return Issued(issued.secret, new)
 
@@ -133,5 +165,5 @@ async def revoke(store: TokenStore, issued: Issued) -> Issued:
 async def delete(store: TokenStore, issued: Issued) -> None:
     plan = store.plan()
     plan.delete_token(issued.token)
-    plan.publish.append("t " + issued.digest.hex())
+    plan.invalidate_token(issued.digest)
     await store.commit(plan)

@@ -231,9 +231,11 @@ _TABLE: list[tuple[str, Case, int, str | None, str, str]] = [
     ("disabled-user", _disabled, 401,
      'Bearer realm="patgate", error="invalid_token", error_description="token owner disabled"',
      "invalid_token", "disabled"),
+    # Its own reason and words (issue 9): the permission switch is not "disabled".
     ("no-token-permission", _no_permission, 401,
-     'Bearer realm="patgate", error="invalid_token", error_description="token owner disabled"',
-     "invalid_token", "disabled"),
+     'Bearer realm="patgate", error="invalid_token", '
+     'error_description="token owner lacks the token permission"',
+     "invalid_token", "no_permission"),
     ("owner-removed", _owner_removed, 401,
      'Bearer realm="patgate", error="invalid_token", error_description="token revoked"',
      "invalid_token", "revoked"),

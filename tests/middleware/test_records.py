@@ -166,6 +166,7 @@ def test_user_and_org_round_trip() -> None:
 
 
 def test_owner_key() -> None:
-    assert owner_key("user", "alice") == "u:alice"
-    assert owner_key("org", "acme") == "o:acme"
-    assert _token().owner_key == "u:alice"
+    # User ids are scoped per org (issue 9), so the org is part of a user's owner key.
+    assert owner_key("user", "alice", "acme") == "u:acme/alice"
+    assert owner_key("org", "acme", "acme") == "o:acme"
+    assert _token().owner_key == "u:" + _token().org_id + "/alice"

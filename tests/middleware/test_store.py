@@ -96,7 +96,7 @@ async def test_stale_write_changes_nothing(store: TokenStore, redis_client: aior
         await store.commit(plan)
     assert await store.get_token(token.id) == token
     assert await redis_client.xlen(store.keys.events) == 0
-    assert not await redis_client.sismember(store.keys.owner_names("u:alice"), "renamed")
+    assert not await redis_client.sismember(store.keys.owner_names("u:acme/alice"), "renamed")
 
 
 @pytest.mark.anyio
@@ -106,7 +106,7 @@ async def test_name_uniqueness_is_case_insensitive_per_owner(store: TokenStore) 
         await _put(store, _token(2, name="dEPLOY"))
     assert await store.get_token("tok_0002") is None
     await _put(store, _token(3, name="deploy", owner="bob"))
-    assert await store.count(store.keys.owner_tokens("u:alice")) == 1
+    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 1
 
 
 @pytest.mark.anyio
@@ -115,7 +115,7 @@ async def test_limit_is_checked_in_the_script(store: TokenStore) -> None:
         await _put(store, _token(n), limit=3)
     with pytest.raises(LimitReached):
         await _put(store, _token(9), limit=3)
-    assert await store.count(store.keys.owner_tokens("u:alice")) == 3
+    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 3
     assert await store.get_token("tok_0009") is None
 
 
@@ -160,8 +160,8 @@ async def test_delete_token_removes_every_trace(
     k = store.keys
     for key in (k.tokens, k.index, k.last_used):
         assert await redis_client.hlen(key) == 0, key
-    assert await redis_client.scard(k.owner_names("u:alice")) == 0
-    assert await redis_client.zcard(k.owner_tokens("u:alice")) == 0
+    assert await redis_client.scard(k.owner_names("u:acme/alice")) == 0
+    assert await redis_client.zcard(k.owner_tokens("u:acme/alice")) == 0
     assert await redis_client.scard(k.org_owners("acme")) == 0
 
 
