@@ -186,3 +186,19 @@ async def test_query_events_filters_and_pages(
 async def test_bad_event_cursor_is_a_validation_error(store: TokenStore, cursor: str) -> None:
     with pytest.raises(ValidationFailed):
         await query_events(store, EventQuery(org_id=None, cursor=cursor))
+
+
+@pytest.mark.anyio
+async def test_every_workspace_is_audited_as_star(
+    store: TokenStore, services: tuple[TokenService, Directory]
+) -> None:
+    """Issue 9: ``workspaces: "*"`` was audited as ``None``; the trail says what the API
+    shows, ``["*"]``."""
+    tokens, _ = services
+    alice = _actor("alice")
+    token, _ = await tokens.create(alice, name="ws", workspaces=["w1"])
+    start = len(await _all(store))
+    await tokens.update(alice, token.id, {"workspaces": "*"})
+    (event,) = (await _all(store))[start:]
+    assert event["type"] == "token.updated"
+    assert event["data"]["workspaces"] == ["*"]
