@@ -36,11 +36,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.app import create_authz_app, create_gateway_app
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.asgi import LifespanHooks, PatgateMiddleware
-from policies.engine import Policy, parse_policy
+from patgate.gateway.app import create_authz_app, create_gateway_app
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
+from patgate.policies.engine import Policy, parse_policy
 
 __all__ = [
     "BENCH_POLICY",

@@ -23,11 +23,11 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bench.seed import Seeded, owners, seed_naive, seed_tokens, seed_users
-from gateway.embedded import EmbeddedValkey
-from middleware.keys import Keys
-from middleware.records import Token
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import Token
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = ["NAMESPACE", "BenchEnv", "bench_env"]
 

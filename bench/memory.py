@@ -25,12 +25,12 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.seed import owners, seed_tokens, seed_users
-from gateway.embedded import EmbeddedValkey
-from gateway.lifecycle import Actor
-from gateway.lifecycle.audit import event_json
-from middleware.keys import Keys
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.gateway.lifecycle import Actor
+from patgate.gateway.lifecycle.audit import event_json
+from patgate.middleware.keys import Keys
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = ["MemoryResult", "memory_per_token"]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from middleware.records import Identity
-from policies.engine import Policy, parse_policy
+from patgate.middleware.records import Identity
+from patgate.policies.engine import Policy, parse_policy
 
 TARGET = 200_000
 _RESOURCES = ("threads", "messages", "files", "projects", "comments")

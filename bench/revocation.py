@@ -29,11 +29,11 @@ import redis.asyncio as aioredis
 
 from bench.apps import STATS_PATH
 from bench.servers import Proc
-from gateway.lifecycle import Actor, TokenService
-from middleware.keys import Keys
-from middleware.records import Token
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.lifecycle import Actor, TokenService
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import Token
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = ["RevocationResult", "percentile", "revocation_latency"]
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from bench.apps import SCOPE, naive_key
-from middleware.records import Org, Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.middleware.records import Org, Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = [
     "ORG",

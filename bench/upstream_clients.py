@@ -180,9 +180,9 @@ class _ClientUpstream:
 def _proxy_app(kind: str, upstream: str) -> Any:
     import httpx
 
-    from gateway.proxy import ProxyApp
-    from gateway.settings import Settings
-    from gateway.upstream import HttpxUpstream
+    from patgate.gateway.proxy import ProxyApp
+    from patgate.gateway.settings import Settings
+    from patgate.gateway.upstream import HttpxUpstream
 
     settings = Settings(upstream_url=upstream)
     if kind == "raw-aiohttp":

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from middleware.asgi import LifespanHooks, PatgateMiddleware
-from middleware.metrics import CONTENT_TYPE_LATEST, render
+from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
+from patgate.middleware.metrics import CONTENT_TYPE_LATEST, render
 
 from .forwardauth import ForwardAuthApp
 from .health import HealthEndpoints

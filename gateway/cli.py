@@ -15,8 +15,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from middleware.errors import ConfigError, PatgateError, ServiceError, StoreUnavailable
-from policies import cli as policy_cli
+from patgate.middleware.errors import ConfigError, PatgateError, ServiceError, StoreUnavailable
+from patgate.policies import cli as policy_cli
 
 from . import cli_tokens
 from .cli_context import Context

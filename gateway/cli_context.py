@@ -11,10 +11,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from middleware.errors import ConfigError
-from middleware.keys import Keys
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.keys import Keys
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from .embedded import EmbeddedValkey
 from .lifecycle import Actor, Directory, TokenService

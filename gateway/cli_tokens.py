@@ -7,8 +7,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from middleware.errors import ValidationFailed
-from middleware.records import Token, User, owner_key
+from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.records import Token, User, owner_key
 
 from .cli_context import Context
 from .lifecycle import EventQuery, Filters, Owner, bootstrap, query_events

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError
 
 __all__ = ["EmbeddedValkey", "embedded_store_url"]
 

@@ -38,9 +38,9 @@ import json
 
 from starlette.types import Receive, Scope, Send
 
-from middleware.auth import Authenticator
-from middleware.errors import AuthError, ConfigError, InvalidRequest, StoreUnavailable
-from middleware.responses import Prepared
+from patgate.middleware.auth import Authenticator
+from patgate.middleware.errors import AuthError, ConfigError, InvalidRequest, StoreUnavailable
+from patgate.middleware.responses import Prepared
 
 from .headers import TrustedProxies, identity_headers
 

@@ -19,8 +19,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from middleware.errors import ConfigError
-from middleware.records import Identity
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.records import Identity
 
 __all__ = [
     "HOP_BY_HOP",

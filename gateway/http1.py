@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import httptools
 import httpx
 
-from middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError
 
 if TYPE_CHECKING:
     from .upstream import Body, RawHeaders

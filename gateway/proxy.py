@@ -21,8 +21,8 @@ from urllib.parse import quote
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from middleware.errors import ConfigError
-from middleware.metrics import Metrics
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.metrics import Metrics
 
 from .headers import TrustedProxies, response_headers, upstream_request_headers
 from .settings import Settings

@@ -41,17 +41,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError
 
-from middleware.auth import Authenticator, PolicySource, Resolved
-from middleware.cache import TokenCache
-from middleware.errors import ConfigError
-from middleware.invalidation import InvalidationSubscriber
-from middleware.keys import Keys
-from middleware.lastused import LastUsedRecorder
-from middleware.metrics import Metrics
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from policies.engine import Policy, default_policy
-from policies.reload import PolicyHolder
+from patgate.middleware.auth import Authenticator, PolicySource, Resolved
+from patgate.middleware.cache import TokenCache
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.invalidation import InvalidationSubscriber
+from patgate.middleware.keys import Keys
+from patgate.middleware.lastused import LastUsedRecorder
+from patgate.middleware.metrics import Metrics
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.engine import Policy, default_policy
+from patgate.policies.reload import PolicyHolder
 
 from .headers import TrustedProxies
 from .settings import Settings

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import uvicorn
 from starlette.types import ASGIApp
 
-from middleware.errors import AuthError, ConfigError, StoreUnavailable, ValidationFailed
+from patgate.middleware.errors import AuthError, ConfigError, StoreUnavailable, ValidationFailed
 
 from .api import create_api_app
 from .app import create_admin_app, create_authz_app, create_gateway_app

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError
 
 __all__ = ["ENV_VARS", "FORWARD_AUTH_SOURCES", "Settings", "parse_hostport"]
 
@@ -125,7 +125,7 @@ def _str(value: str, _name: str) -> str:
 
 
 def _prefix(value: str, name: str) -> str:
-    from middleware.tokenformat import TokenFormat
+    from patgate.middleware.tokenformat import TokenFormat
 
     try:
         TokenFormat(prefix=value)

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import httpx
 
-from middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError
 
 from .http1 import Http1Upstream
 from .settings import Settings

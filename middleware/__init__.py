@@ -2,7 +2,7 @@
 
 The names most applications need are importable from here::
 
-    from middleware import PatgateMiddleware, PatgateUser
+    from patgate.middleware import PatgateMiddleware, PatgateUser
 
 They are loaded on first access (PEP 562): ``middleware.asgi`` builds on
 ``gateway.runtime``, which itself imports ``middleware`` submodules, so importing it

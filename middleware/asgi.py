@@ -32,9 +32,9 @@ from urllib.parse import quote
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from policies.engine import Policy
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.policies.engine import Policy
 
 from .auth import Authenticator
 from .errors import AuthError, StoreUnavailable

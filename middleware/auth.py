@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from policies.engine import Policy, RouteMatch
-from policies.scopes import ScopeSet
+from patgate.policies.engine import Policy, RouteMatch
+from patgate.policies.scopes import ScopeSet
 
 from .cache import Slot, TokenCache
 from .credentials import bearer_token

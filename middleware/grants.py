@@ -20,7 +20,7 @@ A missing org record counts as an org with the defaults; a missing user grants n
 
 from __future__ import annotations
 
-from policies.scopes import SELF_SERVICE_SCOPES, intersect, is_admin_only
+from patgate.policies.scopes import SELF_SERVICE_SCOPES, intersect, is_admin_only
 
 from .records import Org, Token, User
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
 
-from policies.scopes import ScopeSet, validate_required
+from patgate.policies.scopes import ScopeSet, validate_required
 
 from .records import Identity
 

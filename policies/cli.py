@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from middleware.errors import ConfigError
-from middleware.records import Identity
-from policies.engine import Policy, load_policy
-from policies.schema import RuleSpec
-from policies.scopes import validate_scopes
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.records import Identity
+from patgate.policies.engine import Policy, load_policy
+from patgate.policies.schema import RuleSpec
+from patgate.policies.scopes import validate_scopes
 
 __all__ = ["EXIT_DENIED", "cmd_check", "cmd_explain", "register"]
 

@@ -32,14 +32,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
 
-from middleware.errors import ConfigError
-from middleware.records import Identity
-from policies.loader import parse_document, read_text
-from policies.paths import BadPath, normalize
-from policies.routes import RouteTable
-from policies.schema import PolicySpec, RuleSpec, build_spec
-from policies.scopes import ScopeSet
-from policies.verdicts import REASONS, PolicyDecision, scope_verdict, workspace_ok
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.records import Identity
+from patgate.policies.loader import parse_document, read_text
+from patgate.policies.paths import BadPath, normalize
+from patgate.policies.routes import RouteTable
+from patgate.policies.schema import PolicySpec, RuleSpec, build_spec
+from patgate.policies.scopes import ScopeSet
+from patgate.policies.verdicts import REASONS, PolicyDecision, scope_verdict, workspace_ok
 
 __all__ = [
     "DEFAULT_RULE",

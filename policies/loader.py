@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError
 
 __all__ = ["parse_document", "read_text"]
 

@@ -14,9 +14,9 @@ import os
 import signal
 from pathlib import Path
 
-from middleware.errors import ConfigError
-from middleware.metrics import Metrics
-from policies.engine import Policy, load_policy
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.metrics import Metrics
+from patgate.policies.engine import Policy, load_policy
 
 __all__ = ["PolicyHolder"]
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from policies.paths import BadPath, normalize
+from patgate.policies.paths import BadPath, normalize
 
 __all__ = ["ANY", "PARAM", "REST", "RouteTable", "Template", "parse_template"]
 

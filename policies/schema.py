@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from middleware.errors import ConfigError
-from policies.routes import Template, parse_template
-from policies.scopes import validate_required
+from patgate.middleware.errors import ConfigError
+from patgate.policies.routes import Template, parse_template
+from patgate.policies.scopes import validate_required
 
 __all__ = ["DEFAULTS", "PREFLIGHT", "PolicySpec", "RuleSpec", "build_spec"]
 

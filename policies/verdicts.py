@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policies.schema import RuleSpec
-from policies.scopes import ScopeSet
+from patgate.policies.schema import RuleSpec
+from patgate.policies.scopes import ScopeSet
 
 __all__ = ["REASONS", "PolicyDecision", "scope_verdict", "workspace_ok"]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.embedded import EmbeddedValkey
-from gateway.settings import Settings
-from middleware.keys import Keys
-from middleware.store import TokenStore
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.gateway.settings import Settings
+from patgate.middleware.keys import Keys
+from patgate.middleware.store import TokenStore
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.settings import ENV_VARS
-from middleware.metrics import Metrics
+from patgate.gateway.settings import ENV_VARS
+from patgate.middleware.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.lifecycle import Actor, Directory, Owner, TokenService
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from policies.engine import parse_policy
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.engine import parse_policy
 from tests.middleware._servers import serve
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.lifecycle import Directory, TokenService
-from middleware.errors import AuthError, ServiceError, StoreUnavailable
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.lifecycle import Directory, TokenService
+from patgate.middleware.errors import AuthError, ServiceError, StoreUnavailable
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from .auth import ActorResolver
 from .openapi import openapi_document

@@ -13,13 +13,13 @@ from dataclasses import replace
 
 from starlette.requests import Request
 
-from gateway.lifecycle import Actor
-from middleware.credentials import bearer_token
-from middleware.errors import InvalidToken
-from middleware.records import Org, Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from middleware.validate import usable_identity
+from patgate.gateway.lifecycle import Actor
+from patgate.middleware.credentials import bearer_token
+from patgate.middleware.errors import InvalidToken
+from patgate.middleware.records import Org, Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.validate import usable_identity
 
 __all__ = ["ActorResolver"]
 

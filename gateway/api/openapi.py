@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.lifecycle.expiry import MAX_LIFETIME, PRESETS
-from middleware.tokenformat import TokenFormat
-from policies.scopes import ACTIONS, MAX_SCOPE_LENGTH, MAX_SCOPES
-from policies.scopes import PRESETS as SCOPE_PRESETS
+from patgate.gateway.lifecycle.expiry import MAX_LIFETIME, PRESETS
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.scopes import ACTIONS, MAX_SCOPE_LENGTH, MAX_SCOPES
+from patgate.policies.scopes import PRESETS as SCOPE_PRESETS
 
 __all__ = ["openapi_document"]
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.lifecycle import (
+from patgate.gateway.lifecycle import (
     Actor,
     Directory,
     EventQuery,
@@ -19,9 +19,9 @@ from gateway.lifecycle import (
     TokenService,
     query_events,
 )
-from gateway.lifecycle.listing import Page
-from middleware.errors import ValidationFailed
-from middleware.records import Token, User
+from patgate.gateway.lifecycle.listing import Page
+from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.records import Token, User
 
 from .auth import ActorResolver
 

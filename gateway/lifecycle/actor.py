@@ -6,9 +6,9 @@ import getpass
 from dataclasses import dataclass, field
 from typing import Literal
 
-from middleware.errors import Forbidden
-from middleware.records import OwnerKind, Role, owner_key
-from policies.scopes import grants
+from patgate.middleware.errors import Forbidden
+from patgate.middleware.records import OwnerKind, Role, owner_key
+from patgate.policies.scopes import grants
 
 __all__ = ["Actor", "ActorKind"]
 

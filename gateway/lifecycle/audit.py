@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from middleware.errors import ValidationFailed
-from middleware.store import TokenStore
+from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.store import TokenStore
 
 from .actor import Actor
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from middleware.errors import Conflict
-from middleware.records import Token, owner_key
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.middleware.errors import Conflict
+from patgate.middleware.records import Token, owner_key
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 
 from .actor import Actor
 from .directory import Directory

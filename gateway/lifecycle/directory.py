@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from middleware.errors import Conflict, NotFound, ValidationFailed
-from middleware.records import Org, Role, User, owner_key
-from middleware.store import StaleWrite, TokenStore
-from policies.scopes import ADMIN_ONLY_SCOPES, is_admin_only, ungranted
+from patgate.middleware.errors import Conflict, NotFound, ValidationFailed
+from patgate.middleware.records import Org, Role, User, owner_key
+from patgate.middleware.store import StaleWrite, TokenStore
+from patgate.policies.scopes import ADMIN_ONLY_SCOPES, is_admin_only, ungranted
 
 from .actor import Actor
 from .audit import event_json

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from middleware.errors import Unprocessable, ValidationFailed
-from middleware.records import Org
+from patgate.middleware.errors import Unprocessable, ValidationFailed
+from patgate.middleware.records import Org
 
 __all__ = ["MAX_LIFETIME", "PRESETS", "parse_duration", "resolve_expiry"]
 

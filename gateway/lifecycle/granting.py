@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from middleware.errors import Forbidden
-from middleware.grants import grantable, grantable_workspaces, ungranted_workspaces
-from middleware.records import Org, OwnerKind, User
-from policies.scopes import ungranted
+from patgate.middleware.errors import Forbidden
+from patgate.middleware.grants import grantable, grantable_workspaces, ungranted_workspaces
+from patgate.middleware.records import Org, OwnerKind, User
+from patgate.policies.scopes import ungranted
 
 from .actor import Actor
 

@@ -6,9 +6,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from middleware.errors import ValidationFailed
-from middleware.records import TokenType
-from policies.scopes import validate_scopes
+from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.records import TokenType
+from patgate.policies.scopes import validate_scopes
 
 __all__ = [
     "check_description",

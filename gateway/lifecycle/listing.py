@@ -9,9 +9,9 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from middleware.errors import ValidationFailed
-from middleware.records import Token, TokenStatus, TokenType, User
-from middleware.store import TokenStore
+from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.records import Token, TokenStatus, TokenType, User
+from patgate.middleware.store import TokenStore
 
 __all__ = ["Filters", "Page", "decode_cursor", "encode_cursor", "scan", "scan_org"]
 

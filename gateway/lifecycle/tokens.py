@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from middleware.records import Org, OwnerKind, Token, TokenType, User
-from middleware.store import Plan, StaleWrite, TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from patgate.middleware.records import Org, OwnerKind, Token, TokenType, User
+from patgate.middleware.store import Plan, StaleWrite, TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from .actor import Actor
 from .audit import event_json

@@ -20,8 +20,8 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway.settings import Settings
-from middleware.metrics import DECISION_REASONS, Metrics
+from patgate.gateway.settings import Settings
+from patgate.middleware.metrics import DECISION_REASONS, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

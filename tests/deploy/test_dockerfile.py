@@ -12,10 +12,11 @@ import json
 import shlex
 import tomllib
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from gateway.settings import ENV_VARS, parse_hostport
+from patgate.gateway.settings import ENV_VARS, parse_hostport
 from tests.deploy._support import DEPLOY, REPO, THIRD_PARTY_IMAGES, patgate_ports
 
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -179,36 +180,46 @@ def test_copy_source_not_excluded_by_dockerignore(source: str) -> None:
 
 
 def _source_packages() -> set[str]:
-    """Every Python package under the top-level directories the Dockerfile copies."""
+    """Every directory holding a Python package under the top-level directories the
+    Dockerfile copies, as a repository path (``gateway/api``)."""
     tops = {s.rstrip("/") for s in _copy_sources() if (REPO / s).is_dir()}
     return {
-        ".".join(init.parent.relative_to(REPO).parts)
+        "/".join(init.parent.relative_to(REPO).parts)
         for top in tops
         for init in (REPO / top).rglob("__init__.py")
         if "__pycache__" not in init.parts
     }
 
 
+def _setuptools() -> Any:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _package_dirs() -> dict[str, str]:
+    """Listed package → the repository directory it is built from (``package-dir``)."""
+    data = _setuptools()
+    return {pkg: data["package-dir"][pkg] for pkg in data["packages"]}
+
+
 def test_pip_install_in_the_image_gets_every_package() -> None:
     # pyproject lists packages explicitly: a package missing there is missing from the
     # image (pip install . copies only listed packages), though every test here passes.
-    listed = set(
-        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    )
-    missing = _source_packages() - listed
+    dirs = _package_dirs()
+    missing = _source_packages() - set(dirs.values())
     assert not missing, f"not in [tool.setuptools] packages, so not in the image: {missing}"
+    # One import name (issue 10): every listed package is patgate or under it.
+    assert all(p == "patgate" or p.startswith("patgate.") for p in dirs), dirs
     # Data-only packages (policies.examples) have no __init__.py but must exist and be
     # in the build context the Dockerfile copies.
     copied = {s.rstrip("/") for s in _copy_sources()}
-    for package in listed:
-        path = package.replace(".", "/")
+    for package, path in dirs.items():
         assert (REPO / path).is_dir(), package
         assert path.split("/")[0] in copied, f"{package} is not copied into the build"
 
 
 def test_package_data_globs_match_files() -> None:
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package, globs in data["package-data"].items():
+    dirs = _package_dirs()
+    for package, globs in _setuptools()["package-data"].items():
         for pattern in globs:
-            matches = list((REPO / str(package).replace(".", "/")).glob(pattern))
+            matches = list((REPO / dirs[str(package)]).glob(pattern))
             assert matches, f"package-data {package}: {pattern} matches nothing"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.settings import ENV_VARS
+from patgate.gateway.settings import ENV_VARS
 from tests.deploy._support import PROMETHEUS_DIR, REPO, load_yaml, metric_families
 
 DOC = REPO / "docs" / "deploy.md"

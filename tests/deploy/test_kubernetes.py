@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gateway.settings import ENV_VARS, parse_hostport
-from policies.engine import parse_policy
+from patgate.gateway.settings import ENV_VARS, parse_hostport
+from patgate.policies.engine import parse_policy
 from tests.deploy._support import (
     K8S,
     PROMETHEUS_DIR,

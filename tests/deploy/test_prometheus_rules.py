@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from middleware.metrics import DECISION_REASONS
+from patgate.middleware.metrics import DECISION_REASONS
 from tests.deploy._support import PROMETHEUS_DIR, check_expr, load_yaml, require_tool
 
 ALERTS = PROMETHEUS_DIR / "alerts.yml"

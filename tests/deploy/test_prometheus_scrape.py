@@ -121,7 +121,7 @@ def client() -> Iterator[httpx.Client]:
 @pytest.fixture
 def patgate(tmp_path: Path, client: httpx.Client) -> Iterator[_Patgate]:
     env = _env(tmp_path)
-    cli = [sys.executable, "-m", "gateway.cli"]
+    cli = [sys.executable, "-m", "patgate.gateway.cli"]
     upstream_port, gateway_port, admin_port = _free_port(), _free_port(), _free_port()
     bootstrap = subprocess.run(
         [*cli, "bootstrap"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
@@ -130,7 +130,7 @@ def patgate(tmp_path: Path, client: httpx.Client) -> Iterator[_Patgate]:
     secret = bootstrap.stdout.splitlines()[0].strip()
     upstream = _start(
         "upstream",
-        [sys.executable, "-m", "uvicorn", "gateway.sample:sample_upstream",
+        [sys.executable, "-m", "uvicorn", "patgate.gateway.sample:sample_upstream",
          "--host", "127.0.0.1", "--port", str(upstream_port), "--log-level", "warning"],
         env,
         tmp_path,

@@ -11,8 +11,8 @@ from typing import Literal
 import uvicorn
 from starlette.types import ASGIApp
 
-from gateway.server import _bind, _config
-from gateway.settings import Settings
+from patgate.gateway.server import _bind, _config
+from patgate.gateway.settings import Settings
 
 
 @contextlib.asynccontextmanager

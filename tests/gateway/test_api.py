@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import create_api_app
-from gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
-from middleware.records import Token
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.api import create_api_app
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
+from patgate.middleware.records import Token
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
 

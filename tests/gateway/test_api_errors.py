@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.lifecycle import Actor, Owner
-from middleware.store import TokenStore
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.gateway.lifecycle import Actor, Owner
+from patgate.middleware.store import TokenStore
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 
 from .test_api import DAY, OWN, T0, Api, make_api
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.cli import main
-from gateway.settings import ENV_VARS
-from middleware.keys import Keys
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.cli import main
+from patgate.gateway.settings import ENV_VARS
+from patgate.middleware.keys import Keys
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -335,7 +335,7 @@ def test_real_subprocess(valkey_url: str, namespace: str, clean_env: None) -> No
     base = [
         sys.executable,
         "-m",
-        "gateway.cli",
+        "patgate.gateway.cli",
         "--redis-url",
         valkey_url,
         "--namespace",

@@ -23,14 +23,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway.embedded import EmbeddedValkey, embedded_store_url
-from gateway.lifecycle import Actor, Directory, Owner, TokenService
-from middleware.errors import ConfigError
-from middleware.keys import Keys
-from middleware.records import Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from middleware.validate import usable_identity
+from patgate.gateway.embedded import EmbeddedValkey, embedded_store_url
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.validate import usable_identity
 from tests.middleware._tokens import MEMBER_SCOPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def _cli(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATGATE_")}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--data-dir", str(data_dir), *argv],
+        [sys.executable, "-m", "patgate.gateway.cli", "--data-dir", str(data_dir), *argv],
         capture_output=True,
         text=True,
         env=env,

@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.api import create_api_app
-from gateway.app import create_gateway_app
-from gateway.lifecycle import Actor, Directory, Owner, TokenService
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.records import Token
-from policies.engine import parse_policy
+from patgate.gateway.api import create_api_app
+from patgate.gateway.app import create_gateway_app
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.records import Token
+from patgate.policies.engine import parse_policy
 from tests.middleware._servers import serve
 
 pytestmark = pytest.mark.anyio

@@ -25,9 +25,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.app import create_authz_app
-from gateway.runtime import Runtime
-from gateway.settings import Settings
+from patgate.gateway.app import create_authz_app
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
 from tests.gateway._listen import listen
 from tests.middleware._servers import serve
 from tests.middleware._tokens import add_user, issue, make_policy

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import create_authz_app
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.app import create_authz_app
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.tokenformat import TokenFormat
 from tests.middleware._servers import serve
 from tests.middleware._tokens import Issued, add_user, issue, make_policy
 

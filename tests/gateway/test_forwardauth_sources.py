@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.app import create_admin_app, create_authz_app
-from gateway.cli import build_parser
-from gateway.forwardauth import ForwardAuthApp
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.errors import ConfigError
+from patgate.gateway.app import create_admin_app, create_authz_app
+from patgate.gateway.cli import build_parser
+from patgate.gateway.forwardauth import ForwardAuthApp
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.errors import ConfigError
 from tests.middleware._servers import serve
 from tests.middleware._tokens import make_policy
 

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.app import create_admin_app, create_gateway_app
-from gateway.runtime import Runtime
-from gateway.settings import Settings
+from patgate.gateway.app import create_admin_app, create_gateway_app
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
 from tests.middleware._servers import serve
 from tests.middleware._tokens import Issued, add_user, issue, make_policy
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.headers import (
+from patgate.gateway.headers import (
     HOP_BY_HOP,
     IDENTITY_HEADERS,
     TrustedProxies,
@@ -16,8 +16,8 @@ from gateway.headers import (
     response_headers,
     upstream_request_headers,
 )
-from middleware.errors import ConfigError
-from middleware.records import Identity
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.records import Identity
 
 IDENTITY = Identity(
     token_id="tok_123",

@@ -7,11 +7,18 @@ from typing import Any
 
 import pytest
 
-from gateway.lifecycle import Actor, Directory, EventQuery, Owner, TokenService, query_events
-from middleware.errors import ValidationFailed
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.gateway.lifecycle import (
+    Actor,
+    Directory,
+    EventQuery,
+    Owner,
+    TokenService,
+    query_events,
+)
+from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
 

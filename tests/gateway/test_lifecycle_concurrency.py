@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.lifecycle import Actor, Directory, TokenService
-from middleware.errors import Conflict, LimitReached, NotFound
-from middleware.records import Token
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.lifecycle import Actor, Directory, TokenService
+from patgate.middleware.errors import Conflict, LimitReached, NotFound
+from patgate.middleware.records import Token
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 from tests.middleware._tokens import MEMBER_SCOPES
 
 OWN = frozenset({"tokens:read:own", "tokens:write:own"})

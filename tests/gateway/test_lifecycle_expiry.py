@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.lifecycle import Actor, Directory, TokenService
-from gateway.lifecycle.expiry import PRESETS, parse_duration, resolve_expiry
-from gateway.lifecycle.tokens import DEFAULT_LIFETIME
-from middleware.errors import InvalidToken, Unprocessable, ValidationFailed
-from middleware.records import Org, Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from middleware.validate import usable_identity
+from patgate.gateway.lifecycle import Actor, Directory, TokenService
+from patgate.gateway.lifecycle.expiry import PRESETS, parse_duration, resolve_expiry
+from patgate.gateway.lifecycle.tokens import DEFAULT_LIFETIME
+from patgate.middleware.errors import InvalidToken, Unprocessable, ValidationFailed
+from patgate.middleware.records import Org, Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.validate import usable_identity
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
 

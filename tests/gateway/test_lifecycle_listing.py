@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
-from gateway.lifecycle.listing import encode_cursor
-from middleware.errors import Forbidden, ValidationFailed
-from middleware.records import Token
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
+from patgate.gateway.lifecycle.listing import encode_cursor
+from patgate.middleware.errors import Forbidden, ValidationFailed
+from patgate.middleware.records import Token
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from middleware.store import TokenStore
+from patgate.middleware.store import TokenStore
 
 from .test_api import make_api
 from .test_api_errors import snapshot

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.lifecycle import Actor, Directory, Owner, TokenService
-from gateway.lifecycle.tokens import DEFAULT_LIFETIME
-from middleware.errors import (
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
+from patgate.gateway.lifecycle.tokens import DEFAULT_LIFETIME
+from patgate.middleware.errors import (
     Conflict,
     Forbidden,
     InvalidToken,
@@ -18,11 +18,11 @@ from middleware.errors import (
     ServiceError,
     ValidationFailed,
 )
-from middleware.records import Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from middleware.validate import usable_identity
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.middleware.records import Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.validate import usable_identity
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
 

@@ -9,13 +9,19 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
-from middleware.errors import Forbidden, InvalidToken, NotFound, ServiceError, ValidationFailed
-from middleware.records import Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from middleware.validate import usable_identity
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
+from patgate.middleware.errors import (
+    Forbidden,
+    InvalidToken,
+    NotFound,
+    ServiceError,
+    ValidationFailed,
+)
+from patgate.middleware.records import Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.validate import usable_identity
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
 

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.app import create_authz_app, create_gateway_app
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.metrics import render
-from policies.engine import parse_policy
+from patgate.gateway.app import create_authz_app, create_gateway_app
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.metrics import render
+from patgate.policies.engine import parse_policy
 from tests.gateway._listen import body_of, exchange, listen, status_of
 from tests.middleware._servers import serve
 from tests.middleware._tokens import add_user, issue

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway.lifecycle import Actor, Owner
-from middleware.store import TokenStore
+from patgate.gateway.lifecycle import Actor, Owner
+from patgate.middleware.store import TokenStore
 from tests.gateway.test_api import Api, make_api
 
 pytestmark = pytest.mark.anyio

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from gateway.api import create_api_app, openapi_document
-from gateway.api.openapi import ID_PATTERN, SCOPE_PATTERN, WORKSPACE_PATTERN
-from gateway.lifecycle import inputs
-from gateway.lifecycle.expiry import MAX_LIFETIME
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.api import create_api_app, openapi_document
+from patgate.gateway.api.openapi import ID_PATTERN, SCOPE_PATTERN, WORKSPACE_PATTERN
+from patgate.gateway.lifecycle import inputs
+from patgate.gateway.lifecycle.expiry import MAX_LIFETIME
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from .test_api import DAY, Api, make_api
 
@@ -350,7 +350,7 @@ _SCOPES = [
 
 @pytest.mark.parametrize("scope", _SCOPES)
 def test_the_scope_pattern_is_the_scope_grammar(scope: str) -> None:
-    from policies.scopes import validate_scopes
+    from patgate.policies.scopes import validate_scopes
 
     try:
         validate_scopes([scope])

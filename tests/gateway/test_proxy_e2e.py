@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.proxy import ProxyApp
-from gateway.settings import Settings
-from middleware.metrics import Metrics
-from middleware.records import Identity
+from patgate.gateway.proxy import ProxyApp
+from patgate.gateway.settings import Settings
+from patgate.middleware.metrics import Metrics
+from patgate.middleware.records import Identity
 from tests.middleware._servers import serve
 
 IDENTITY = Identity(

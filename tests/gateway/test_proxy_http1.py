@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from gateway.upstream import Http1Upstream
-from middleware.errors import ConfigError
+from patgate.gateway.upstream import Http1Upstream
+from patgate.middleware.errors import ConfigError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

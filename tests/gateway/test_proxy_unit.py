@@ -13,11 +13,11 @@ import pytest
 import respx
 from starlette.types import Message
 
-from gateway.proxy import ProxyApp
-from gateway.settings import Settings
-from middleware.errors import ConfigError
-from middleware.metrics import Metrics
-from middleware.records import Identity
+from patgate.gateway.proxy import ProxyApp
+from patgate.gateway.settings import Settings
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.metrics import Metrics
+from patgate.middleware.records import Identity
 
 UPSTREAM = "http://upstream.test:9000/base"
 IDENTITY = Identity(

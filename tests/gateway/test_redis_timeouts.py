@@ -17,14 +17,14 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.cli_context import connect_store
-from gateway.runtime import DURABLE_TIMEOUT_MS, Runtime, write_timeout
-from gateway.settings import Settings
-from middleware.asgi import PatgateMiddleware
-from middleware.errors import StoreUnavailable
-from middleware.records import Org
-from middleware.store import Plan, TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.cli_context import connect_store
+from patgate.gateway.runtime import DURABLE_TIMEOUT_MS, Runtime, write_timeout
+from patgate.gateway.settings import Settings
+from patgate.middleware.asgi import PatgateMiddleware
+from patgate.middleware.errors import StoreUnavailable
+from patgate.middleware.records import Org
+from patgate.middleware.store import Plan, TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 pytestmark = pytest.mark.anyio
 

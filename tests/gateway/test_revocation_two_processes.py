@@ -24,11 +24,11 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.app import create_gateway_app
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.app import create_gateway_app
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 from tests.middleware._servers import serve
 from tests.middleware._tokens import add_user, issue, revoke
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.settings import ENV_VARS, Settings, parse_hostport
-from middleware.errors import ConfigError
+from patgate.gateway.settings import ENV_VARS, Settings, parse_hostport
+from patgate.middleware.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -30,8 +30,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.embedded import EmbeddedValkey
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.middleware.tokenformat import TokenFormat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ async def _serve(tmp_path: Path) -> AsyncIterator[_Serve]:
     }
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "--data-dir", str(data_dir), "serve",
+            sys.executable, "-m", "patgate.gateway.cli", "--data-dir", str(data_dir), "serve",
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     timeout = httpx.Timeout(5.0)
@@ -139,7 +139,7 @@ async def _serve(tmp_path: Path) -> AsyncIterator[_Serve]:
 def _bootstrap(data_dir: Path) -> str:
     """The CLI joins the running embedded server and prints the admin token once."""
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--data-dir", str(data_dir), "bootstrap",
+        [sys.executable, "-m", "patgate.gateway.cli", "--data-dir", str(data_dir), "bootstrap",
          "--org", "acme"],
         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=60, check=False,
     )  # fmt: skip

@@ -8,11 +8,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from middleware.records import Org, Token, User
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from policies.engine import Policy, parse_policy
-from policies.scopes import ACTIONS
+from patgate.middleware.records import Org, Token, User
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.engine import Policy, parse_policy
+from patgate.policies.scopes import ACTIONS
 
 #: what members of the test org may grant: every action on every resource except the
 #: admin action (issue 9: members never hold admin-only scopes).

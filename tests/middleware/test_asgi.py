@@ -21,13 +21,13 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.runtime import Runtime, redis_client
-from gateway.settings import Settings
-from middleware.asgi import LifespanHooks, PatgateMiddleware
-from middleware.keys import Keys
-from middleware.records import Identity
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.runtime import Runtime, redis_client
+from patgate.gateway.settings import Settings
+from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import Identity
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from ._servers import serve
 from ._tokens import POLICY_TOML, add_user, issue, make_policy, revoke
@@ -110,7 +110,7 @@ def _app(**middleware_options: Any) -> Starlette:
 
 @pytest.fixture
 async def runtime(settings: Settings) -> Runtime:
-    from policies.engine import parse_policy
+    from patgate.policies.engine import parse_policy
 
     policy = parse_policy(POLICY_TOML + _EXTRA_RULES, "asgi-test.toml")
     return Runtime(settings.evolve(lastused_interval=60), policy=policy)

@@ -17,26 +17,26 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.embedded import EmbeddedValkey
-from gateway.runtime import redis_client as make_client
-from middleware.auth import Authenticator, Resolved
-from middleware.cache import TokenCache
-from middleware.errors import (
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.gateway.runtime import redis_client as make_client
+from patgate.middleware.auth import Authenticator, Resolved
+from patgate.middleware.cache import TokenCache
+from patgate.middleware.errors import (
     AuthError,
     InvalidRequest,
     InvalidToken,
     MissingCredentials,
     StoreUnavailable,
 )
-from middleware.invalidation import InvalidationSubscriber
-from middleware.keys import Keys
-from middleware.lastused import LastUsedRecorder
-from middleware.metrics import Metrics
-from middleware.records import LastUsed
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from middleware.user import PatgateUser, ScopeList
-from policies.scopes import ScopeSet
+from patgate.middleware.invalidation import InvalidationSubscriber
+from patgate.middleware.keys import Keys
+from patgate.middleware.lastused import LastUsedRecorder
+from patgate.middleware.metrics import Metrics
+from patgate.middleware.records import LastUsed
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.user import PatgateUser, ScopeList
+from patgate.policies.scopes import ScopeSet
 
 from ._tokens import Issued, add_user, issue, make_policy, revoke, update_user
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from middleware.cache import TokenCache
-from middleware.metrics import Metrics
+from patgate.middleware.cache import TokenCache
+from patgate.middleware.metrics import Metrics
 
 
 def _d(n: int) -> bytes:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.embedded import EmbeddedValkey
-from gateway.runtime import redis_client
-from middleware.cache import TokenCache
-from middleware.invalidation import InvalidationSubscriber
-from middleware.keys import Keys
-from middleware.metrics import Metrics
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.gateway.runtime import redis_client
+from patgate.middleware.cache import TokenCache
+from patgate.middleware.invalidation import InvalidationSubscriber
+from patgate.middleware.keys import Keys
+from patgate.middleware.metrics import Metrics
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from ._tokens import add_user, issue, revoke
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.embedded import EmbeddedValkey
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.errors import InvalidToken
-from middleware.invalidation import InvalidationSubscriber
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.errors import InvalidToken
+from patgate.middleware.invalidation import InvalidationSubscriber
 
 from ._tokens import Issued, add_user, issue, make_policy, revoke
 

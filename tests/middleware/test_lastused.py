@@ -9,13 +9,13 @@ from collections.abc import Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.runtime import redis_client
-from middleware.keys import Keys
-from middleware.lastused import LastUsedRecorder
-from middleware.metrics import Metrics
-from middleware.records import LastUsed
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.runtime import redis_client
+from patgate.middleware.keys import Keys
+from patgate.middleware.lastused import LastUsedRecorder
+from patgate.middleware.metrics import Metrics
+from patgate.middleware.records import LastUsed
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 from ._tokens import add_user, delete, issue
 

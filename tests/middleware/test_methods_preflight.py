@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.asgi import PatgateMiddleware
-from policies.engine import parse_policy
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.asgi import PatgateMiddleware
+from patgate.policies.engine import parse_policy
 
 from ._servers import serve
 

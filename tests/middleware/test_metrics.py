@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.runtime import Runtime
-from gateway.settings import Settings
-from middleware.asgi import PatgateMiddleware
-from middleware.metrics import LocalCounters, Metrics, RegisteredCounters, render
-from policies.engine import parse_policy
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.settings import Settings
+from patgate.middleware.asgi import PatgateMiddleware
+from patgate.middleware.metrics import LocalCounters, Metrics, RegisteredCounters, render
+from patgate.policies.engine import parse_policy
 
 from ._servers import serve
 from ._tokens import POLICY_TOML, add_user, issue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from middleware.records import LastUsed, Org, Token, User, owner_key
+from patgate.middleware.records import LastUsed, Org, Token, User, owner_key
 
 
 def _token(**changes: object) -> Token:

@@ -9,12 +9,12 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.embedded import EmbeddedValkey
-from middleware.errors import Conflict, LimitReached, StoreUnavailable
-from middleware.keys import Keys
-from middleware.records import LastUsed, Token, User
-from middleware.store import StaleWrite, TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.embedded import EmbeddedValkey
+from patgate.middleware.errors import Conflict, LimitReached, StoreUnavailable
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import LastUsed, Token, User
+from patgate.middleware.store import StaleWrite, TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 
 FMT = TokenFormat()
 

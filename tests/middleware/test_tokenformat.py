@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from middleware.tokenformat import ALPHABET, RANDOM_LENGTH, SECRET_PATTERN, TokenFormat
+from patgate.middleware.tokenformat import ALPHABET, RANDOM_LENGTH, SECRET_PATTERN, TokenFormat
 
 FMT = TokenFormat()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.cli import EXIT_DENIED, register
+from patgate.policies.cli import EXIT_DENIED, register
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from middleware.errors import ConfigError
-from middleware.records import Identity
-from policies.engine import (
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.records import Identity
+from patgate.policies.engine import (
     DEFAULT_RULE,
     REASONS,
     Policy,
@@ -19,7 +19,7 @@ from policies.engine import (
     default_policy,
     parse_policy,
 )
-from policies.scopes import ScopeSet
+from patgate.policies.scopes import ScopeSet
 
 # A protected /admin and /api/admin behind weaker public rules: any spelling that lands
 # on a public rule instead of the admin ones is a bypass.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from middleware.records import Identity
-from policies.engine import DEFAULT_RULE, Policy, load_policy
+from patgate.middleware.records import Identity
+from patgate.policies.engine import DEFAULT_RULE, Policy, load_policy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 

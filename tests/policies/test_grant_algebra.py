@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.scopes import ScopeSet, intersect, is_admin_only, ungranted
+from patgate.policies.scopes import ScopeSet, intersect, is_admin_only, ungranted
 
 _RESOURCES = ["threads", "tokens", "users", "*"]
 _ACTIONS = ["read", "list", "admin", "*"]

@@ -6,9 +6,9 @@ from typing import cast
 
 import pytest
 
-from middleware.errors import ConfigError
-from middleware.records import Identity
-from policies.engine import EXPLICIT_METHODS, Policy, default_policy, parse_policy
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.records import Identity
+from patgate.policies.engine import EXPLICIT_METHODS, Policy, default_policy, parse_policy
 
 _BASE = """
 version = 1

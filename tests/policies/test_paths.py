@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from policies.paths import MAX_PATH_LENGTH, BadPath, NormalizedPath, normalize
+from patgate.policies.paths import MAX_PATH_LENGTH, BadPath, NormalizedPath, normalize
 
 
 @pytest.mark.parametrize(

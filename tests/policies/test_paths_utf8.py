@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.engine import parse_policy
-from policies.paths import BadPath, NormalizedPath, normalize
+from patgate.policies.engine import parse_policy
+from patgate.policies.paths import BadPath, NormalizedPath, normalize
 
 
 @pytest.mark.parametrize(

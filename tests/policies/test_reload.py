@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from middleware.errors import ConfigError
-from middleware.metrics import Metrics
-from policies.reload import PolicyHolder
+from patgate.middleware.errors import ConfigError
+from patgate.middleware.metrics import Metrics
+from patgate.policies.reload import PolicyHolder
 
 V1 = '[[rules]]\nname = "one"\npath = "/one"\npublic = true\n'
 V2 = '[[rules]]\nname = "two"\npath = "/two"\npublic = true\n'

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.routes import ANY, PARAM, REST, RouteTable, Template, _walk, parse_template
+from patgate.policies.routes import ANY, PARAM, REST, RouteTable, Template, _walk, parse_template
 
 _TEMPLATE = st.builds(
     lambda segs, rest: "/" + "/".join(segs + (["**"] if rest else [])),

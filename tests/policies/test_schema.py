@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from middleware.errors import ConfigError
-from policies.engine import load_policy, parse_policy
+from patgate.middleware.errors import ConfigError
+from patgate.policies.engine import load_policy, parse_policy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.scopes import (
+from patgate.policies.scopes import (
     ACTIONS,
     MANAGEMENT_SCOPES,
     MAX_SCOPES,

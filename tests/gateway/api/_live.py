@@ -16,12 +16,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
-from gateway.runtime import Runtime
-from gateway.server import build_listeners
-from gateway.settings import Settings
-from middleware.store import TokenStore
-from policies.scopes import MANAGEMENT_SCOPES
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
+from patgate.gateway.runtime import Runtime
+from patgate.gateway.server import build_listeners
+from patgate.gateway.settings import Settings
+from patgate.middleware.store import TokenStore
+from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.middleware._servers import serve
 
 OWN = ["tokens:read:own", "tokens:write:own"]

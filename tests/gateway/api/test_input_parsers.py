@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.lifecycle.audit import _check_cursor
-from gateway.lifecycle.expiry import MAX_LIFETIME, parse_duration, resolve_expiry
-from gateway.lifecycle.listing import Filters, decode_cursor, encode_cursor
-from middleware.errors import Unprocessable, ValidationFailed
-from middleware.records import Org
+from patgate.gateway.lifecycle.audit import _check_cursor
+from patgate.gateway.lifecycle.expiry import MAX_LIFETIME, parse_duration, resolve_expiry
+from patgate.gateway.lifecycle.listing import Filters, decode_cursor, encode_cursor
+from patgate.middleware.errors import Unprocessable, ValidationFailed
+from patgate.middleware.records import Org
 
 _SCALARS = (
     st.none()

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.api import create_api_app
-from gateway.lifecycle import Actor, Directory, TokenService, bootstrap
-from gateway.settings import Settings
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
+from patgate.gateway.api import create_api_app
+from patgate.gateway.lifecycle import Actor, Directory, TokenService, bootstrap
+from patgate.gateway.settings import Settings
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
 from tests.gateway.test_api_errors import snapshot
 from tests.middleware._servers import serve
 

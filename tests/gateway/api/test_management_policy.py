@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import create_api_app
-from gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
-from middleware.records import Identity
-from middleware.store import TokenStore
-from middleware.tokenformat import TokenFormat
-from policies.engine import Policy, load_policy
+from patgate.gateway.api import create_api_app
+from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
+from patgate.middleware.records import Identity
+from patgate.middleware.store import TokenStore
+from patgate.middleware.tokenformat import TokenFormat
+from patgate.policies.engine import Policy, load_policy
 
 POLICY = Path(__file__).resolve().parents[3] / "policies" / "examples" / "management.toml"
 OWN = ["tokens:read:own", "tokens:write:own"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import Settings
+from patgate.gateway.settings import Settings
 
 from ._live import FUZZ_SECRET, live_api
 
