@@ -37,9 +37,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from patgate.gateway.app import create_authz_app, create_gateway_app
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
+from patgate.middleware.runtime import Runtime
 from patgate.policies.engine import Policy, parse_policy
 
 __all__ = [

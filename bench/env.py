@@ -23,7 +23,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bench.seed import Seeded, owners, seed_naive, seed_tokens, seed_users
-from patgate.gateway.embedded import EmbeddedValkey
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import Token
 from patgate.middleware.store import TokenStore

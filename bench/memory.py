@@ -25,9 +25,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.seed import owners, seed_tokens, seed_users
-from patgate.gateway.embedded import EmbeddedValkey
 from patgate.gateway.lifecycle import Actor
 from patgate.gateway.lifecycle.audit import event_json
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.keys import Keys
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat

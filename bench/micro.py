@@ -29,9 +29,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.apps import bench_policy
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.auth import Authenticator
+from patgate.middleware.runtime import Runtime
 
 __all__ = ["DecisionCpu", "MissTrips", "decision_cpu", "miss_round_trips"]
 

@@ -21,11 +21,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
 from patgate.middleware.metrics import CONTENT_TYPE_LATEST, render
+from patgate.middleware.runtime import Runtime
 
 from .forwardauth import ForwardAuthApp
 from .health import HealthEndpoints
 from .proxy import ProxyApp
-from .runtime import Runtime
+from .settings import Settings
 
 __all__ = ["create_admin_app", "create_authz_app", "create_gateway_app"]
 
@@ -65,7 +66,7 @@ class _Paths:
         await self._fallback(scope, receive, send)
 
 
-def create_gateway_app(runtime: Runtime, proxy: ProxyApp | None = None) -> ASGIApp:
+def create_gateway_app(runtime: Runtime[Settings], proxy: ProxyApp | None = None) -> ASGIApp:
     proxy = proxy if proxy is not None else ProxyApp(runtime.settings, metrics=runtime.metrics)
 
     async def shutdown() -> None:
@@ -75,7 +76,7 @@ def create_gateway_app(runtime: Runtime, proxy: ProxyApp | None = None) -> ASGIA
     return LifespanHooks(PatgateMiddleware(proxy, runtime.authenticator), runtime.start, shutdown)
 
 
-def create_authz_app(runtime: Runtime, *, prefix: str = "/authz") -> ASGIApp:
+def create_authz_app(runtime: Runtime[Settings], *, prefix: str = "/authz") -> ASGIApp:
     health = HealthEndpoints(runtime)
     source = runtime.settings.forward_auth_source
     authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, prefix=prefix, source=source)
@@ -85,7 +86,7 @@ def create_authz_app(runtime: Runtime, *, prefix: str = "/authz") -> ASGIApp:
     return LifespanHooks(paths, runtime.start, runtime.aclose)
 
 
-def create_admin_app(runtime: Runtime, api_app: ASGIApp | None = None) -> ASGIApp:
+def create_admin_app(runtime: Runtime[Settings], api_app: ASGIApp | None = None) -> ASGIApp:
     """``api_app`` (``gateway.api.create_api_app``) defines its own ``/v1/...`` routes."""
     health = HealthEndpoints(runtime)
     metrics = runtime.metrics

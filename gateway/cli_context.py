@@ -11,14 +11,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.keys import Keys
+from patgate.middleware.runtime import DURABLE_TIMEOUT_MS, store_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
-from .embedded import EmbeddedValkey
 from .lifecycle import Actor, Directory, TokenService
-from .runtime import DURABLE_TIMEOUT_MS, store_client
 from .settings import Settings
 
 __all__ = ["Context", "connect_store"]

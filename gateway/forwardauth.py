@@ -41,8 +41,9 @@ from starlette.types import Receive, Scope, Send
 from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import AuthError, ConfigError, InvalidRequest, StoreUnavailable
 from patgate.middleware.responses import Prepared
+from patgate.middleware.trust import TrustedProxies
 
-from .headers import TrustedProxies, identity_headers
+from .headers import identity_headers
 
 __all__ = ["SOURCES", "ForwardAuthApp"]
 

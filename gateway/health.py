@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from .runtime import Runtime
+from patgate.middleware.runtime import Runtime
 
 __all__ = ["HealthEndpoints"]
 
@@ -40,7 +40,7 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
 class HealthEndpoints:
     """``healthz`` and ``readyz`` as ASGI callables for one runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime[Any]) -> None:
         self._runtime = runtime
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:

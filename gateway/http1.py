@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -20,8 +20,7 @@ import httpx
 
 from patgate.middleware.errors import ConfigError
 
-if TYPE_CHECKING:
-    from .upstream import Body, RawHeaders
+from .upstream_types import Body, RawHeaders
 
 __all__ = ["Http1Upstream"]
 

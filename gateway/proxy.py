@@ -23,8 +23,9 @@ from starlette.types import Receive, Scope, Send
 
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.metrics import Metrics
+from patgate.middleware.trust import TrustedProxies
 
-from .headers import TrustedProxies, response_headers, upstream_request_headers
+from .headers import response_headers, upstream_request_headers
 from .settings import Settings
 from .upstream import Body, HttpxUpstream, Upstream, UpstreamResponse, create_upstream
 

@@ -11,10 +11,11 @@ import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from patgate.middleware.config import DataPlaneConfig
 from patgate.middleware.errors import ConfigError
 
 __all__ = ["ENV_VARS", "FORWARD_AUTH_SOURCES", "Settings", "parse_hostport"]
@@ -59,36 +60,21 @@ def _networks(value: str, name: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    redis_url: str | None = None
-    data_dir: Path = Path(".patgate")
-    namespace: str = "patgate"
-    token_prefix: str = "pat"
-    pepper: bytes | None = field(default=None, repr=False)
-    durable_writes: bool = True
-    redis_timeout: float = 1.0
-    redis_connect_timeout: float = 0.5
-    invalidation_staleness: float = 1.5
-    policy_file: Path | None = None
+class Settings(DataPlaneConfig):
+    """Everything ``patgate`` runs with: the data plane's :class:`DataPlaneConfig` plus
+    the gateway's listeners, upstream, forward-auth and management defaults."""
+
     upstream_url: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     admin_listen: tuple[str, int] = ("127.0.0.1", 8081)
     authz_listen: tuple[str, int] = ("127.0.0.1", 8082)
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     max_url_bytes: int = 16 * 1024
     forward_auth_source: str = "auto"
-    realm: str = "patgate"
-    cache_size: int = 10_000
-    cache_ttl: float = 30.0
-    negative_ttl: float = 2.0
-    lastused_interval: float = 5.0
-    lastused_max_pending: int = 100_000
     upstream_timeout: float = 30.0
     upstream_connect_timeout: float = 5.0
     upstream_pool_size: int = 256
-    events_maxlen: int = 1_000_000
     default_token_limit: int = 10
     default_org: str = "default"
     workers: int = 1
@@ -115,9 +101,6 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**values)
-
-    def evolve(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
 
 def _str(value: str, _name: str) -> str:

@@ -19,8 +19,7 @@ small part of HTTP/1.1 below, and llhttp does the parsing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -28,6 +27,7 @@ from patgate.middleware.errors import ConfigError
 
 from .http1 import Http1Upstream
 from .settings import Settings
+from .upstream_types import Body, RawHeaders, Upstream, UpstreamResponse
 
 __all__ = [
     "Body",
@@ -37,29 +37,6 @@ __all__ = [
     "UpstreamResponse",
     "create_upstream",
 ]
-
-Body = bytes | AsyncIterator[bytes] | None
-RawHeaders = Sequence[tuple[bytes, bytes]]
-
-
-class UpstreamResponse(Protocol):
-    status: int
-    headers: RawHeaders
-
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body as received (no decompression), in chunks as they arrive."""
-
-    async def aclose(self) -> None:
-        """Release the connection (closed, not pooled, when the body was not read)."""
-
-
-class Upstream(Protocol):
-    async def send(
-        self, method: str, target: bytes, headers: RawHeaders, body: Body
-    ) -> UpstreamResponse:
-        """Send ``method target`` (raw path + query, appended to the upstream's base URL)."""
-
-    async def aclose(self) -> None: ...
 
 
 def create_upstream(settings: Settings) -> Upstream:

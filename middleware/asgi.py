@@ -17,7 +17,7 @@ Two ways to build it::
     app.add_middleware(PatgateMiddleware, redis_url="redis://…", policy="policy.toml")
     PatgateMiddleware(app, authenticator)          # you own the Runtime and its lifespan
 
-The first builds a :class:`~gateway.runtime.Runtime` and wraps the app's lifespan: the
+The first builds a :class:`~patgate.middleware.runtime.Runtime` and wraps the app's lifespan: the
 runtime (invalidation subscriber, last-used recorder) starts before the app's startup and
 closes after the app's shutdown. Without a lifespan the cache stays off (every request
 goes to Redis) and last-used entries are flushed only by an explicit ``aclose``.
@@ -27,17 +27,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from patgate.gateway.runtime import Runtime
-from patgate.gateway.settings import Settings
 from patgate.policies.engine import Policy
 
 from .auth import Authenticator
+from .config import DataPlaneConfig
 from .errors import AuthError, StoreUnavailable
+from .runtime import Runtime
 
 __all__ = ["LifespanHooks", "PatgateMiddleware"]
 
@@ -52,8 +53,8 @@ class PatgateMiddleware:
         app: ASGIApp,
         authenticator: Authenticator | None = None,
         *,
-        runtime: Runtime | None = None,
-        settings: Settings | None = None,
+        runtime: Runtime[Any] | None = None,
+        settings: DataPlaneConfig | None = None,
         redis_url: str | None = None,
         policy: Policy | str | Path | None = None,
         namespace: str = "patgate",
@@ -66,7 +67,7 @@ class PatgateMiddleware:
         if authenticator is None:
             if runtime is None:
                 if settings is None:
-                    settings = Settings(redis_url=redis_url, namespace=namespace)
+                    settings = DataPlaneConfig(redis_url=redis_url, namespace=namespace)
                 runtime = Runtime(settings, policy=policy)
             authenticator = runtime.authenticator
             app = LifespanHooks(app, runtime.start, runtime.aclose)
@@ -79,7 +80,7 @@ class PatgateMiddleware:
 
     @classmethod
     def from_settings(
-        cls, app: ASGIApp, settings: Settings, *, policy: Policy | str | Path | None = None
+        cls, app: ASGIApp, settings: DataPlaneConfig, *, policy: Policy | str | Path | None = None
     ) -> PatgateMiddleware:
         return cls(app, settings=settings, policy=policy)
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from patgate.middleware.errors import ConfigError
-from patgate.middleware.records import Identity
 from patgate.policies.engine import Policy, load_policy
+from patgate.policies.errors import PolicyError
+from patgate.policies.identity import Caller
 from patgate.policies.schema import RuleSpec
 from patgate.policies.scopes import validate_scopes
 
@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _load(file: Path) -> Policy | None:
     try:
         return load_policy(file)
-    except ConfigError as exc:
+    except PolicyError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return None
@@ -116,16 +116,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 1
     workspaces = args.workspaces
     # A stand-in identity: only scopes, owner and workspaces matter to the policy.
-    identity = Identity(
-        token_id="explain",
-        token_name="explain",
-        token_type="personal",
-        owner_kind="user",
+    identity = Caller(
         owner_id=args.owner,
-        org_id="explain",
         scopes=frozenset(scopes),
         workspaces=None if workspaces is None or "*" in workspaces else frozenset(workspaces),
-        expires_at=None,
     )
     match = policy.route(args.method, args.path)
     decision = policy.authorize(match, identity, headers)

@@ -32,8 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
 
-from patgate.middleware.errors import ConfigError
-from patgate.middleware.records import Identity
+from patgate.policies.errors import PolicyError
+from patgate.policies.identity import PolicyIdentity
 from patgate.policies.loader import parse_document, read_text
 from patgate.policies.paths import BadPath, normalize
 from patgate.policies.routes import RouteTable
@@ -127,7 +127,7 @@ class Policy:
                         "for the same method(s)"
                     )
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise PolicyError("\n".join(problems))
         table.finish()
         exact.finish()
         self._table = table
@@ -262,7 +262,7 @@ class Policy:
     def authorize(
         self,
         match: RouteMatch,
-        identity: Identity,
+        identity: PolicyIdentity,
         headers: Mapping[str, str] | None = None,
         *,
         scopes: ScopeSet | None = None,
@@ -331,7 +331,7 @@ def parse_policy(text: str, source: str) -> Policy:
 
 
 def load_policy(path: Path) -> Policy:
-    """Read and compile a policy file; ``ConfigError`` names file, rule and field."""
+    """Read and compile a policy file; ``PolicyError`` names file, rule and field."""
     return parse_policy(read_text(path), str(path))
 
 

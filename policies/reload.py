@@ -2,8 +2,9 @@
 
 Reloads happen when the file changes (``watch`` polls its mtime, size and inode, which
 also catches the atomic rename editors and ConfigMap updates use) or on ``SIGHUP``.
-Every attempt is counted in ``patgate_policy_reloads_total{result="success|failure"}``;
-a failure is logged with the file/rule/field message and changes nothing.
+Every attempt is reported to ``on_reload(ok)`` (the data plane counts it in
+``patgate_policy_reloads_total{result="success|failure"}``); a failure is logged with the
+file/rule/field message and changes nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
-from patgate.middleware.errors import ConfigError
-from patgate.middleware.metrics import Metrics
 from patgate.policies.engine import Policy, load_policy
+from patgate.policies.errors import PolicyError
 
 __all__ = ["PolicyHolder"]
 
@@ -37,13 +38,20 @@ class PolicyHolder:
     """The current policy of one process. Readers use ``holder.current`` per request;
     a reload replaces the attribute in one assignment, so readers never see a mix."""
 
-    __slots__ = ("_metrics", "_seen", "current", "path")
+    __slots__ = ("_on_reload", "_seen", "current", "path")
 
-    def __init__(self, path: Path, metrics: Metrics, *, initial: Policy | None = None) -> None:
-        """Load ``path`` now (raising ``ConfigError`` if invalid) unless ``initial`` is
-        given — start-up must fail loudly, later reloads must not."""
+    def __init__(
+        self,
+        path: Path,
+        on_reload: Callable[[bool], None] | None = None,
+        *,
+        initial: Policy | None = None,
+    ) -> None:
+        """Load ``path`` now (raising ``PolicyError`` if invalid) unless ``initial`` is
+        given — start-up must fail loudly, later reloads must not. ``on_reload(ok)`` hears
+        of every reload attempt."""
         self.path = path
-        self._metrics = metrics
+        self._on_reload = on_reload
         self._seen = _signature(path)
         self.current: Policy = initial if initial is not None else load_policy(path)
 
@@ -52,12 +60,14 @@ class PolicyHolder:
         self._seen = _signature(self.path)
         try:
             policy = load_policy(self.path)
-        except ConfigError as exc:
-            self._metrics.policy_reloads.labels(result="failure").inc()
+        except PolicyError as exc:
+            if self._on_reload is not None:
+                self._on_reload(False)
             _log.error("policy reload failed, keeping the current policy:\n%s", exc)
             return False
         self.current = policy
-        self._metrics.policy_reloads.labels(result="success").inc()
+        if self._on_reload is not None:
+            self._on_reload(True)
         _log.info("policy reloaded from %s (%d rules)", self.path, len(policy.spec.rules))
         return True
 

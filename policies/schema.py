@@ -3,7 +3,7 @@
 Every problem is reported, not just the first, one line each, as
 ``<file>: rule <n> '<name>', field '<field>': <what is wrong>`` (or
 ``<file>: field '<field>': ...`` for top-level fields) and raised together in one
-:class:`~middleware.errors.ConfigError`. See docs/policies.md for the language.
+:class:`~patgate.policies.errors.PolicyError`. See docs/policies.md for the language.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from patgate.middleware.errors import ConfigError
+from patgate.policies.errors import PolicyError
 from patgate.policies.routes import Template, parse_template
 from patgate.policies.scopes import validate_required
 
@@ -194,7 +194,7 @@ def _rule(index: int, rule: Any, errs: _Errors) -> RuleSpec | None:
 
 
 def build_spec(doc: Mapping[str, Any], source: str) -> PolicySpec:
-    """Validate a parsed policy document; raises ``ConfigError`` listing every problem."""
+    """Validate a parsed policy document; raises ``PolicyError`` listing every problem."""
     errs = _Errors(source)
     for key in sorted(set(doc) - _TOP_KEYS):
         errs.add("", key, f"unknown top-level field (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -229,5 +229,5 @@ def build_spec(doc: Mapping[str, Any], source: str) -> PolicySpec:
         seen.setdefault(spec.name, index)
         rules.append(spec)
     if errs.lines:
-        raise ConfigError("\n".join(errs.lines))
+        raise PolicyError("\n".join(errs.lines))
     return PolicySpec(source, default, description, tuple(rules), preflight)

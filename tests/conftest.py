@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.gateway.embedded import EmbeddedValkey
 from patgate.gateway.settings import Settings
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.keys import Keys
 from patgate.middleware.store import TokenStore
 

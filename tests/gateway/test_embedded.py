@@ -23,8 +23,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from patgate.gateway.embedded import EmbeddedValkey, embedded_store_url
 from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
+from patgate.middleware.embedded import EmbeddedValkey, embedded_store_url
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import Token, User

@@ -26,9 +26,9 @@ from starlette.routing import Route
 from patgate.gateway.api import create_api_app
 from patgate.gateway.app import create_gateway_app
 from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.records import Token
+from patgate.middleware.runtime import Runtime
 from patgate.policies.engine import parse_policy
 from tests.middleware._servers import serve
 

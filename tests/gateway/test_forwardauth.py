@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from patgate.gateway.app import create_authz_app
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
+from patgate.middleware.runtime import Runtime
 from patgate.middleware.tokenformat import TokenFormat
 from tests.middleware._servers import serve
 from tests.middleware._tokens import Issued, add_user, issue, make_policy

@@ -11,9 +11,9 @@ import pytest
 from patgate.gateway.app import create_admin_app, create_authz_app
 from patgate.gateway.cli import build_parser
 from patgate.gateway.forwardauth import ForwardAuthApp
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.errors import ConfigError
+from patgate.middleware.runtime import Runtime
 from tests.middleware._servers import serve
 from tests.middleware._tokens import make_policy
 

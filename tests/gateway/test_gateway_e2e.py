@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from patgate.gateway.app import create_admin_app, create_gateway_app
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
+from patgate.middleware.runtime import Runtime
 from tests.middleware._servers import serve
 from tests.middleware._tokens import Issued, add_user, issue, make_policy
 

@@ -9,7 +9,6 @@ import pytest
 from patgate.gateway.headers import (
     HOP_BY_HOP,
     IDENTITY_HEADERS,
-    TrustedProxies,
     identity_headers,
     is_forwarding_header,
     is_identity_lookalike,
@@ -18,6 +17,7 @@ from patgate.gateway.headers import (
 )
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.records import Identity
+from patgate.middleware.trust import TrustedProxies
 
 IDENTITY = Identity(
     token_id="tok_123",

@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from patgate.gateway.app import create_authz_app, create_gateway_app
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.metrics import render
+from patgate.middleware.runtime import Runtime
 from patgate.policies.engine import parse_policy
 from tests.gateway._listen import body_of, exchange, listen, status_of
 from tests.middleware._servers import serve

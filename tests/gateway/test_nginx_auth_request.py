@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from patgate.gateway.app import create_authz_app
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
+from patgate.middleware.runtime import Runtime
 from tests.middleware._servers import serve
 from tests.middleware._tokens import add_user, issue, make_policy
 

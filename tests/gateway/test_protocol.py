@@ -16,9 +16,9 @@ from starlette.routing import Route
 
 from patgate.gateway.app import create_authz_app, create_gateway_app
 from patgate.gateway.protocol import host_problem
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.metrics import render
+from patgate.middleware.runtime import Runtime
 from tests.gateway._listen import body_of, exchange, listen, status_of
 from tests.middleware._servers import serve
 from tests.middleware._tokens import add_user, issue, make_policy

@@ -18,11 +18,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from patgate.gateway.cli_context import connect_store
-from patgate.gateway.runtime import DURABLE_TIMEOUT_MS, Runtime, write_timeout
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import PatgateMiddleware
 from patgate.middleware.errors import StoreUnavailable
 from patgate.middleware.records import Org
+from patgate.middleware.runtime import DURABLE_TIMEOUT_MS, Runtime, write_timeout
 from patgate.middleware.store import Plan, TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 

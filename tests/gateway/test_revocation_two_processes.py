@@ -25,8 +25,8 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from patgate.gateway.app import create_gateway_app
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
+from patgate.middleware.runtime import Runtime
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from tests.middleware._servers import serve

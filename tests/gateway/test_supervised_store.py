@@ -30,7 +30,7 @@ import httpx
 import pytest
 import redis
 
-from patgate.gateway.embedded import EmbeddedValkey
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.tokenformat import TokenFormat
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,11 +21,11 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from patgate.gateway.runtime import Runtime, redis_client
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import Identity
+from patgate.middleware.runtime import Runtime, redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 

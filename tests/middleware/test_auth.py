@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.gateway.embedded import EmbeddedValkey
-from patgate.gateway.runtime import redis_client as make_client
 from patgate.middleware.auth import Authenticator, Resolved
 from patgate.middleware.cache import TokenCache
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import (
     AuthError,
     InvalidRequest,
@@ -33,6 +32,7 @@ from patgate.middleware.keys import Keys
 from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import LastUsed
+from patgate.middleware.runtime import redis_client as make_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.middleware.user import PatgateUser, ScopeList

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.gateway.embedded import EmbeddedValkey
-from patgate.gateway.runtime import redis_client
 from patgate.middleware.cache import TokenCache
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.invalidation import InvalidationSubscriber
 from patgate.middleware.keys import Keys
 from patgate.middleware.metrics import Metrics
+from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from patgate.gateway.embedded import EmbeddedValkey
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import InvalidToken
 from patgate.middleware.invalidation import InvalidationSubscriber
+from patgate.middleware.runtime import Runtime
 
 from ._tokens import Issued, add_user, issue, make_policy, revoke
 

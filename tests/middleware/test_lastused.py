@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.gateway.runtime import redis_client
 from patgate.middleware.keys import Keys
 from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import LastUsed
+from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import PatgateMiddleware
+from patgate.middleware.runtime import Runtime
 from patgate.policies.engine import parse_policy
 
 from ._servers import serve

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import PatgateMiddleware
 from patgate.middleware.metrics import LocalCounters, Metrics, RegisteredCounters, render
+from patgate.middleware.runtime import Runtime
 from patgate.policies.engine import parse_policy
 
 from ._servers import serve

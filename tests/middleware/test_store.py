@@ -9,7 +9,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.gateway.embedded import EmbeddedValkey
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import Conflict, LimitReached, StoreUnavailable
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import LastUsed, Token, User

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patgate.middleware.errors import ConfigError
 from patgate.middleware.records import Identity
 from patgate.policies.engine import (
     DEFAULT_RULE,
@@ -19,6 +18,7 @@ from patgate.policies.engine import (
     default_policy,
     parse_policy,
 )
+from patgate.policies.errors import PolicyError
 from patgate.policies.scopes import ScopeSet
 
 # A protected /admin and /api/admin behind weaker public rules: any spelling that lands
@@ -503,7 +503,7 @@ name = "two"
 methods = ["POST"]
 path = "/a/{y}"
 """
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(PolicyError) as info:
         parse_policy(text, "dup.toml")
     message = str(info.value)
     assert "dup.toml: rule 2 'two', field 'path'" in message
@@ -514,7 +514,7 @@ def test_any_method_rule_overlaps_only_another_any_method_rule() -> None:
     ok = '[[rules]]\npath = "/a"\n[[rules]]\nmethods = ["GET"]\npath = "/a"\n'
     assert parse_policy(ok, "ok.toml").route("GET", "/a").rule == "#2"
     assert parse_policy(ok, "ok.toml").route("PUT", "/a").rule == "#1"
-    with pytest.raises(ConfigError, match="overlaps rule 1"):
+    with pytest.raises(PolicyError, match="overlaps rule 1"):
         parse_policy('[[rules]]\npath = "/a"\n[[rules]]\npath = "/a"\n', "dup.toml")
 
 

@@ -6,9 +6,9 @@ from typing import cast
 
 import pytest
 
-from patgate.middleware.errors import ConfigError
 from patgate.middleware.records import Identity
 from patgate.policies.engine import EXPLICIT_METHODS, Policy, default_policy, parse_policy
+from patgate.policies.errors import PolicyError
 
 _BASE = """
 version = 1
@@ -105,5 +105,5 @@ def test_allows_preflight(headers: list[tuple[bytes, bytes]], allowed: bool) -> 
 
 @pytest.mark.parametrize("value", ['"yes"', "true", '"ALLOW"', "1"])
 def test_preflight_value_is_validated(value: str) -> None:
-    with pytest.raises(ConfigError, match=r"m.toml: field 'preflight'"):
+    with pytest.raises(PolicyError, match=r"m.toml: field 'preflight'"):
         _policy(preflight=f"preflight = {value}")

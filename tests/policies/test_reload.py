@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from patgate.middleware.errors import ConfigError
-from patgate.middleware.metrics import Metrics
+from patgate.policies.errors import PolicyError
 from patgate.policies.reload import PolicyHolder
 
 V1 = '[[rules]]\nname = "one"\npath = "/one"\npublic = true\n'
@@ -19,9 +18,18 @@ V2 = '[[rules]]\nname = "two"\npath = "/two"\npublic = true\n'
 BROKEN = '[[rules]]\nname = "bad"\npath = "/x"\nscopes = ["nope"]\n'
 
 
-def _count(metrics: Metrics, result: str) -> float:
-    value = metrics.registry.get_sample_value("patgate_policy_reloads_total", {"result": result})
-    return value or 0.0
+class Reloads:
+    """The ``on_reload`` callback: what the data plane turns into its metric."""
+
+    def __init__(self) -> None:
+        self.results: list[bool] = []
+
+    def __call__(self, ok: bool) -> None:
+        self.results.append(ok)
+
+
+def _count(reloads: Reloads, result: str) -> int:
+    return reloads.results.count(result == "success")
 
 
 def _rewrite(path: Path, text: str) -> None:
@@ -42,14 +50,14 @@ def policy_file(tmp_path: Path) -> Path:
 def test_start_up_fails_loudly_on_a_bad_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(BROKEN)
-    with pytest.raises(ConfigError, match="rule 1 'bad', field 'scopes'"):
-        PolicyHolder(path, Metrics())
+    with pytest.raises(PolicyError, match="rule 1 'bad', field 'scopes'"):
+        PolicyHolder(path, Reloads())
 
 
 def test_reload_swaps_good_and_keeps_old_on_bad(
     policy_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    metrics = Metrics()
+    metrics = Reloads()
     holder = PolicyHolder(policy_file, metrics)
     first = holder.current
     assert first.route("GET", "/one").rule == "one"
@@ -75,7 +83,7 @@ def test_reload_swaps_good_and_keeps_old_on_bad(
 
 
 def test_changed_tracks_the_file(policy_file: Path) -> None:
-    holder = PolicyHolder(policy_file, Metrics())
+    holder = PolicyHolder(policy_file, Reloads())
     assert not holder.changed()
     _rewrite(policy_file, V2)
     assert holder.changed()
@@ -87,7 +95,7 @@ def test_changed_tracks_the_file(policy_file: Path) -> None:
 
 @pytest.mark.anyio
 async def test_watch_reloads_on_change(policy_file: Path) -> None:
-    metrics = Metrics()
+    metrics = Reloads()
     holder = PolicyHolder(policy_file, metrics)
     task = asyncio.create_task(holder.watch(interval=0.02))
     try:
@@ -116,7 +124,7 @@ async def test_watch_reloads_on_change(policy_file: Path) -> None:
 
 @pytest.mark.anyio
 async def test_sighup_reloads(policy_file: Path) -> None:
-    metrics = Metrics()
+    metrics = Reloads()
     holder = PolicyHolder(policy_file, metrics)
     loop = asyncio.get_running_loop()
     holder.install_sighup(loop)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from patgate.middleware.errors import ConfigError
 from patgate.policies.engine import load_policy, parse_policy
+from patgate.policies.errors import PolicyError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 
@@ -84,7 +84,7 @@ def _rule(body: str, name: str = "r") -> str:
     ],
 )
 def test_errors_name_file_rule_and_field(text: str, expected: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(PolicyError) as info:
         parse_policy(text, "bad.toml")
     message = str(info.value)
     assert message.startswith("bad.toml: ")
@@ -97,7 +97,7 @@ def test_all_problems_are_reported_one_per_line() -> None:
         + _rule('path = "/a"\nscopes = ["nope"]', name="first")
         + _rule('path = "/b/"\nmethods = ["GE T"]', name="second")
     )
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(PolicyError) as info:
         parse_policy(text, "many.toml")
     lines = str(info.value).splitlines()
     assert len(lines) == 4
@@ -111,19 +111,19 @@ def test_all_problems_are_reported_one_per_line() -> None:
 def test_unnamed_rules_are_named_by_position() -> None:
     policy = parse_policy('[[rules]]\npath = "/a"\n[[rules]]\npath = "/b"\n', "anon.toml")
     assert [r.name for r in policy.spec.rules] == ["#1", "#2"]
-    with pytest.raises(ConfigError, match=r"rule 2 '#2', field 'scopes'"):
+    with pytest.raises(PolicyError, match=r"rule 2 '#2', field 'scopes'"):
         parse_policy('[[rules]]\npath = "/a"\n[[rules]]\npath = "/b"\nscopes = [1]\n', "x.toml")
 
 
 def test_load_policy_reports_the_file(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text(_rule('path = "/a"\nscopes = ["x"]'))
-    with pytest.raises(ConfigError, match=rf"^{path}: rule 1 'r', field 'scopes'"):
+    with pytest.raises(PolicyError, match=rf"^{path}: rule 1 'r', field 'scopes'"):
         load_policy(path)
-    with pytest.raises(ConfigError, match="cannot read policy file"):
+    with pytest.raises(PolicyError, match="cannot read policy file"):
         load_policy(tmp_path / "missing.toml")
     path.write_bytes(b"\xff\xfe")
-    with pytest.raises(ConfigError, match="not UTF-8"):
+    with pytest.raises(PolicyError, match="not UTF-8"):
         load_policy(path)
 
 
@@ -140,13 +140,13 @@ def test_yaml_policies(tmp_path: Path) -> None:
     policy = load_policy(path)
     assert policy.route("GET", "/things/1").rule == "read"
     path.write_text("rules:\n  - name: x\n    path: /a\n    scopes: [nope]\n")
-    with pytest.raises(ConfigError, match=r"p.yaml: rule 1 'x', field 'scopes'"):
+    with pytest.raises(PolicyError, match=r"p.yaml: rule 1 'x', field 'scopes'"):
         load_policy(path)
     path.write_text("rules: [\n")
-    with pytest.raises(ConfigError, match="YAML syntax error"):
+    with pytest.raises(PolicyError, match="YAML syntax error"):
         load_policy(path)
     path.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="mapping at the top level"):
+    with pytest.raises(PolicyError, match="mapping at the top level"):
         load_policy(path)
 
 

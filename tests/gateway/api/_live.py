@@ -17,9 +17,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
-from patgate.gateway.runtime import Runtime
 from patgate.gateway.server import build_listeners
 from patgate.gateway.settings import Settings
+from patgate.middleware.runtime import Runtime
 from patgate.middleware.store import TokenStore
 from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.middleware._servers import serve

@@ -1,4 +1,6 @@
-"""Everything one process needs on the data plane, built from one :class:`Settings`.
+"""Everything one process needs on the data plane, built from one
+:class:`~patgate.middleware.config.DataPlaneConfig` (or the gateway's ``Settings``, which
+extends it: ``Runtime`` is generic in the config type it keeps as ``settings``).
 
 ``Runtime(settings)`` only constructs (no I/O); ``await start()`` starts the invalidation
 subscriber, the last-used recorder and the policy watcher; ``await aclose()`` stops them
@@ -34,7 +36,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -51,10 +53,13 @@ from patgate.middleware.metrics import Metrics
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.policies.engine import Policy, default_policy
+from patgate.policies.errors import PolicyError
 from patgate.policies.reload import PolicyHolder
 
-from .headers import TrustedProxies
-from .settings import Settings
+from .config import DataPlaneConfig
+from .trust import TrustedProxies
+
+C = TypeVar("C", bound=DataPlaneConfig)
 
 __all__ = [
     "DURABLE_TIMEOUT_MS",
@@ -73,7 +78,7 @@ _WRITE_MARGIN = 1.0
 _POLICY_POLL = 1.0
 
 
-def write_timeout(settings: Settings) -> float:
+def write_timeout(settings: DataPlaneConfig) -> float:
     """Socket timeout for clients that issue durable writes (see the module docstring)."""
     return max(settings.redis_timeout, DURABLE_TIMEOUT_MS / 1000 + _WRITE_MARGIN)
 
@@ -85,9 +90,9 @@ def redis_client(
     timeout: float | None = None,
     connect_timeout: float | None = None,
 ) -> aioredis.Redis:
-    """A client with patgate's timeouts (default: :class:`Settings`' defaults);
+    """A client with patgate's timeouts (default: :class:`DataPlaneConfig`'s defaults);
     ``retries=0`` for the pub/sub subscriber."""
-    defaults = Settings()
+    defaults = DataPlaneConfig()
     options: dict[str, Any] = {
         "socket_timeout": defaults.redis_timeout if timeout is None else timeout,
         "socket_connect_timeout": (
@@ -108,7 +113,7 @@ def redis_client(
     return aioredis.from_url(url, **options)
 
 
-def store_client(settings: Settings, url: str) -> aioredis.Redis:
+def store_client(settings: DataPlaneConfig, url: str) -> aioredis.Redis:
     """The client for management writes (API, CLI): long enough for ``WAITAOF``."""
     return redis_client(
         url, timeout=write_timeout(settings), connect_timeout=settings.redis_connect_timeout
@@ -124,12 +129,12 @@ class StoreProcess(Protocol):
     def on_restart(self, callback: Callable[[], None]) -> None: ...
 
 
-class Runtime:
+class Runtime(Generic[C]):
     """The process-wide data-plane objects and their start/stop."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: C,
         *,
         policy: Policy | str | Path | None = None,
         metrics: Metrics | None = None,
@@ -212,7 +217,16 @@ class Runtime:
         path = Path(policy) if policy is not None else self.settings.policy_file
         if path is None:
             return _FixedPolicy(default_policy())
-        return PolicyHolder(path, self.metrics)
+        reloads = self.metrics.policy_reloads
+
+        def counted(ok: bool) -> None:
+            reloads.labels(result="success" if ok else "failure").inc()
+
+        try:
+            return PolicyHolder(path, counted)
+        except PolicyError as exc:
+            # One configuration error for applications (middleware.errors's tree).
+            raise ConfigError(str(exc)) from exc
 
     async def start(self) -> None:
         """Start the background tasks, or count one more user if already started.
