@@ -22,7 +22,7 @@ from patgate.gateway.lifecycle import Actor, Directory, TokenService, bootstrap
 from patgate.gateway.settings import Settings
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
-from tests.gateway.test_api_errors import snapshot
+from tests.gateway.api._world import snapshot
 from tests.middleware._servers import serve
 
 from ._live import LiveApi, RawConnection, live_api

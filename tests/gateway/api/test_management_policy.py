@@ -6,7 +6,7 @@ read their org). For every management route and two callers, a member holding
 ``tokens:read:own`` + ``tokens:write:own`` and the bootstrapped admin, the policy's
 decision must match what the API itself answers: allowed (anything but 401/403) or
 refused (403). Targets are in the caller's own org: the policy cannot see orgs, so
-tenant isolation is the handlers' job (``test_api_errors.py`` covers it).
+tenant isolation is the handlers' job (``test_errors.py`` covers it).
 """
 
 from __future__ import annotations

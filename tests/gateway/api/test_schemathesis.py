@@ -11,7 +11,7 @@ regenerates whatever tokens it finds, its own included.
 
 ``DELETE /v1/tokens`` is left out: it deletes the caller's own tokens, the admin token
 the run authenticates with included, and everything after would be a 401.
-``tests/gateway/test_api.py`` covers it.
+``tests/gateway/api/test_routes.py`` covers it.
 """
 
 from __future__ import annotations

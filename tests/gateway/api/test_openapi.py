@@ -20,8 +20,7 @@ from patgate.gateway.lifecycle import inputs
 from patgate.gateway.lifecycle.expiry import MAX_LIFETIME
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
-
-from .test_api import DAY, Api, make_api
+from tests.gateway.api._world import DAY, Api, make_api
 
 DOC = openapi_document(TokenFormat())
 _METHODS = {"get", "put", "post", "delete", "patch"}

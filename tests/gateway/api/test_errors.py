@@ -16,31 +16,9 @@ import redis.asyncio as aioredis
 from patgate.gateway.lifecycle import Actor, Owner
 from patgate.middleware.store import TokenStore
 from patgate.policies.scopes import MANAGEMENT_SCOPES
-
-from .test_api import DAY, OWN, T0, Api, make_api
+from tests.gateway.api._world import DAY, OWN, T0, Api, make_api, snapshot
 
 _SYSTEM = Actor.system()
-
-
-async def snapshot(client: aioredis.Redis, namespace: str) -> dict[bytes, Any]:
-    """Everything stored under the namespace, in a comparable form."""
-    out: dict[bytes, Any] = {}
-    async for key in client.scan_iter(match="{" + namespace + "}*", count=1000):
-        raw = await client.type(key)
-        kind = raw.decode() if isinstance(raw, bytes) else raw
-        if kind == "hash":
-            out[key] = sorted((await client.hgetall(key)).items())
-        elif kind == "set":
-            out[key] = sorted(await client.smembers(key))
-        elif kind == "zset":
-            out[key] = await client.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            out[key] = await client.xrange(key)
-        elif kind == "string":
-            out[key] = await client.get(key)
-        else:  # pragma: no cover - the store uses no other types
-            raise AssertionError(f"unexpected key type {kind} for {key!r}")
-    return out
 
 
 @dataclass

@@ -15,9 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patgate.middleware.store import TokenStore
-
-from .test_api import make_api
-from .test_api_errors import snapshot
+from tests.gateway.api._world import make_api, snapshot
 
 
 def _forms(secret: str) -> list[bytes]:

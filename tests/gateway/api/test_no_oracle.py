@@ -17,7 +17,7 @@ import pytest
 
 from patgate.gateway.lifecycle import Actor, Owner
 from patgate.middleware.store import TokenStore
-from tests.gateway.test_api import Api, make_api
+from tests.gateway.api._world import Api, make_api
 
 pytestmark = pytest.mark.anyio
 
