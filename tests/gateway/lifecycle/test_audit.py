@@ -17,10 +17,9 @@ from patgate.gateway.lifecycle import (
 )
 from patgate.middleware.errors import ValidationFailed
 from patgate.middleware.store import TokenStore
-from patgate.middleware.tokenformat import TokenFormat
 from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0, Clock
-from tests.middleware._tokens import MEMBER_SCOPES
+from tests.gateway.lifecycle._world import make_world
 
 
 def _actor(uid: str, role: str = "member", ip: str = "203.0.113.7") -> Actor:
@@ -43,18 +42,8 @@ async def _all(store: TokenStore) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def services(store: TokenStore) -> tuple[TokenService, Directory]:
-    clock = Clock(tick=1)
-    directory = Directory(store, clock=clock, default_org="acme")
-    system = Actor.system()
-    await directory.put_org(system, "acme", {"member_scopes": MEMBER_SCOPES})
-    await directory.put_org(system, "other", {"member_scopes": MEMBER_SCOPES})
-    for uid, org, role in (
-        ("root", "acme", "admin"),
-        ("alice", "acme", "member"),
-        ("eve", "other", "member"),
-    ):
-        await directory.put_user(system, uid, {"org_id": org, "email": f"{uid}@x.io", "role": role})
-    return TokenService(store, TokenFormat(), clock=clock), directory
+    w = await make_world(store, clock=Clock(tick=1))  # every event at its own second
+    return w.tokens, w.directory
 
 
 @pytest.mark.anyio
@@ -112,12 +101,12 @@ async def test_directory_changes_write_events(
     root = _actor("root", "admin")
     start = len(await _all(store))
     await directory.put_org(root, "acme", {"token_limit": 20})
-    await directory.put_user(root, "bob", {"email": "b@x.io"})
-    await directory.put_user(root, "bob", {"name": "Bob"})
-    await directory.put_user(root, "bob", {"name": "Bob"})  # unchanged: no event
-    await directory.put_user(root, "bob", {"enabled": False})
+    await directory.put_user(root, "carol", {"email": "c@x.io"})
+    await directory.put_user(root, "carol", {"name": "Carol"})
+    await directory.put_user(root, "carol", {"name": "Carol"})  # unchanged: no event
+    await directory.put_user(root, "carol", {"enabled": False})
     await tokens.create(root, name="bobs", owner=Owner("org", "acme"))
-    await directory.remove_user(root, "bob")
+    await directory.remove_user(root, "carol")
     events = (await _all(store))[start:]
     assert [e["type"] for e in events] == [
         "org.updated",
@@ -129,7 +118,7 @@ async def test_directory_changes_write_events(
     ]
     assert all(e["actor"]["id"] == "root" and e["ip"] == "203.0.113.7" for e in events)
     assert events[3]["data"]["enabled"] is False
-    assert events[1]["user_id"] == "bob"
+    assert events[1]["user_id"] == "carol"
 
 
 @pytest.mark.anyio

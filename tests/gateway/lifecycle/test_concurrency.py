@@ -8,12 +8,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from patgate.gateway.lifecycle import Actor, Directory, TokenService
+from patgate.gateway.lifecycle import Actor, TokenService
 from patgate.middleware.errors import Conflict, LimitReached, NotFound
 from patgate.middleware.records import Token
 from patgate.middleware.store import TokenStore
-from patgate.middleware.tokenformat import TokenFormat
-from tests.middleware._tokens import MEMBER_SCOPES
+from tests.gateway.lifecycle._world import make_world
 
 OWN = frozenset({"tokens:read:own", "tokens:write:own"})
 ALICE = Actor("user", "alice", "acme", "member", OWN)
@@ -21,11 +20,7 @@ ALICE = Actor("user", "alice", "acme", "member", OWN)
 
 @pytest.fixture
 async def tokens(store: TokenStore) -> TokenService:
-    directory = Directory(store, default_org="acme")
-    system = Actor.system()
-    await directory.put_org(system, "acme", {"token_limit": 10, "member_scopes": MEMBER_SCOPES})
-    await directory.put_user(system, "alice", {"org_id": "acme", "email": "a@x.io"})
-    return TokenService(store, TokenFormat())
+    return (await make_world(store)).tokens  # acme's default limit: 10 per owner
 
 
 def _outcomes(results: Sequence[object]) -> Counter[str]:

@@ -12,10 +12,9 @@ from patgate.gateway.lifecycle.tokens import DEFAULT_LIFETIME
 from patgate.middleware.errors import InvalidToken, Unprocessable, ValidationFailed
 from patgate.middleware.records import Org, Token, User
 from patgate.middleware.store import TokenStore
-from patgate.middleware.tokenformat import TokenFormat
 from patgate.middleware.validate import usable_identity
 from tests.gateway._clock import T0, Clock
-from tests.middleware._tokens import MEMBER_SCOPES
+from tests.gateway.lifecycle._world import make_world
 
 DAY = 86_400.0
 JAN_15 = datetime(2027, 1, 15, 12, 0, 0, 250_000, tzinfo=UTC).timestamp()
@@ -115,11 +114,8 @@ def test_parse_duration_refuses(value: object) -> None:
 
 @pytest.fixture
 async def svc(store: TokenStore) -> tuple[TokenService, Directory, Clock]:
-    clock = Clock()
-    directory = Directory(store, clock=clock, default_org="acme")
-    await directory.put_org(Actor.system(), "acme", {"member_scopes": MEMBER_SCOPES})
-    await directory.put_user(Actor.system(), "alice", {"org_id": "acme", "email": "a@x.io"})
-    return TokenService(store, TokenFormat(), clock=clock), directory, clock
+    w = await make_world(store)
+    return w.tokens, w.directory, w.clock
 
 
 ALICE = Actor("user", "alice", "acme", "member", frozenset({"tokens:read:own", "tokens:write:own"}))

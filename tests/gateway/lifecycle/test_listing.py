@@ -4,56 +4,32 @@ from __future__ import annotations
 
 import base64
 import random
-from dataclasses import dataclass
 
 import pytest
 
-from patgate.gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
+from patgate.gateway.lifecycle import Actor, Directory, Filters, Owner
 from patgate.gateway.lifecycle.listing import encode_cursor
 from patgate.middleware.errors import Forbidden, ValidationFailed
 from patgate.middleware.records import Token
 from patgate.middleware.store import TokenStore
-from patgate.middleware.tokenformat import TokenFormat
-from patgate.policies.scopes import MANAGEMENT_SCOPES
-from tests.gateway._clock import T0, Clock
+from tests.gateway._clock import T0
+from tests.gateway.lifecycle._world import World, make_world
 from tests.middleware._tokens import MEMBER_SCOPES
 
 DAY = 86_400.0
 
 
-@dataclass
-class World:
-    store: TokenStore
-    clock: Clock
-    tokens: TokenService
-    admin: Actor
-    alice: Actor
-    bob: Actor
-
-
 @pytest.fixture
 async def w(store: TokenStore) -> World:
-    clock, system = Clock(), Actor.system()
-    directory = Directory(store, clock=clock, default_org="acme")
-    await directory.put_org(
-        system, "acme", {"name": "Acme", "token_limit": 200, "member_scopes": MEMBER_SCOPES}
-    )
-    for uid, role, email in (
-        ("root", "admin", "root@example.org"),
-        ("alice", "member", "alice.liddell@wonder.land"),
-        ("bob", "member", "bob@builder.io"),
-    ):
-        await directory.put_user(
-            system, uid, {"org_id": "acme", "email": email, "role": role, "name": uid.title()}
-        )
-    own = frozenset({"tokens:read:own", "tokens:write:own"})
-    return World(
+    """Emails the owner search matches, and room for many tokens per owner."""
+    return await make_world(
         store,
-        clock,
-        TokenService(store, TokenFormat(), clock=clock),
-        Actor("user", "root", "acme", "admin", frozenset(MANAGEMENT_SCOPES)),
-        Actor("user", "alice", "acme", "member", own),
-        Actor("user", "bob", "acme", "member", own),
+        users=(
+            ("root", "acme", "admin", "root@example.org", "Root"),
+            ("alice", "acme", "member", "alice.liddell@wonder.land", "Alice"),
+            ("bob", "acme", "member", "bob@builder.io", "Bob"),
+        ),
+        orgs={"acme": {"name": "Acme", "token_limit": 200, "member_scopes": MEMBER_SCOPES}},
     )
 
 

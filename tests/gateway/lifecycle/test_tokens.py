@@ -3,86 +3,25 @@ regenerate, delete — against the real Valkey server."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 
-from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
+from patgate.gateway.lifecycle import Actor, Owner
 from patgate.gateway.lifecycle.tokens import DEFAULT_LIFETIME
 from patgate.middleware.errors import (
     Conflict,
     Forbidden,
-    InvalidToken,
     NotFound,
     ServiceError,
     ValidationFailed,
 )
-from patgate.middleware.records import Token, User
-from patgate.middleware.store import TokenStore
-from patgate.middleware.tokenformat import TokenFormat
-from patgate.middleware.validate import usable_identity
 from patgate.policies.scopes import MANAGEMENT_SCOPES
-from tests.gateway._clock import T0, Clock
-from tests.middleware._tokens import MEMBER_SCOPES
+from tests.gateway._clock import T0
+from tests.gateway.lifecycle._world import World
 
 DAY = 86_400.0
 MARCH_1 = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
-OWN = frozenset({"tokens:read:own", "tokens:write:own"})
-
-
-@dataclass
-class World:
-    store: TokenStore
-    fmt: TokenFormat
-    clock: Clock
-    tokens: TokenService
-    directory: Directory
-    system: Actor
-    admin: Actor
-    alice: Actor
-    bob: Actor
-
-    async def resolves(self, secret: str) -> Token | None:
-        """What the data plane would find for ``secret`` (None: unknown)."""
-        found = await self.store.lookup(self.fmt.digest(secret))
-        return None if found is None else Token.decode(found[0])
-
-    async def usable(self, secret: str) -> bool:
-        found = await self.store.lookup(self.fmt.digest(secret))
-        assert found is not None
-        user = None if found[1] is None else User.decode(found[1])
-        try:
-            usable_identity(Token.decode(found[0]), user, self.clock())
-        except InvalidToken:
-            return False
-        return True
-
-
-@pytest.fixture
-async def w(store: TokenStore) -> World:
-    fmt, clock, system = TokenFormat(), Clock(), Actor.system()
-    directory = Directory(store, clock=clock, default_org="acme")
-    await directory.put_org(system, "acme", {"name": "Acme", "member_scopes": MEMBER_SCOPES})
-    await directory.put_org(system, "other", {"name": "Other", "member_scopes": MEMBER_SCOPES})
-    for uid, org, role in (
-        ("root", "acme", "admin"),
-        ("alice", "acme", "member"),
-        ("bob", "acme", "member"),
-        ("eve", "other", "admin"),
-    ):
-        await directory.put_user(system, uid, {"org_id": org, "email": f"{uid}@x.io", "role": role})
-    return World(
-        store,
-        fmt,
-        clock,
-        TokenService(store, fmt, clock=clock),
-        directory,
-        system,
-        Actor("user", "root", "acme", "admin", frozenset(MANAGEMENT_SCOPES)),
-        Actor("user", "alice", "acme", "member", OWN),
-        Actor("user", "bob", "acme", "member", OWN),
-    )
 
 
 # -- create ------------------------------------------------------------------------------

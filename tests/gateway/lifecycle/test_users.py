@@ -3,77 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.gateway.lifecycle import Actor, Directory, Filters, Owner, TokenService
+from patgate.gateway.lifecycle import Actor, Filters, Owner
 from patgate.middleware.errors import (
     Forbidden,
-    InvalidToken,
     NotFound,
     ServiceError,
     ValidationFailed,
 )
-from patgate.middleware.records import Token, User
 from patgate.middleware.store import TokenStore
-from patgate.middleware.tokenformat import TokenFormat
-from patgate.middleware.validate import usable_identity
 from patgate.policies.scopes import MANAGEMENT_SCOPES
-from tests.gateway._clock import T0, Clock
-from tests.middleware._tokens import MEMBER_SCOPES
-
-
-@dataclass
-class World:
-    store: TokenStore
-    fmt: TokenFormat
-    clock: Clock
-    tokens: TokenService
-    directory: Directory
-    system: Actor
-    admin: Actor
-    alice: Actor
-
-    async def reason(self, secret: str) -> str | None:
-        """None if the secret authenticates, else the data plane's reason."""
-        found = await self.store.lookup(self.fmt.digest(secret))
-        if found is None:
-            return "unknown"
-        user = None if found[1] is None else User.decode(found[1])
-        try:
-            usable_identity(Token.decode(found[0]), user, self.clock())
-        except InvalidToken as exc:
-            return exc.reason
-        return None
-
-
-@pytest.fixture
-async def w(store: TokenStore) -> World:
-    fmt, clock, system = TokenFormat(), Clock(), Actor.system()
-    directory = Directory(store, clock=clock, default_org="acme")
-    await directory.put_org(system, "acme", {"name": "Acme", "member_scopes": MEMBER_SCOPES})
-    await directory.put_org(system, "other", {"member_scopes": MEMBER_SCOPES})
-    await directory.put_user(
-        system, "root", {"org_id": "acme", "email": "r@acme.io", "role": "admin"}
-    )
-    await directory.put_user(
-        system, "alice", {"org_id": "acme", "email": "a@acme.io", "name": "Alice"}
-    )
-    await directory.put_user(system, "eve", {"org_id": "other", "email": "e@other.io"})
-    own = frozenset({"tokens:read:own", "tokens:write:own"})
-    return World(
-        store,
-        fmt,
-        clock,
-        TokenService(store, fmt, clock=clock),
-        directory,
-        system,
-        Actor("user", "root", "acme", "admin", frozenset(MANAGEMENT_SCOPES)),
-        Actor("user", "alice", "acme", "member", own),
-    )
+from tests.gateway._clock import T0
+from tests.gateway.lifecycle._world import World
 
 
 async def _events(store: TokenStore) -> list[dict[str, object]]:
