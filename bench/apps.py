@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from patgate.gateway.app import create_authz_app, create_gateway_app
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
-from patgate.middleware.runtime import Runtime
+from patgate.middleware.runtime import Runtime, redis_client
 from patgate.policies.engine import Policy, parse_policy
 
 __all__ = [
@@ -58,6 +58,9 @@ __all__ = [
     "patgate_app",
     "upstream_app",
 ]
+
+#: the one client factory (issue 10), with room for the benchmark's bulk operations.
+_BENCH_TIMEOUT = 60.0
 
 BODY = b'{"items":[{"id":1,"name":"alpha"},{"id":2,"name":"beta"}],"next":null}'
 SCOPE = "items:read"
@@ -236,7 +239,7 @@ def naive_app() -> ASGIApp:
     settings = Settings.from_env()
     if settings.redis_url is None:
         raise RuntimeError("naive_app needs PATGATE_REDIS_URL")
-    client = aioredis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url, timeout=_BENCH_TIMEOUT)
 
     async def startup() -> None:
         await client.ping()

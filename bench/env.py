@@ -20,16 +20,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from bench.seed import Seeded, owners, seed_naive, seed_tokens, seed_users
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import Token
+from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = ["NAMESPACE", "BenchEnv", "bench_env"]
+
+#: the one client factory (issue 10), with room for the benchmark's bulk operations.
+_BENCH_TIMEOUT = 60.0
 
 NAMESPACE = "bench"
 
@@ -58,7 +60,7 @@ class BenchEnv:
 
 
 async def _seed(url: str, many: int, revocable: int, users: int) -> tuple[Seeded, ...]:
-    client = aioredis.from_url(url)
+    client = redis_client(url, timeout=_BENCH_TIMEOUT)
     try:
         store = TokenStore(client, Keys(NAMESPACE))
         fmt = TokenFormat()

@@ -29,10 +29,14 @@ from patgate.gateway.lifecycle import Actor
 from patgate.gateway.lifecycle.audit import event_json
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.keys import Keys
+from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = ["MemoryResult", "memory_per_token"]
+
+#: the one client factory (issue 10), with room for the benchmark's bulk operations.
+_BENCH_TIMEOUT = 60.0
 
 _NAMESPACE = "patgate"
 
@@ -80,7 +84,7 @@ async def _group(client: aioredis.Redis, pattern: str) -> tuple[int, str]:
 
 
 async def _measure(url: str, count: int, users: int, orgs: int, batch: int) -> MemoryResult:
-    client = aioredis.from_url(url)
+    client = redis_client(url, timeout=_BENCH_TIMEOUT)
     try:
         keys = Keys(_NAMESPACE)
         store = TokenStore(client, keys)

@@ -25,17 +25,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from bench.apps import STATS_PATH
 from bench.servers import Proc
 from patgate.gateway.lifecycle import Actor, TokenService
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import Token
+from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = ["RevocationResult", "percentile", "revocation_latency"]
+
+#: the one client factory (issue 10), with room for the benchmark's bulk operations.
+_BENCH_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,7 @@ async def _run(
     poll_timeout: float,
     max_polls: int,
 ) -> RevocationResult:
-    client = aioredis.from_url(redis_url)
+    client = redis_client(redis_url, timeout=_BENCH_TIMEOUT)
     service = TokenService(TokenStore(client, Keys(namespace)), TokenFormat())
     actor = Actor.system(user_agent="patgate-bench")
     latencies: list[float] = []

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
 from patgate.middleware.metrics import CONTENT_TYPE_LATEST, render
+from patgate.middleware.responses import json_error
 from patgate.middleware.runtime import Runtime
 
 from .forwardauth import ForwardAuthApp
@@ -30,15 +31,13 @@ from .settings import Settings
 
 __all__ = ["create_admin_app", "create_authz_app", "create_gateway_app"]
 
-_NOT_FOUND = b'{"error":"not_found","detail":"no such endpoint"}'
+_NOT_FOUND = json_error(404, "not_found", "no such endpoint")
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_NOT_FOUND))]
-    await send({"type": "http.response.start", "status": 404, "headers": headers})
-    await send({"type": "http.response.body", "body": _NOT_FOUND})
+    await _NOT_FOUND.send(send)
 
 
 class _Paths:

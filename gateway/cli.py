@@ -3,19 +3,26 @@
 The CLI only turns arguments into :class:`~gateway.settings.Settings` and calls the
 service layer (as the local operator, :meth:`Actor.system`) or starts servers. Errors are
 one line on stderr and a non-zero exit: 1 for a refused operation, 2 for bad usage or
-configuration, 3 when the store is unreachable.
+configuration (a data directory with no store in it, too), 3 when the store is
+unreachable.
+
+Management commands never create a store silently (issue 10): with no
+``PATGATE_REDIS_URL``, they open the data directory's embedded store — joining the
+running server, or starting it for the command when the directory holds a stopped one —
+and refuse, naming the absolute path, when the directory holds none. Only ``bootstrap``,
+the server roles and ``--create-store`` create one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from patgate.middleware.errors import ConfigError, PatgateError, ServiceError, StoreUnavailable
+from patgate.middleware.responses import error_body
 from patgate.policies import cli as policy_cli
 
 from . import cli_tokens
@@ -49,6 +56,15 @@ def _hostport(name: str) -> Callable[[str], tuple[str, int]]:
     return parse
 
 
+#: every role's listener flags: (help). Defaults are Settings' (docs/deploy.md).
+_LISTENS = {
+    "listen": "the gateway listener (PATGATE_LISTEN; default 127.0.0.1:8080)",
+    "admin_listen": "the admin listener: management API, /metrics, health, /authz "
+    "(PATGATE_ADMIN_LISTEN; default 127.0.0.1:8081)",
+    "authz_listen": "the forward-auth listener (PATGATE_AUTHZ_LISTEN; default 127.0.0.1:8082)",
+}
+
+
 def _add_server_commands(sub: Any) -> None:
     from pathlib import Path
 
@@ -59,7 +75,9 @@ def _add_server_commands(sub: Any) -> None:
             p.add_argument("--upstream", help="upstream base URL (PATGATE_UPSTREAM_URL)")
         for listen in listens:
             flag = "--" + listen.replace("_", "-")
-            p.add_argument(flag, dest=listen, type=_hostport(flag), metavar="HOST:PORT")
+            p.add_argument(
+                flag, dest=listen, type=_hostport(flag), metavar="HOST:PORT", help=_LISTENS[listen]
+            )
         # Every role serves /authz (the admin listener has it too).
         p.add_argument(
             "--forward-auth-source",
@@ -77,7 +95,11 @@ def _add_server_commands(sub: Any) -> None:
         ["listen", "admin_listen"],
     )
     server("gateway", "the reverse-proxy gateway (plus admin listener)", ["listen", "admin_listen"])
-    server("authz", "the forward-auth decision endpoint (nginx, Traefik, Envoy)", ["authz_listen"])
+    server(
+        "authz",
+        "the forward-auth decision endpoint (nginx, Traefik, Envoy), plus admin listener",
+        ["authz_listen", "admin_listen"],
+    )
     server("api", "the management API, /metrics and health on the admin listener", ["admin_listen"])
 
 
@@ -96,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--redis-url", help="Redis/Valkey URL (default: embedded Valkey)")
     parser.add_argument("--data-dir", type=Path, help="embedded store directory (.patgate)")
+    parser.add_argument(
+        "--create-store",
+        action="store_true",
+        help="let a management command create a new embedded store in --data-dir "
+        "(otherwise only bootstrap and the servers do)",
+    )
     parser.add_argument("--namespace", help="Redis key namespace (patgate)")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -113,7 +141,9 @@ def _invoke(args: argparse.Namespace) -> int:
         action: Callable[[Context, argparse.Namespace], Awaitable[int]] = args.action
 
         async def go() -> int:
-            async with Context.open(_settings(args), json_output=args.json) as ctx:
+            create = args.create_store or args.command == "bootstrap"
+            settings = _settings(args)
+            async with Context.open(settings, json_output=args.json, create=create) as ctx:
                 return await action(ctx, args)
 
         return asyncio.run(go())
@@ -131,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except ServiceError as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"error": exc.code, "detail": exc.detail}))
+            print(error_body(exc.code, exc.detail).decode())
         print(f"patgate: error: {exc.detail}", file=sys.stderr)
         return 1
     except ConfigError as exc:

@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,7 +23,38 @@ from patgate.middleware.tokenformat import TokenFormat
 from .lifecycle import Actor, Directory, TokenService
 from .settings import Settings
 
-__all__ = ["Context", "connect_store"]
+__all__ = ["Context", "connect_store", "human_duration", "human_time"]
+
+#: (unit, seconds, from how many seconds on it is used): hours from 1 h, days from 2 days,
+#: months from 120 days (so 90-day lifetimes read "90 days"), years from 2 years.
+_UNITS = (
+    ("year", 365 * 86400, 2 * 365 * 86400),
+    ("month", 30 * 86400, 120 * 86400),
+    ("day", 86400, 2 * 86400),
+    ("hour", 3600, 3600),
+)
+
+
+def human_duration(seconds: float) -> str:
+    """``"29 days"``, ``"36 hours"``, ``"5 min"``: the largest unit that reads well."""
+    seconds = abs(seconds)
+    for unit, size, start in _UNITS:
+        if seconds >= start:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{max(1, int(seconds // 60))} min"
+
+
+def human_time(ts: float | None, now: float, *, never: str = "never") -> str:
+    """A table cell for a timestamp: ``2026-12-01 21:05 UTC (in 29 days)``."""
+    if ts is None:
+        return never
+    when = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    delta = ts - now
+    if abs(delta) < 60:
+        return f"{when} (just now)"
+    span = human_duration(delta)
+    return f"{when} (in {span})" if delta > 0 else f"{when} ({span} ago)"
 
 
 def connect_store(settings: Settings, url: str) -> tuple[aioredis.Redis, TokenStore]:
@@ -41,6 +74,16 @@ def connect_store(settings: Settings, url: str) -> tuple[aioredis.Redis, TokenSt
     return client, store
 
 
+def _has_store(data_dir: Path) -> bool:
+    """A running server (``server.json``) or a stopped store (``valkey/``) is there.
+
+    Without this check the CLI run from the wrong directory would start a new, empty
+    store there, and ``bootstrap`` print an admin token the running server does not
+    know (issue 10)."""
+    path = data_dir.resolve()
+    return (path / "server.json").is_file() or (path / "valkey").is_dir()
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -52,8 +95,11 @@ class Context:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: Settings, *, json_output: bool) -> AsyncIterator[Context]:
-        """Connect to the configured store, or start/join the embedded one."""
+    async def open(
+        cls, settings: Settings, *, json_output: bool, create: bool = False
+    ) -> AsyncIterator[Context]:
+        """Connect to the configured store, or join/start the data directory's embedded
+        one; a data directory with no store in it is an error unless ``create``."""
         try:
             fmt = TokenFormat(settings.token_prefix, settings.pepper)
         except ValueError as exc:
@@ -61,6 +107,17 @@ class Context:
         embedded = None
         url = settings.redis_url
         if url is None:
+            if not _has_store(settings.data_dir):
+                if not create:
+                    raise ConfigError(
+                        f"no patgate store at {settings.data_dir.resolve()} (start patgate "
+                        "serve there, pass --data-dir or PATGATE_REDIS_URL, or --create-store)"
+                    )
+                # Said out loud, so a bootstrap in the wrong directory is noticed at once.
+                print(
+                    f"patgate: creating a new store at {settings.data_dir.resolve()}",
+                    file=sys.stderr,
+                )
             embedded = EmbeddedValkey(settings.data_dir)
             url = embedded.start()
         client, store = connect_store(settings, url)
@@ -83,6 +140,22 @@ class Context:
                 embedded.stop()
 
     # -- output --------------------------------------------------------------------------
+
+    def when(self, ts: float | None, *, never: str = "never") -> str:
+        return human_time(ts, self.tokens.clock(), never=never)
+
+    def record_rows(self, data: dict[str, Any]) -> list[list[Any]]:
+        """field/value rows of a record's JSON view, times and lifetimes made readable."""
+        rows: list[list[Any]] = []
+        for key, value in data.items():
+            if key.endswith("_at") and isinstance(value, int | float | None):
+                value = self.when(value, never="")
+            elif key == "max_lifetime" and isinstance(value, int | float):
+                value = f"{value:.0f} s ({human_duration(value)})"
+            elif isinstance(value, list):
+                value = " ".join(str(v) for v in value)
+            rows.append([key, value])
+        return rows
 
     def emit(self, data: Any, text: str | None = None) -> None:
         if self.json_output:

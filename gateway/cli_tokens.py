@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
-from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.errors import NotFound, ValidationFailed
 from patgate.middleware.records import Token, User, owner_key
 
 from .cli_context import Context
 from .lifecycle import EventQuery, Filters, Owner, bootstrap, query_events
-from .lifecycle.listing import Page, scan
+from .lifecycle.listing import MAX_LIMIT, Page, scan
 
 __all__ = ["register"]
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _reveal(ctx: Context, token: Token, secret: str) -> None:
@@ -32,7 +26,7 @@ def _reveal(ctx: Context, token: Token, secret: str) -> None:
     print(secret)
     print(
         f"token {token.id} ({token.name}) for {token.owner_kind} {token.owner_id}, "
-        f"scopes: {' '.join(token.scopes) or '(none)'}, expires: {_when(token.expires_at)}",
+        f"scopes: {' '.join(token.scopes) or '(none)'}, expires: {ctx.when(token.expires_at)}",
         file=sys.stderr,
     )
     print("Copy the secret now: it is not stored and will not be shown again.", file=sys.stderr)
@@ -54,14 +48,14 @@ def _show(ctx: Context, token: Token) -> None:
             ["status", token.status(now)],
             ["scopes", " ".join(token.scopes)],
             ["workspaces", "*" if token.workspaces is None else " ".join(token.workspaces)],
-            ["expires", _when(token.expires_at)],
-            ["created", _when(token.created_at)],
+            ["expires", ctx.when(token.expires_at)],
+            ["created", ctx.when(token.created_at)],
             ["created by", token.created_by],
             [
                 "last used",
                 "never"
                 if lu is None
-                else f"{_when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}",
+                else f"{ctx.when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}",
             ],
             ["description", token.description],
         ],
@@ -80,8 +74,8 @@ def _page(ctx: Context, page: Page) -> None:
             f"{t.owner_kind}:{t.owner_id}",
             t.status(now),
             " ".join(t.scopes),
-            _when(t.expires_at),
-            "never" if t.last_used is None else _when(t.last_used.at),
+            ctx.when(t.expires_at),
+            ctx.when(None if t.last_used is None else t.last_used.at),
         ]
         for t in page.items
     ]
@@ -107,7 +101,7 @@ def _star_or_list(values: list[str]) -> Any:
 
 
 def _user(ctx: Context, user: User) -> None:
-    ctx.table(user.to_json(), [[k, v] for k, v in user.to_json().items()], ["field", "value"])
+    ctx.table(user.to_json(), ctx.record_rows(user.to_json()), ["field", "value"])
 
 
 # -- actions -------------------------------------------------------------------------------
@@ -201,6 +195,26 @@ async def _delete(ctx: Context, a: argparse.Namespace) -> int:
     return 0
 
 
+async def _delete_all(ctx: Context, a: argparse.Namespace) -> int:
+    """Delete every token of one owner (a user of an org, or an org's own tokens)."""
+    owner = _owner(ctx, a)
+    label = f"{owner.kind} {owner.id}" + (f" of {owner.org_id}" if owner.kind == "user" else "")
+    if not a.yes:
+        raise ValidationFailed(f"this deletes every token of {label}; add --yes to confirm")
+    zkey = ctx.store.keys.owner_tokens(owner_key(owner.kind, owner.id, owner.org_id or owner.id))
+    first = Filters.parse(limit=MAX_LIMIT)
+    deleted: list[str] = []
+    # Always the first page again: deleting while following a cursor would skip tokens.
+    # Each delete is the service's own (retried, audited, invalidated everywhere).
+    while page := (await scan(ctx.store, zkey, first, ctx.tokens.clock())).items:
+        for token in page:
+            with contextlib.suppress(NotFound):  # deleted concurrently: just as good
+                await ctx.tokens.delete(ctx.actor, token.id)
+            deleted.append(token.id)
+    ctx.emit({"deleted": deleted}, f"deleted {len(deleted)} token(s) of {label}")
+    return 0
+
+
 async def _scopes(ctx: Context, a: argparse.Namespace) -> int:
     if a.op == "add":
         token = await ctx.tokens.add_scopes(ctx.actor, a.id, a.scopes)
@@ -281,13 +295,13 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
             else (float(a.max_lifetime) if a.max_lifetime.isdigit() else a.max_lifetime)
         )
     org = await ctx.directory.put_org(ctx.actor, a.id, body)
-    ctx.table(org.to_json(), [[k, v] for k, v in org.to_json().items()], ["field", "value"])
+    ctx.table(org.to_json(), ctx.record_rows(org.to_json()), ["field", "value"])
     return 0
 
 
 async def _org_show(ctx: Context, a: argparse.Namespace) -> int:
     org = await ctx.directory.get_org(ctx.actor, a.id)
-    ctx.table(org.to_json(), [[k, v] for k, v in org.to_json().items()], ["field", "value"])
+    ctx.table(org.to_json(), ctx.record_rows(org.to_json()), ["field", "value"])
     return 0
 
 
@@ -307,7 +321,7 @@ async def _events(ctx: Context, a: argparse.Namespace) -> int:
         {"items": items, "next_cursor": cursor},
         [
             [
-                _when(e["at"]),
+                ctx.when(e["at"]),
                 e["type"],
                 e["actor"]["id"],
                 e.get("token_id") or "",
@@ -371,6 +385,12 @@ def register(sub: Any) -> None:
         p = t.add_parser(name, help=help_)
         p.add_argument("id")
         p.set_defaults(action=func)
+    p = t.add_parser(
+        "delete-all", help="revoke and delete every token of a user (or an org's own); --yes"
+    )
+    _owner_args(p)
+    p.add_argument("--yes", action="store_true", help="confirm: without it nothing is deleted")
+    p.set_defaults(action=_delete_all)
     p = t.add_parser("regenerate", help="new secret, same id/name/scopes; prints it once")
     p.add_argument("id")
     _expiry_args(p)

@@ -34,13 +34,11 @@ RFC 6750 401/400/403/503 responses as the middleware. nginx passes 401 (with its
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import Receive, Scope, Send
 
 from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import AuthError, ConfigError, InvalidRequest, StoreUnavailable
-from patgate.middleware.responses import Prepared
+from patgate.middleware.responses import json_error
 from patgate.middleware.trust import TrustedProxies
 
 from .headers import identity_headers
@@ -54,15 +52,6 @@ _HEADER_SOURCES: dict[str, tuple[bytes, bytes]] = {
 }
 SOURCES = ("auto", "nginx", "traefik", "envoy")
 _EMPTY_OK = [(b"content-length", b"0")]
-
-
-def _json(status: int, code: str, detail: str) -> Prepared:
-    body = json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    return Prepared(status, headers, body)
 
 
 class ForwardAuthApp:
@@ -86,10 +75,10 @@ class ForwardAuthApp:
         self._trusted = trusted
         self._prefix = prefix.rstrip("/")
         self._prefix_bytes = self._prefix.encode("latin-1")
-        self._untrusted = _json(
+        self._untrusted = json_error(
             403, "untrusted_proxy", "forward-auth answers only configured trusted proxies"
         )
-        self._not_found = _json(404, "not_found", "no such endpoint")
+        self._not_found = json_error(404, "not_found", "no such endpoint")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import re
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from patgate.middleware.responses import error_body
 
 __all__ = [
     "DEFAULT_MAX_HEADERS",
@@ -100,7 +101,9 @@ def host_problem(values: list[bytes], http_version: str) -> str | None:
 
 
 def _response(status: int, reason: bytes, code: str, detail: str) -> bytes:
-    body = json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
+    """The whole refusal on the wire: uvicorn's ASGI machinery is not involved yet, so
+    the one renderer's body goes behind a hand-written status line."""
+    body = error_body(code, detail)
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n" % (status, reason, len(body))

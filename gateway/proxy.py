@@ -3,7 +3,9 @@
 Per request: build the target from the raw path and query exactly as received (the auth
 middleware in front has already judged the normalized path and denied ambiguous ones),
 rewrite headers at the trust boundary (:mod:`gateway.headers`), stream the request body
-upstream and the response body back, and map upstream failures to 502/504.
+upstream and the response body back, and answer the upstream transport's failures — the
+:class:`~patgate.middleware.errors.UpstreamError` family, whatever client raised them —
+with their 502/504 through the one error renderer (:mod:`middleware.responses`).
 
 Websockets are not proxied yet: a websocket handshake is refused (close code 1008, which
 uvicorn answers as HTTP 403). The lifespan scope is left to the app assembler.
@@ -12,7 +14,6 @@ uvicorn answers as HTTP 403). The lifespan scope is left to the app assembler.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +22,9 @@ from urllib.parse import quote
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from patgate.middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError, UpstreamError
 from patgate.middleware.metrics import Metrics
+from patgate.middleware.responses import ErrorResponses
 from patgate.middleware.trust import TrustedProxies
 
 from .headers import response_headers, upstream_request_headers
@@ -33,17 +35,7 @@ __all__ = ["ProxyApp"]
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _ERROR_KINDS = ("connect", "timeout", "protocol")
-# Fixed texts: an exception's own message can hold upstream addresses or worse.
-_FAILURES: dict[str, tuple[int, bytes]] = {
-    kind: (status, json.dumps({"error": code, "detail": detail}).encode())
-    for kind, status, code, detail in (
-        ("connect", 502, "bad_gateway", "could not connect to the upstream"),
-        ("timeout", 504, "gateway_timeout", "the upstream did not answer in time"),
-        ("protocol", 502, "bad_gateway", "the upstream sent an invalid response"),
-    )
-}
 _UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|#")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class _ClientGone(Exception):
@@ -129,6 +121,7 @@ class ProxyApp:
         }
         self._errors = {k: metrics.upstream_errors.labels(kind=k) for k in _ERROR_KINDS}
         self._seconds = metrics.upstream_seconds
+        self._responses = ErrorResponses()
 
     async def aclose(self) -> None:
         await self._upstream.aclose()
@@ -167,23 +160,23 @@ class ProxyApp:
         started = time.perf_counter()
         try:
             response = await self._upstream.send(scope["method"], _target(scope), headers, content)
-        except (httpx.TransportError, _ClientGone) as exc:
+        except (UpstreamError, _ClientGone) as exc:
             self._seconds.observe(time.perf_counter() - started)
-            if state.client_gone:
+            if state.client_gone or not isinstance(exc, UpstreamError):
                 return
-            kind = _classify(exc)
-            self._errors[kind].inc()
+            self._errors[exc.kind].inc()
             self._requests["error"].inc()
-            await _fail(send, kind)
+            # The class's fixed text: the exception's own message can hold addresses.
+            await self._responses.for_error(exc).send(send)
             return
         self._seconds.observe(time.perf_counter() - started)
         self._requests.get(f"{response.status // 100}xx", self._requests["5xx"]).inc()
         try:
             await self._respond(response, receive, send, watch=state.done)
-        except httpx.TransportError as exc:
+        except UpstreamError as exc:
             # Headers are out: all we can do is cut the response short, which the client
             # sees as a truncated body rather than a complete wrong one.
-            self._errors[_classify(exc)].inc()
+            self._errors[exc.kind].inc()
         finally:
             await response.aclose()
 
@@ -220,13 +213,13 @@ async def _relay(
         return
     # uvicorn drops sends after a disconnect without telling us, so a long or endless
     # stream is raced against http.disconnect; the upstream response is then closed.
-    error: httpx.TransportError | None = None
+    error: UpstreamError | None = None
     try:
         async with asyncio.TaskGroup() as group:
             watcher = group.create_task(_until_disconnect(receive))
             try:
                 await _pump(chunks, send)
-            except httpx.TransportError as exc:
+            except UpstreamError as exc:
                 error = exc
             finally:
                 watcher.cancel()
@@ -241,18 +234,3 @@ async def _pump(chunks: AsyncIterator[bytes], send: Send) -> None:
         if chunk:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
-
-
-def _classify(exc: Exception) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return "connect"
-    return "protocol"
-
-
-async def _fail(send: Send, kind: str) -> None:
-    status, body = _FAILURES[kind]
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

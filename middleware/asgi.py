@@ -8,6 +8,8 @@ scope in Starlette's conventions, so ``@requires("threads:read")`` works::
     scope["auth"]             AuthCredentials with the token's scopes (wildcard-aware ``in``)
     scope["user"]             PatgateUser (``.token`` is the Identity) / UnauthenticatedUser
     scope["patgate.identity"] Identity, or None on a public route
+    scope["patgate.errors"]   the ErrorResponses renderer, so ``patgate.requires`` and the
+                              FastAPI dependency answer with the same realm and bodies
 
 Websocket handshakes are authenticated the same way (as ``GET``); a refusal closes the
 socket with 1008 (policy violation) before accepting, which servers send as HTTP 403.
@@ -19,8 +21,11 @@ Two ways to build it::
 
 The first builds a :class:`~patgate.middleware.runtime.Runtime` and wraps the app's lifespan: the
 runtime (invalidation subscriber, last-used recorder) starts before the app's startup and
-closes after the app's shutdown. Without a lifespan the cache stays off (every request
-goes to Redis) and last-used entries are flushed only by an explicit ``aclose``.
+closes after the app's shutdown. With no Redis URL the runtime's start is also where the
+embedded Valkey of ``data_dir`` is started or joined, as ``patgate serve`` does. Without a
+lifespan the cache stays off (every request goes to Redis), last-used entries are flushed
+only by an explicit ``aclose``, and the embedded default never starts (every request
+answers 503): run the server with lifespan on (uvicorn's default ``auto`` does).
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class PatgateMiddleware:
             scope["auth"] = resolved.credentials
             scope["user"] = resolved.user
             scope["patgate.identity"] = resolved.identity
+        scope["patgate.errors"] = self._responses
         await self._downstream(scope, receive, send)
 
 

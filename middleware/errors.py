@@ -10,6 +10,10 @@
     │   ├── InsufficientScope          403 insufficient_scope, scope="..."
     │   └── MethodNotAllowed           405 TRACE/CONNECT no rule names; Allow, no challenge
     ├── StoreUnavailable               503; Redis/Valkey could not be reached
+    ├── UpstreamError                  the gateway's upstream failed; 502/504, fixed texts
+    │   ├── UpstreamConnectError       502 bad_gateway: could not connect (refused, DNS, TLS)
+    │   ├── UpstreamTimeout            504 gateway_timeout: connect, pool, read or write
+    │   └── UpstreamProtocolError      502 bad_gateway: invalid, cut short or unframeable
     ├── ServiceError                   management API / CLI; JSON {"error", "detail"}
     │   ├── ValidationFailed           400 validation
     │   ├── Unauthenticated            401 unauthenticated
@@ -21,7 +25,10 @@
     └── ConfigError                    bad settings or policy file; the CLI exits 2
 
 Redis and HTTP client exceptions are wrapped at the boundary with ``raise ... from exc``
-so callers only ever catch these.
+so callers only ever catch these: the store wraps redis-py's, the upstream clients
+(``gateway.upstream``) wrap ``OSError`` and httpx's. Every one is rendered by
+:class:`patgate.middleware.responses.ErrorResponses` — one renderer for every JSON error
+body and RFC 6750 challenge.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ __all__ = [
     "StoreUnavailable",
     "Unauthenticated",
     "Unprocessable",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
     "ValidationFailed",
 ]
 
@@ -130,6 +141,41 @@ class StoreUnavailable(PatgateError):
     """The Redis/Valkey store could not be reached; the data plane answers 503."""
 
     status_code = 503
+
+
+class UpstreamError(PatgateError):
+    """The proxied upstream failed. The message is for logs; the client gets the class's
+    fixed ``detail`` (an exception's own text can hold upstream addresses or worse)."""
+
+    status_code = 502
+    code = "bad_gateway"
+    detail = "the upstream failed"
+    #: the ``kind`` label of ``patgate_upstream_errors_total``.
+    kind = "protocol"
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection to the upstream: refused, unreachable, DNS, TLS, or the pool closed."""
+
+    detail = "could not connect to the upstream"
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect, accept, or answer in time (or no pool slot freed)."""
+
+    status_code = 504
+    code = "gateway_timeout"
+    detail = "the upstream did not answer in time"
+    kind = "timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The exchange broke HTTP/1.1: an invalid or cut-short response, or a request that
+    cannot be framed (a header with a line break, a body not matching its length)."""
+
+    detail = "the upstream sent an invalid response"
+    kind = "protocol"
 
 
 class ServiceError(PatgateError):

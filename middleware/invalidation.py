@@ -37,8 +37,12 @@ import redis.exceptions as redis_errors
 
 from .cache import TokenCache
 from .metrics import Metrics
+from .store.plan import TOKEN_PREFIX, USER_PREFIX
 
 __all__ = ["InvalidationSubscriber"]
+
+_TOKEN = TOKEN_PREFIX.encode()
+_USER = USER_PREFIX.encode()
 
 _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 _log = logging.getLogger("patgate.invalidation")
@@ -115,9 +119,9 @@ class InvalidationSubscriber:
     def apply(self, data: bytes) -> str:
         """Apply one message to the cache; returns its kind (token, owner or flush)."""
         cache = self._cache
-        if data.startswith(b"t "):
+        if data.startswith(_TOKEN):
             try:
-                digest = bytes.fromhex(data[2:].decode("ascii"))
+                digest = bytes.fromhex(data[len(_TOKEN) :].decode("ascii"))
             except (ValueError, UnicodeDecodeError):
                 digest = b""
             if len(digest) == 32:
@@ -126,8 +130,8 @@ class InvalidationSubscriber:
             else:
                 cache.flush()
                 kind = "flush"
-        elif data.startswith(b"u ") and len(data) > 2:
-            cache.drop_owner(data[2:].decode("utf-8", "replace"))
+        elif data.startswith(_USER) and len(data) > len(_USER):
+            cache.drop_owner(data[len(_USER) :].decode("utf-8", "replace"))
             kind = "owner"
         else:
             cache.flush()

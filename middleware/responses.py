@@ -1,7 +1,9 @@
-"""The data plane's error responses (RFC 6750 §3), built once and replayed.
+"""The one renderer of patgate's error responses (RFC 6750 §3), built once and replayed.
 
-Every refusal is JSON ``{"error": code, "detail": text}`` plus, for authentication
-errors, a ``WWW-Authenticate: Bearer realm="…"`` challenge:
+Every refusal anywhere — the middleware, forward-auth, the proxy, the listeners' 404s,
+the protocol's 400/414/431, the management API — is JSON ``{"error": code, "detail":
+text}`` (:func:`error_body`, :func:`json_error`) and, for authentication errors, a
+``WWW-Authenticate: Bearer realm="…"`` challenge (:class:`ErrorResponses`):
 
 =====================  ======  ====================================================
 reason                 status  challenge / body code
@@ -15,6 +17,8 @@ insufficient_scope     403     ``error="insufficient_scope", scope="…"``
 no_rule                403     ``error="insufficient_scope"``; body ``no_rule``
 method_not_allowed     405     no challenge; ``Allow`` (TRACE/CONNECT no rule names)
 store_unavailable      503     no challenge; ``Retry-After: 1``
+(UpstreamError)        502/504 no challenge; the class's fixed code and text
+(ServiceError)         4xx     no challenge; the error's code and detail
 =====================  ======  ====================================================
 
 Responses are keyed by (reason, description, scope) — values from code and from the
@@ -25,13 +29,27 @@ past :data:`_MEMO_LIMIT` anyway.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import Send
 
-from .errors import AuthError, ConfigError, MethodNotAllowed, StoreUnavailable
+from .errors import (
+    AuthError,
+    ConfigError,
+    MethodNotAllowed,
+    MissingCredentials,
+    PatgateError,
+    ServiceError,
+    StoreUnavailable,
+    UpstreamError,
+)
 
-__all__ = ["ErrorResponses", "Prepared"]
+__all__ = ["UNAVAILABLE_DETAIL", "ErrorResponses", "Prepared", "error_body", "json_error"]
+
+#: the one text of every 503 for a store that cannot be reached.
+UNAVAILABLE_DETAIL = "the token store is unavailable; retry later"
 
 _MEMO_LIMIT = 512
 #: reasons whose JSON body carries the RFC 6750 code rather than the finer reason.
@@ -64,6 +82,25 @@ class Prepared:
         await send(self.start)
         await send(self.body_message)
 
+    def as_response(self) -> Response:
+        """A Starlette response replaying this one (its own copy of the headers)."""
+        response = Response(self.body, status_code=self.status)
+        response.raw_headers = list(self.headers)
+        return response
+
+
+def error_body(code: str, detail: str) -> bytes:
+    """The JSON error body, ``{"error": code, "detail": text}``, compact."""
+    return json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
+
+
+def json_error(
+    status: int, code: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> Prepared:
+    """A JSON error response with Content-Type and Content-Length, then ``headers``."""
+    body = error_body(code, detail)
+    return Prepared(status, [_JSON, (b"content-length", b"%d" % len(body)), *headers], body)
+
 
 def _check_realm(realm: str) -> str:
     # The realm goes inside a quoted-string (RFC 9110 §5.6.4); refuse what would break it
@@ -74,49 +111,62 @@ def _check_realm(realm: str) -> str:
 
 
 class ErrorResponses:
-    """Builds (once) and hands out the response for each refusal."""
+    """Builds (once) and hands out the response for each error.
 
-    def __init__(self, realm: str = "patgate") -> None:
+    ``missing_credentials`` is the ``(code, detail)`` body of a bare 401 (RFC 6750 §3.1):
+    the management API names it ``unauthenticated``; the challenge is the same."""
+
+    def __init__(
+        self, realm: str = "patgate", *, missing_credentials: tuple[str, str] | None = None
+    ) -> None:
         self.realm = _check_realm(realm)
+        self._missing = missing_credentials
         self._memo: dict[tuple[str, str | None, str | None], Prepared] = {}
-        self.unavailable = self._build_unavailable()
+        self._upstream: dict[type[UpstreamError], Prepared] = {}
+        self.unavailable = json_error(
+            StoreUnavailable.status_code,
+            "store_unavailable",
+            UNAVAILABLE_DETAIL,
+            [(b"retry-after", b"1")],
+        )
+        self.internal = json_error(500, "internal", "internal error")
 
-    def for_error(self, exc: AuthError | StoreUnavailable) -> Prepared:
+    def for_error(self, exc: PatgateError) -> Prepared:
+        """The response for ``exc``: auth errors and the fixed ones are memoized; a
+        :class:`ServiceError` (its detail names the request's ids) is built each time;
+        any other error is the generic 500."""
+        if isinstance(exc, AuthError):
+            key = (exc.reason, exc.description, exc.scope)
+            prepared = self._memo.get(key)
+            if prepared is None:
+                if len(self._memo) >= _MEMO_LIMIT:
+                    self._memo.clear()
+                prepared = self._memo[key] = self._build(exc)
+            return prepared
         if isinstance(exc, StoreUnavailable):
             return self.unavailable
-        key = (exc.reason, exc.description, exc.scope)
-        prepared = self._memo.get(key)
-        if prepared is None:
-            if len(self._memo) >= _MEMO_LIMIT:
-                self._memo.clear()
-            prepared = self._memo[key] = self._build(exc)
-        return prepared
+        if isinstance(exc, ServiceError):
+            return json_error(exc.status_code, exc.code, exc.detail)
+        if isinstance(exc, UpstreamError):
+            kind = type(exc)
+            prepared = self._upstream.get(kind)
+            if prepared is None:
+                # The class's fixed text, never the message (it can hold addresses).
+                prepared = self._upstream[kind] = json_error(exc.status_code, exc.code, exc.detail)
+            return prepared
+        return self.internal
 
     def _build(self, exc: AuthError) -> Prepared:
         code = _BODY_CODE.get(exc.reason, exc.reason)
         detail = exc.description or _DEFAULT_DETAIL.get(code, code.replace("_", " "))
-        body = json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode()
-        headers = [_JSON, (b"content-length", str(len(body)).encode())]
+        if self._missing is not None and isinstance(exc, MissingCredentials):
+            code, detail = self._missing
         if isinstance(exc, MethodNotAllowed):
             # RFC 9110 §15.5.6: a 405 lists the methods in Allow; it is no auth challenge.
-            headers.append((b"allow", exc.allow.encode("latin-1")))
+            extra = (b"allow", exc.allow.encode("latin-1"))
         else:
-            headers.append(
-                (b"www-authenticate", exc.www_authenticate(self.realm).encode("latin-1"))
-            )
-        return Prepared(exc.status_code, headers, body)
-
-    def _build_unavailable(self) -> Prepared:
-        body = json.dumps(
-            {"error": "store_unavailable", "detail": "token store unavailable, retry later"},
-            separators=(",", ":"),
-        ).encode()
-        headers = [
-            _JSON,
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-        ]
-        return Prepared(StoreUnavailable.status_code, headers, body)
+            extra = (b"www-authenticate", exc.www_authenticate(self.realm).encode("latin-1"))
+        return json_error(exc.status_code, code, detail, [extra])
 
 
 _DEFAULT_DETAIL = {

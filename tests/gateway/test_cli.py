@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patgate.gateway.cli import main
+from patgate.gateway.cli_context import human_time
 from patgate.gateway.settings import ENV_VARS
 from patgate.middleware.keys import Keys
 from patgate.middleware.store import TokenStore
@@ -386,3 +388,98 @@ def test_prefix_and_pepper_come_from_the_environment(
 
     assert asyncio.run(stored(TokenFormat("acme", b"server-side-pepper")))
     assert not asyncio.run(stored(TokenFormat("acme")))
+
+
+# -- issue 10: delete-all, readable times, no second store ---------------------------------
+
+
+def test_delete_all_needs_yes(cli: Cli, booted: str) -> None:
+    for name in ("a1", "a2", "a3"):
+        cli.json("tokens", "create", "--user", "alice", "--name", name)
+    cli.json("tokens", "create", "--org", "acme", "--name", "o1")
+    line = cli.fails("tokens", "delete-all", "--user", "alice")
+    assert "every token of user alice of acme" in line
+    assert "--yes" in line
+    assert len(cli.json("tokens", "list", "--user", "alice")["items"]) == 3  # nothing deleted
+
+    out, _ = cli.run("tokens", "delete-all", "--user", "alice", "--yes")
+    assert out.strip() == "deleted 3 token(s) of user alice of acme"
+    assert cli.json("tokens", "list", "--user", "alice")["items"] == []
+    # The org's own tokens and the admin's are not the user's: untouched.
+    assert [t["name"] for t in cli.json("tokens", "list", "--org", "acme")["items"]] == ["o1"]
+    (own,) = cli.json("tokens", "list", "--org", "acme")["items"]
+    assert cli.json("tokens", "delete-all", "--org", "acme", "--yes") == {"deleted": [own["id"]]}
+    assert cli.json("tokens", "list", "--org", "acme")["items"] == []
+    assert cli.json("tokens", "delete-all", "--user", "alice", "--yes") == {"deleted": []}
+    deleted = cli.json("events", "--org", "acme", "--type", "token.deleted")["items"]
+    assert len(deleted) == 4  # each delete audited
+
+
+_WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+
+
+def test_tables_show_readable_times(cli: Cli, booted: str) -> None:
+    cli.json("tokens", "create", "--user", "alice", "--name", "week", "--expiration", "7d")
+    out, _ = cli.run("tokens", "list", "--user", "alice")
+    assert re.search(rf"{_WHEN} \(in 6 days\)\s+never$", out, re.M), out
+    tid = cli.json("tokens", "list", "--user", "alice")["items"][0]["id"]
+    out, _ = cli.run("tokens", "show", tid)
+    assert re.search(rf"^expires\s+{_WHEN} \(in 6 days\)$", out, re.M), out
+    assert re.search(rf"^created\s+{_WHEN} \(just now\)$", out, re.M), out
+    out, _ = cli.run("users", "show", "alice")
+    assert re.search(rf"^created_at\s+{_WHEN} \(just now\)$", out, re.M), out
+    cli.run("orgs", "put", "acme", "--max-lifetime", "90d")
+    out, _ = cli.run("orgs", "show", "acme")
+    assert re.search(r"^max_lifetime\s+7776000 s \(90 days\)$", out, re.M), out
+    out, _ = cli.run("events", "--org", "acme", "--limit", "1")
+    assert re.search(rf"^{_WHEN} \(just now\)\s+\S+", out.splitlines()[2]), out
+    # --json is unchanged: epoch seconds.
+    assert isinstance(cli.json("tokens", "show", tid)["expires_at"], float)
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (0, "(just now)"),
+        (-59, "(just now)"),
+        (-180, "(3 min ago)"),
+        (3600 * 5, "(in 5 hours)"),
+        (-86400 * 1.5, "(36 hours ago)"),
+        (86400 * 29 + 60, "(in 29 days)"),
+        (86400 * 400, "(in 13 months)"),
+        (-86400 * 365 * 3, "(3 years ago)"),
+    ],
+)
+def test_human_time(delta: float, text: str) -> None:
+    now = 1_796_000_000.0
+    assert human_time(now + delta, now).endswith(" UTC " + text)
+    assert human_time(None, now) == "never"
+
+
+def test_no_store_is_an_error_not_a_new_empty_store(
+    clean_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for argv in (["tokens", "list", "--org", "acme"], ["users", "list"], ["events"]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert (out, err) == (
+            "",
+            f"patgate: error: no patgate store at {tmp_path / '.patgate'} (start patgate "
+            "serve there, pass --data-dir or PATGATE_REDIS_URL, or --create-store)\n",
+        )
+    assert list(tmp_path.iterdir()) == []  # nothing created
+    data = tmp_path / "elsewhere"
+    assert main(["--data-dir", str(data), "orgs", "show", "acme"]) == 2
+    assert str(data) in capsys.readouterr().err
+    # Only an explicit flag (or bootstrap) creates one; afterwards it simply opens.
+    assert main(["--create-store", "--data-dir", str(data), "users", "list"]) == 0
+    assert f"patgate: creating a new store at {data}\n" in capsys.readouterr().err
+    assert main(["--data-dir", str(data), "users", "list"]) == 0
+    assert not (data / "server.json").exists()  # the temporary server stopped again
+    assert main(["--data-dir", str(tmp_path / "boot"), "bootstrap", "--org", "acme"]) == 0
+    capsys.readouterr()
+    assert main(["--data-dir", str(tmp_path / "boot"), "tokens", "list", "--org", "acme"]) == 0

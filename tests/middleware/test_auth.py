@@ -446,19 +446,19 @@ async def test_step_well_formed_and_digest(rig: Rig) -> None:
 
 async def test_step_lookup_and_decide(rig: Rig) -> None:
     t = await rig.token(scopes=("threads:read",))
-    resolved = await rig.auth.lookup(t.digest)
+    resolved = await rig.auth.resolve(t.secret)
     assert resolved.token.id == t.token.id
     assert resolved.usable
     match = rig.auth.route("GET", "/threads/9")
     identity = rig.auth.decide(resolved, match, [], rig.now[0])
     assert identity.token_id == t.token.id
     with pytest.raises(InvalidToken):
-        await rig.auth.lookup(rig.fmt.digest(rig.fmt.generate()))
+        await rig.auth.resolve(rig.fmt.generate())
 
 
 async def test_annotations_follow_starlette_conventions(rig: Rig) -> None:
     t = await rig.token(scopes=("threads:*", "messages:read"))
-    resolved = await rig.auth.lookup(t.digest)
+    resolved = await rig.auth.resolve(t.secret)
     assert list(resolved.credentials.scopes) == ["messages:read", "threads:*"]
     assert "threads:read" in resolved.credentials.scopes  # wildcard-aware, like the policy
     assert "messages:read" in resolved.credentials.scopes
@@ -545,7 +545,7 @@ async def test_closed_port_with_nothing_cached_is_503(keys: Keys) -> None:
         assert status == 503
         assert body == {
             "error": "store_unavailable",
-            "detail": "token store unavailable, retry later",
+            "detail": "the token store is unavailable; retry later",
         }
     finally:
         await client.aclose()
@@ -583,3 +583,91 @@ def test_bearer_token_accepts(value: bytes, token: str) -> None:
 def test_bearer_token_refuses(value: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         Authenticator.credentials([(b"authorization", value)])
+
+
+# -- one lookup path: identify() (the management API's caller) ----------------------------
+
+_Door = Callable[[Rig], Awaitable[list[tuple[bytes, bytes]]]]
+
+
+async def _door_unknown(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return _bearer(rig.fmt.generate())
+
+
+async def _door_bad_checksum(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return _bearer(_bad_checksum((await rig.token()).secret))
+
+
+async def _door_revoked(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return _bearer((await revoke(rig.store, await rig.token())).secret)
+
+
+async def _door_two_headers(rig: Rig) -> list[tuple[bytes, bytes]]:
+    return [*_bearer("a"), *_bearer("b")]
+
+
+_DOORS: list[tuple[str, _Door]] = [
+    ("missing", _none),
+    ("basic", _basic),
+    ("two-headers", _door_two_headers),
+    ("unknown", _door_unknown),
+    ("bad-checksum", _door_bad_checksum),
+    ("revoked", _door_revoked),
+]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("headers_of", [d for _, d in _DOORS], ids=[n for n, _ in _DOORS])
+async def test_identify_refuses_exactly_as_authenticate(
+    rig: Rig, headers_of: _Door, fresh: bool
+) -> None:
+    """Every front door gives one answer: the same error, description and reason."""
+    headers = await headers_of(rig)
+    with pytest.raises(AuthError) as via_identify:
+        await rig.auth.identify(headers, fresh=fresh)
+    with pytest.raises(AuthError) as via_authenticate:
+        await rig.auth.authenticate("GET", "/threads/1", headers, _PEER)
+    a, b = via_identify.value, via_authenticate.value
+    assert (type(a), a.description, a.reason) == (type(b), b.description, b.reason)
+
+
+async def test_identify_fresh_reads_past_the_cache_and_caches_nothing(rig: Rig) -> None:
+    t = await rig.token()
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    assert rig.store.lookups == 1
+    # Revoked without an invalidation: the data plane's cached answer is (knowingly)
+    # stale until its TTL; a fresh read sees the revocation at once.
+    plan = rig.store.plan()
+    plan.put_token(t.token, t.token.evolve(revoked_at=rig.now[0]))
+    await rig.store.commit(plan)
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    with pytest.raises(InvalidToken) as info:
+        await rig.auth.identify(_bearer(t.secret), fresh=True)
+    assert info.value.reason == "revoked"
+    assert rig.store.lookups == 2
+    # A fresh read is no cache miss, and it stores nothing (nor a negative entry).
+    assert rig.count("patgate_cache_misses_total") == 1
+    entries = len(rig.cache)
+    with pytest.raises(InvalidToken):
+        await rig.auth.identify(_bearer(rig.fmt.generate()), fresh=True)
+    assert len(rig.cache) == entries
+
+
+async def test_identify_uses_the_cache_unless_fresh(rig: Rig) -> None:
+    t = await rig.token(scopes=("threads:read",))
+    resolved = await rig.auth.identify(_bearer(t.secret))
+    assert resolved.identity.token_id == t.token.id
+    assert resolved is await rig.auth.identify(_bearer(t.secret))
+    assert resolved is await rig.auth.resolve(t.secret)
+    assert rig.store.lookups == 1
+    assert rig.count("patgate_cache_hits_total") == 2
+    # identify decides no route: no decision is counted.
+    assert rig.count("patgate_decisions_total", outcome="allow", reason="ok") == 0
+
+
+async def test_identify_checks_expiry_against_the_given_time(rig: Rig) -> None:
+    t = await rig.token(expires_at=rig.now[0] + 60)
+    await rig.auth.identify(_bearer(t.secret), now=rig.now[0] + 59)
+    with pytest.raises(InvalidToken) as info:
+        await rig.auth.identify(_bearer(t.secret), now=rig.now[0] + 60)
+    assert info.value.reason == "expired"

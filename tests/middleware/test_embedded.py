@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -125,6 +126,102 @@ def test_locked_directory_without_server_info_is_a_config_error(data_dir: Path) 
             EmbeddedValkey(data_dir).start()
     finally:
         owner.stop()
+
+
+_OWNER = """
+import sys
+from pathlib import Path
+from patgate.middleware.embedded import EmbeddedValkey
+server = EmbeddedValkey(Path(sys.argv[1]))
+url = server.start()
+print(server.server_pid, url, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", ["owner", "owner and watchdog"])
+def test_a_killed_owner_leaves_no_server_behind(data_dir: Path, killed: str) -> None:
+    """issue 10: the owner is SIGKILLed. Its watchdog stops the valkey-server at once; if
+    the watchdog died too (an OOM kill of the group), the server lives on, and the next
+    start stops it (it is ours: valkey-server, cwd in this data directory) and starts
+    anew. Either way the data written before is there (AOF)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PATGATE_")}
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(data_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert owner.stdout is not None
+    assert owner.stdin is not None
+    pid_text, url = owner.stdout.readline().split()
+    stale = int(pid_text)
+    watchdog = json.loads((data_dir / "server.json").read_text())["watchdog_pid"]
+    with redis.Redis.from_url(url) as client:
+        client.set("kept", "yes")
+        client.execute_command("WAITAOF", 1, 0, 5000)
+    try:
+        if killed == "owner and watchdog":
+            os.kill(watchdog, signal.SIGKILL)
+        owner.kill()
+        owner.wait(30)
+        owner.stdin.close()
+        owner.stdout.close()
+        if killed == "owner":
+            # The watchdog stops the server, then removes server.json.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and (
+                _alive(stale) or (data_dir / "server.json").exists()
+            ):
+                time.sleep(0.02)
+            assert not _alive(stale)
+            assert not (data_dir / "server.json").exists()
+        else:
+            time.sleep(0.5)
+            assert _alive(stale)  # the orphan, still serving the socket
+            assert _ping(url)
+        server = EmbeddedValkey(data_dir)
+        assert server.start() == url
+        try:
+            assert server.owns_server
+            assert server.server_pid != stale
+            assert not _alive(stale)
+            with redis.Redis.from_url(url) as client:
+                assert client.get("kept") == b"yes"  # AOF written on SIGTERM
+        finally:
+            server.stop()
+        assert not _alive(stale)
+    finally:
+        for pid in (stale, watchdog):
+            if _alive(pid):  # pragma: no cover - only after a failure
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pid_that_is_not_our_valkey_server_is_never_signalled(data_dir: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        data_dir.mkdir(parents=True)
+        (data_dir / "server.json").write_text(
+            json.dumps({"socket": str(data_dir / "valkey.sock"), "server_pid": bystander.pid})
+        )
+        with EmbeddedValkey(data_dir) as server:
+            assert server.server_pid != bystander.pid
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(10)
+
+
+def test_a_socket_held_by_an_unknown_process_is_a_config_error(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stranger:
+        stranger.bind(str(data_dir / "valkey.sock"))
+        stranger.listen()
+        with pytest.raises(ConfigError, match="cannot identify"):
+            EmbeddedValkey(data_dir).start()
+    # The lock was released: the directory is usable once the stranger is gone.
+    (data_dir / "valkey.sock").unlink()
+    with EmbeddedValkey(data_dir) as server:
+        assert server.owns_server
 
 
 def test_long_data_dir_paths_still_get_a_socket(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from patgate.middleware.keys import Keys
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
+from patgate.middleware.store.plan import token_message, user_message
 from patgate.middleware.tokenformat import TokenFormat
 
 from ._tokens import add_user, issue, revoke
@@ -75,8 +76,9 @@ async def rig(valkey_url: str, keys: Keys) -> AsyncIterator[_Rig]:
 @pytest.mark.parametrize(
     ("message", "kind", "left"),
     [
-        (b"t " + _d(1).hex().encode(), "token", {2, 3}),
-        (b"u u1", "owner", {3}),
+        # The store's own encoders write the well-formed messages (it owns the format).
+        (token_message(_d(1)).encode(), "token", {2, 3}),
+        (user_message("u1").encode(), "owner", {3}),
         (b"*", "flush", set()),
         (b"t nothex", "flush", set()),  # malformed: when in doubt, forget everything
         (b"t " + b"ab" * 16, "flush", set()),  # a digest of the wrong length
@@ -110,11 +112,11 @@ async def test_published_messages_drop_entries(rig: _Rig, redis_client: aioredis
     await rig.subscriber.start(wait=5.0)
     rig.fill(_d(1), _d(2))
     rig.fill(_d(3), owner="u2")
-    await redis_client.publish(rig.subscriber._channel, b"t " + _d(1).hex().encode())
+    await redis_client.publish(rig.subscriber._channel, token_message(_d(1)))
     await _until(lambda: not rig.has(_d(1)))
     assert rig.has(_d(2))
     assert rig.has(_d(3))
-    await redis_client.publish(rig.subscriber._channel, b"u u2")
+    await redis_client.publish(rig.subscriber._channel, user_message("u2"))
     await _until(lambda: not rig.has(_d(3)))
     assert rig.has(_d(2))
     await redis_client.publish(rig.subscriber._channel, b"*")

@@ -16,6 +16,7 @@ from patgate.middleware.errors import (
     ValidationFailed,
 )
 from patgate.middleware.store import TokenStore
+from patgate.middleware.store.plan import user_message
 from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0
 from tests.gateway.lifecycle._world import World
@@ -190,7 +191,7 @@ async def test_disable_suspends_tokens_and_enable_restores(
         with anyio.fail_after(2):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-        assert message["data"] == b"u acme/alice"
+        assert message["data"] == user_message("acme/alice").encode()
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     # The permission switch has its own reason (issue 9).

@@ -1,9 +1,10 @@
 """The production upstream client: a keep-alive pool of HTTP/1.1 connections.
 
 Connections are asyncio protocols parsed by httptools (llhttp, the parser uvicorn already
-uses). Failures are raised as httpx exceptions so :class:`gateway.proxy.ProxyApp`
-classifies every client the same way; ``gateway/upstream.py`` explains the choice and
-``docs/proxy.md`` has the measurements.
+uses). Failures are raised as the project's own :class:`~patgate.middleware.errors.UpstreamError`
+family (``OSError`` wrapped at the socket with ``raise ... from exc``), as every client of
+:mod:`.base` does, so :class:`gateway.proxy.ProxyApp` classifies them alike; the package
+docstring explains the choice and ``docs/proxy.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from typing import cast
 from urllib.parse import quote, urlsplit
 
 import httptools
-import httpx
 
-from patgate.middleware.errors import ConfigError
+from patgate.middleware.errors import (
+    ConfigError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 
-from .upstream_types import Body, RawHeaders
+from .base import Body, RawHeaders
 
 __all__ = ["Http1Upstream"]
 
@@ -36,7 +42,7 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
 
-def _expire(waiter: asyncio.Future[None], error: httpx.TimeoutException) -> None:
+def _expire(waiter: asyncio.Future[None], error: UpstreamTimeout) -> None:
     if not waiter.done():
         waiter.set_exception(error)
 
@@ -59,7 +65,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.complete = False
-        self.error: httpx.TransportError | None = None
+        self.error: UpstreamError | None = None
         self.silent = True  # no response byte seen in this exchange
         self.chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
@@ -86,7 +92,7 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail(httpx.RemoteProtocolError("upstream sent an invalid response"))
+            self._fail(UpstreamProtocolError("upstream sent an invalid response"))
         if self.error is not None:
             self.close()
 
@@ -96,9 +102,9 @@ class _Connection(asyncio.Protocol):
             if self.head_done and self._until_close:
                 self.complete = True  # body delimited by the close (RFC 9112 §6.3 item 8)
             elif self.silent:
-                self._fail(httpx.RemoteProtocolError("upstream closed without a response"))
+                self._fail(UpstreamProtocolError("upstream closed without a response"))
             else:
-                self._fail(httpx.RemoteProtocolError("upstream closed mid-response"))
+                self._fail(UpstreamProtocolError("upstream closed mid-response"))
         self._wake()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
@@ -125,7 +131,7 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:
             if status == 101:  # we never ask to switch protocols
-                self._fail(httpx.RemoteProtocolError("unexpected protocol switch"))
+                self._fail(UpstreamProtocolError("unexpected protocol switch"))
                 return
             # An interim response (RFC 9110 §15.2, e.g. 103 Early Hints): not relayed.
             self._interim = True
@@ -202,7 +208,7 @@ class _Connection(asyncio.Protocol):
             return
         waiter = self._drain_waiter = self._loop.create_future()
         handle = self._loop.call_later(
-            within, _expire, waiter, httpx.WriteTimeout("upstream write timed out")
+            within, _expire, waiter, UpstreamTimeout("upstream write timed out")
         )
         try:
             await waiter
@@ -214,7 +220,7 @@ class _Connection(asyncio.Protocol):
         """Until the parser has news (head, body, end, error) or ``within`` seconds pass."""
         waiter = self._waiter = self._loop.create_future()
         handle = self._loop.call_later(
-            within, _expire, waiter, httpx.ReadTimeout("upstream read timed out")
+            within, _expire, waiter, UpstreamTimeout("upstream read timed out")
         )
         try:
             await waiter
@@ -231,7 +237,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _fail(self, error: httpx.TransportError) -> None:
+    def _fail(self, error: UpstreamError) -> None:
         if self.error is None and not self.complete:
             self.error = error
         self.usable = False
@@ -253,9 +259,9 @@ async def _open_connection(
     try:
         _, conn = await asyncio.wait_for(connect, within)
     except TimeoutError:
-        raise httpx.ConnectTimeout("upstream connect timed out") from None
+        raise UpstreamTimeout("upstream connect timed out") from None
     except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
-        raise httpx.ConnectError("upstream connect failed") from exc
+        raise UpstreamConnectError("upstream connect failed") from exc
     return conn
 
 
@@ -343,7 +349,7 @@ class Http1Upstream:
                     if conn.error is not None:
                         raise conn.error
                     await conn.wait(self.timeout)
-            except httpx.TransportError:
+            except UpstreamError:
                 self.release(conn)
                 # RFC 9112 §9.3.1: a reused connection may have been closed by the upstream
                 # just as we sent; an idempotent request that got no byte back is resent once.
@@ -366,7 +372,7 @@ class Http1Upstream:
         declared: int | None = None
         for name, value in headers:
             if b"\r" in value or b"\n" in value or b"\0" in value:
-                raise httpx.LocalProtocolError("header value with a line break")
+                raise UpstreamProtocolError("header value with a line break")
             if name in _FRAMING:
                 if name == b"content-length" and value.strip().isdigit():
                     declared = int(value)
@@ -400,23 +406,23 @@ class Http1Upstream:
             if declared is None:
                 conn.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             elif sent > declared:
-                raise httpx.LocalProtocolError("request body longer than its Content-Length")
+                raise UpstreamProtocolError("request body longer than its Content-Length")
             else:
                 conn.write(chunk)
             await conn.drain(self.timeout)
         if declared is None:
             conn.write(b"0\r\n\r\n")
         elif sent != declared:
-            raise httpx.LocalProtocolError("request body shorter than its Content-Length")
+            raise UpstreamProtocolError("request body shorter than its Content-Length")
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         if self._closed:
-            raise httpx.ConnectError("the upstream pool is closed")
+            raise UpstreamConnectError("the upstream pool is closed")
         if self._slots.locked():
             try:
                 await asyncio.wait_for(self._slots.acquire(), self.timeout)
             except TimeoutError:
-                raise httpx.PoolTimeout("no upstream connection free in time") from None
+                raise UpstreamTimeout("no upstream connection free in time") from None
         else:
             await self._slots.acquire()
         now = asyncio.get_running_loop().time()

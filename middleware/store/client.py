@@ -1,11 +1,13 @@
 """The token store on Redis/Valkey: a narrow async interface over a few hashes and zsets.
 
-Writes go through one Lua script, ``COMMIT``, that applies a :class:`Plan` atomically:
-compare-and-set checks on the records it read, uniqueness and limit checks, the writes,
-the audit event (XADD) and the cache invalidations (PUBLISH) — all or nothing. That is
-what makes name uniqueness and token limits hold under concurrent creates (SPEC: "atomic
-in Redis, not check-then-set in Python"), keeps the audit trail complete, and makes a
-revoke that could not publish its invalidation fail instead of silently succeeding.
+Writes go through one Lua script, ``COMMIT``, that applies a :class:`~.plan.Plan`
+atomically: compare-and-set checks on the records it read, uniqueness and limit checks,
+the writes, the audit event (XADD) and the cache invalidations (PUBLISH) — all or nothing.
+That is what makes name uniqueness and token limits hold under concurrent creates (SPEC:
+"atomic in Redis, not check-then-set in Python"), keeps the audit trail complete, and
+makes a revoke that could not publish its invalidation fail instead of silently
+succeeding. A compare-and-set that lost a race raises :class:`StaleWrite`; callers retry
+through :func:`~.retry.retry_stale`.
 
 The data plane's cache-miss path is one ``EVALSHA`` (``LOOKUP``): digest → id → record →
 owner's user record in a single round trip.
@@ -15,100 +17,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-from .errors import Conflict, LimitReached, PatgateError, StoreUnavailable
-from .keys import Keys
-from .records import LastUsed, Org, Token, User, user_key
+from patgate.middleware.errors import Conflict, LimitReached, PatgateError, StoreUnavailable
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import LastUsed, Org, Token, User, user_key
 
-__all__ = ["Plan", "StaleWrite", "TokenStore", "redis_errors_wrapped"]
+from . import scripts
+from .plan import Plan
 
-_COMMIT = """
-local plan = cmsgpack.unpack(ARGV[1])
-for i, c in ipairs(plan.c or {}) do
-  local cur = redis.call('HGET', c[1], c[2])
-  if c[3] == '' then
-    if cur then return {'stale', c[2]} end
-  elseif cur ~= c[3] then
-    return {'stale', c[2]}
-  end
-end
-for _, u in ipairs(plan.u or {}) do
-  if redis.call('SISMEMBER', u[1], u[2]) == 1 then return {'exists', u[2]} end
-end
-for _, l in ipairs(plan.l or {}) do
-  if redis.call('ZCARD', l[1]) >= tonumber(l[2]) then return {'limit', l[1]} end
-end
-for _, w in ipairs(plan.hd or {}) do redis.call('HDEL', w[1], w[2]) end
-for _, w in ipairs(plan.zr or {}) do redis.call('ZREM', w[1], w[2]) end
-for _, w in ipairs(plan.sr or {}) do redis.call('SREM', w[1], w[2]) end
-for _, w in ipairs(plan.hs or {}) do redis.call('HSET', w[1], w[2], w[3]) end
-for _, w in ipairs(plan.za or {}) do redis.call('ZADD', w[1], w[2], w[3]) end
-for _, w in ipairs(plan.sa or {}) do redis.call('SADD', w[1], w[2]) end
-for _, w in ipairs(plan.sp or {}) do
-  if redis.call('EXISTS', w[3]) == 0 then redis.call('SREM', w[1], w[2]) end
-end
-for _, m in ipairs(plan.p or {}) do redis.call('PUBLISH', ARGV[3], m) end
-for _, e in ipairs(plan.e or {}) do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', e)
-end
-return {'ok'}
-"""
-
-# The index value is "<token id> <org id>" or "<token id> <org id> <owning user id>", so
-# the script can fetch the owner's user record (``<org>/<user>``) and the org record —
-# what the effective scopes are computed from (middleware.grants) — without decoding the
-# token in Lua. Still one round trip per cache miss.
-_LOOKUP = """
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return false end
-local id, org, user = string.match(v, '^(%S+) (%S+) ?(%S*)$')
-if not id then return false end
-local rec = redis.call('HGET', KEYS[2], id)
-if not rec then return false end
-local u = ''
-if user ~= '' then u = redis.call('HGET', KEYS[3], org .. '/' .. user) or '' end
-return {rec, u, redis.call('HGET', KEYS[4], org) or ''}
-"""
-
-# Read-only: newest-first rows of many zsets (the merged org admin view), each after its
-# own cursor score. Ties on the cursor's score come back whole, to be filtered by member
-# in Python (Lua's string "<" follows the server's locale, not Redis's byte order).
-_PAGES = """
-local n = tonumber(ARGV[1])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local s = ARGV[i + 1]
-  if s == '' then
-    out[i] = redis.call('ZREVRANGEBYSCORE', key, '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, n)
-  else
-    out[i] = {
-      redis.call('ZREVRANGEBYSCORE', key, s, s, 'WITHSCORES'),
-      redis.call('ZREVRANGEBYSCORE', key, '(' .. s, '-inf', 'WITHSCORES', 'LIMIT', 0, n),
-    }
-  end
-end
-return out
-"""
-_PAGES_BATCH = 1000
-
-# Last-used writes only touch tokens that still exist: a flush racing a delete must not
-# resurrect the deleted token's entry (SPEC, data plane: "never resurrects a deleted token").
-_TOUCH = """
-local n = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    n = n + 1
-  end
-end
-return n
-"""
+__all__ = ["StaleWrite", "TokenStore", "redis_errors_wrapped"]
 
 
 class StaleWrite(PatgateError):
@@ -128,134 +49,9 @@ def redis_errors_wrapped() -> Iterator[None]:
         raise
 
 
-def _ms(t: float) -> int:
-    return int(t * 1000)
-
-
 def _rows(flat: list[bytes]) -> list[tuple[str, int]]:
     """``[member, score, member, score, ...]`` (WITHSCORES from Lua) as (id, score) rows."""
     return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
-
-
-def _index_value(token: Token) -> str:
-    head = token.id + " " + token.org_id
-    return head + " " + token.owner_id if token.owner_kind == "user" else head
-
-
-@dataclass(slots=True)
-class Plan:
-    """Everything one atomic change does; built in Python, applied by ``COMMIT``."""
-
-    keys: Keys
-    checks: list[list[Any]] = field(default_factory=list)
-    unique: list[list[Any]] = field(default_factory=list)
-    limits: list[list[Any]] = field(default_factory=list)
-    hset: list[list[Any]] = field(default_factory=list)
-    hdel: list[list[Any]] = field(default_factory=list)
-    zadd: list[list[Any]] = field(default_factory=list)
-    zrem: list[list[Any]] = field(default_factory=list)
-    sadd: list[list[Any]] = field(default_factory=list)
-    srem: list[list[Any]] = field(default_factory=list)
-    #: ``[set, member, key]``: SREM once ``key`` is gone (checked after every other write).
-    prune: list[list[Any]] = field(default_factory=list)
-    publish: list[str] = field(default_factory=list)
-    #: audit events (JSON), appended to the stream in order.
-    events: list[str] = field(default_factory=list)
-
-    # -- cache invalidations: the only writers of the pub/sub wire format -----------------
-
-    def invalidate_token(self, digest: bytes) -> None:
-        """Every process drops its cached answer for this digest."""
-        self.publish.append("t " + digest.hex())
-
-    def invalidate_user(self, user_key: str) -> None:
-        """Every process drops the cached tokens of this user (``<org>/<id>``)."""
-        self.publish.append("u " + user_key)
-
-    def invalidate_org(self, org_id: str) -> None:
-        """An org's grant catalogue changed: every process flushes its cache (rare; any
-        message other than ``t``/``u`` is a full flush in :mod:`middleware.invalidation`)."""
-        self.publish.append("o " + org_id)
-
-    def expect(self, key: str, fld: str, value: bytes | None) -> None:
-        """Abort with :class:`StaleWrite` unless ``key[fld]`` is still ``value`` (None: absent)."""
-        self.checks.append([key, fld, b"" if value is None else value])
-
-    # -- tokens --------------------------------------------------------------------------
-
-    def put_token(self, old: Token | None, new: Token, *, limit: int | None = None) -> None:
-        k = self.keys
-        self.expect(k.tokens, new.id, None if old is None else old.encode())
-        new_name = [k.owner_names(new.owner_key), k.name_member(new.name)]
-        old_name = None if old is None else [k.owner_names(old.owner_key), k.name_member(old.name)]
-        if new_name != old_name:
-            self.unique.append(new_name)
-            if old_name is not None:
-                self.srem.append(old_name)
-            self.sadd.append(new_name)
-        if old is None or old.digest != new.digest:
-            if old is not None:
-                self.hdel.append([k.index, old.digest])
-            self.hset.append([k.index, new.digest, _index_value(new)])
-        if old is None:
-            own = k.owner_tokens(new.owner_key)
-            if limit is not None:
-                self.limits.append([own, limit])
-            self.zadd.append([own, _ms(new.created_at), new.id])
-            self.sadd.append([k.org_owners(new.org_id), new.owner_key])
-        self.hset.append([k.tokens, new.id, new.encode()])
-
-    def delete_token(self, old: Token) -> None:
-        k = self.keys
-        self.expect(k.tokens, old.id, old.encode())
-        self.hdel.append([k.tokens, old.id])
-        self.hdel.append([k.index, old.digest])
-        self.hdel.append([k.last_used, old.id])
-        self.srem.append([k.owner_names(old.owner_key), k.name_member(old.name)])
-        own = k.owner_tokens(old.owner_key)
-        self.zrem.append([own, old.id])
-        # The owner stays listed in the org's admin view while it holds any token.
-        self.prune.append([k.org_owners(old.org_id), old.owner_key, own])
-
-    # -- users and orgs ------------------------------------------------------------------
-
-    def put_user(self, old: User | None, new: User) -> None:
-        k = self.keys
-        self.expect(k.users, new.key, None if old is None else old.encode())
-        self.hset.append([k.users, new.key, new.encode()])
-        if old is None:
-            self.zadd.append([k.org_users(new.org_id), _ms(new.created_at), new.id])
-
-    def delete_user(self, old: User) -> None:
-        k = self.keys
-        self.expect(k.users, old.key, old.encode())
-        self.hdel.append([k.users, old.key])
-        self.zrem.append([k.org_users(old.org_id), old.id])
-
-    def put_org(self, old: Org | None, new: Org) -> None:
-        self.expect(self.keys.orgs, new.id, None if old is None else old.encode())
-        self.hset.append([self.keys.orgs, new.id, new.encode()])
-
-    def encode(self) -> bytes:
-        body: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("c", self.checks),
-                ("u", self.unique),
-                ("l", self.limits),
-                ("hs", self.hset),
-                ("hd", self.hdel),
-                ("za", self.zadd),
-                ("zr", self.zrem),
-                ("sa", self.sadd),
-                ("sr", self.srem),
-                ("sp", self.prune),
-                ("p", self.publish),
-                ("e", self.events),
-            )
-            if value
-        }
-        return msgpack.packb(body, use_bin_type=False)  # type: ignore[no-any-return]
 
 
 class TokenStore:
@@ -279,10 +75,10 @@ class TokenStore:
         self._durable_writes = durable_writes
         self._durable_timeout_ms = durable_timeout_ms
         self._aof_checked = False
-        self._commit = client.register_script(_COMMIT)
-        self._lookup = client.register_script(_LOOKUP)
-        self._touch = client.register_script(_TOUCH)
-        self._pages = client.register_script(_PAGES)
+        self._commit = client.register_script(scripts.COMMIT)
+        self._lookup = client.register_script(scripts.LOOKUP)
+        self._touch = client.register_script(scripts.TOUCH)
+        self._pages = client.register_script(scripts.PAGES)
 
     def plan(self) -> Plan:
         return Plan(self.keys)
@@ -418,15 +214,15 @@ class TokenStore:
         self, requests: Sequence[tuple[str, tuple[int, str] | None]], *, count: int
     ) -> list[list[tuple[str, int]]]:
         """:meth:`token_page` for many ``(zset, cursor)`` pairs, in one script call per
-        :data:`_PAGES_BATCH` zsets (a pipeline of thousands of commands costs far more in
+        :data:`scripts.PAGES_BATCH` zsets (a pipeline of thousands of commands costs far more in
         redis-py than one reply of the same rows).
 
         A page shorter than ``count`` means its zset holds nothing more after the cursor.
         Members on the cursor's own millisecond are fetched whole (at most one owner's
         tokens) and filtered here, so no tie is skipped however many share it."""
         pages: list[list[tuple[str, int]]] = []
-        for start in range(0, len(requests), _PAGES_BATCH):
-            batch = requests[start : start + _PAGES_BATCH]
+        for start in range(0, len(requests), scripts.PAGES_BATCH):
+            batch = requests[start : start + scripts.PAGES_BATCH]
             args: list[Any] = [count]
             args += ["" if before is None else before[0] for _, before in batch]
             with redis_errors_wrapped():

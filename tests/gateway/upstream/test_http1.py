@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 import pytest
 
-from patgate.gateway.upstream import Http1Upstream
+from patgate.gateway.upstream import (
+    Http1Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from patgate.middleware.errors import ConfigError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -215,7 +221,7 @@ async def test_streamed_body_must_match_its_content_length() -> None:
         yield b"toolong"
 
     async with _server(handler) as (_, upstream):
-        with pytest.raises(httpx.LocalProtocolError, match="longer"):
+        with pytest.raises(UpstreamProtocolError, match="longer"):
             await upstream.send("PUT", b"/", [(b"content-length", b"3")], parts())
 
 
@@ -260,7 +266,7 @@ async def test_stale_keepalive_connection_is_retried_for_idempotent_requests() -
         # Each reuse met a closing connection and was resent once on a new one.
         assert server.connections == 3
         # A POST is not resent: the upstream may have acted on it.
-        with pytest.raises(httpx.RemoteProtocolError, match="without a response"):
+        with pytest.raises(UpstreamProtocolError, match="without a response"):
             await upstream.send("POST", b"/", [], b"x")
         assert server.connections == 3
 
@@ -280,7 +286,7 @@ async def test_pool_limit_queues_then_times_out() -> None:
         first = [asyncio.create_task(upstream.send("GET", b"/", [], None)) for _ in range(2)]
         await asyncio.sleep(0.05)
         upstream.timeout = 0.2  # the waits already started keep their 2 s
-        with pytest.raises(httpx.PoolTimeout):
+        with pytest.raises(UpstreamTimeout):
             await upstream.send("GET", b"/", [], None)
         release.set()
         upstream.timeout = 2
@@ -300,14 +306,14 @@ async def test_pool_limit_queues_then_times_out() -> None:
 @pytest.mark.parametrize(
     ("response", "error"),
     [
-        (b"garbage\r\n\r\n", httpx.RemoteProtocolError),
-        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", httpx.RemoteProtocolError),
-        (b"", httpx.RemoteProtocolError),
+        (b"garbage\r\n\r\n", UpstreamProtocolError),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", UpstreamProtocolError),
+        (b"", UpstreamProtocolError),
     ],
 )
 @pytest.mark.anyio
 async def test_bad_responses_are_protocol_errors(
-    response: bytes, error: type[httpx.TransportError]
+    response: bytes, error: type[UpstreamError]
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
@@ -328,7 +334,7 @@ async def test_truncated_body_raises_mid_stream() -> None:
 
     async with _server(handler) as (_, upstream):
         response = await upstream.send("GET", b"/", [], None)
-        with pytest.raises(httpx.RemoteProtocolError, match="mid-response"):
+        with pytest.raises(UpstreamProtocolError, match="mid-response"):
             await _body(response)
         await response.aclose()
 
@@ -341,14 +347,14 @@ async def test_read_timeout() -> None:
 
     async with _server(handler) as (_, upstream):
         upstream.timeout = 0.1
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(UpstreamTimeout):
             await upstream.send("GET", b"/", [], None)
 
 
 @pytest.mark.anyio
 async def test_header_injection_is_refused() -> None:
     async with _server(_keepalive_server([], [])) as (_, upstream):
-        with pytest.raises(httpx.LocalProtocolError):
+        with pytest.raises(UpstreamProtocolError):
             await upstream.send("GET", b"/", [(b"x-a", b"1\r\nx-b: 2")], None)
 
 
@@ -383,3 +389,19 @@ async def test_bytes_beyond_the_response_retire_the_connection(method: str, firs
         assert await _body(second) == b"fine"
         await second.aclose()
     assert server.connections == 2
+
+
+@pytest.mark.anyio
+async def test_a_refused_connect_is_the_projects_own_error() -> None:
+    """``OSError`` is wrapped at the socket (``raise ... from exc``), never leaked."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    upstream = Http1Upstream(f"http://127.0.0.1:{port}", connect_timeout=2.0)
+    try:
+        with pytest.raises(UpstreamConnectError) as info:
+            await upstream.send("GET", b"/", [], None)
+        assert isinstance(info.value.__cause__, OSError)
+    finally:
+        await upstream.aclose()

@@ -14,6 +14,7 @@ from patgate.middleware.errors import Conflict, LimitReached, StoreUnavailable
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import LastUsed, Token, User
 from patgate.middleware.store import StaleWrite, TokenStore
+from patgate.middleware.store.plan import token_message
 from patgate.middleware.tokenformat import TokenFormat
 
 FMT = TokenFormat()
@@ -91,7 +92,7 @@ async def test_stale_write_changes_nothing(store: TokenStore, redis_client: aior
     await _put(store, token)
     plan = store.plan()
     plan.put_token(token.evolve(name="other"), token.evolve(name="renamed"))
-    plan.events.append("{}")
+    plan.audit("{}")
     with pytest.raises(StaleWrite):
         await store.commit(plan)
     assert await store.get_token(token.id) == token
@@ -129,15 +130,15 @@ async def test_commit_publishes_and_appends_events(
         assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
         plan = store.plan()
         plan.put_token(None, _token())
-        plan.publish.append("t abc")
-        plan.events.append(json.dumps({"type": "token.created", "n": 1}))
-        plan.events.append(json.dumps({"type": "token.updated", "n": 2}))
+        plan.invalidate_token(b"\xab\xcd")
+        plan.audit(json.dumps({"type": "token.created", "n": 1}))
+        plan.audit(json.dumps({"type": "token.updated", "n": 2}))
         await store.commit(plan, durable=True)
         message = None
         with anyio.fail_after(2):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-        assert message["data"] == b"t abc"
+        assert message["data"] == token_message(b"\xab\xcd").encode() == b"t abcd"
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     events = await store.events()

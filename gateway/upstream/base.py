@@ -1,5 +1,10 @@
-"""The upstream seam's types: what :class:`~patgate.gateway.proxy.ProxyApp` sends and gets
-back, apart from any client (so the clients and the proxy import these, not each other).
+"""The upstream transport's interface: what :class:`~patgate.gateway.proxy.ProxyApp` sends
+and gets back, apart from any client (so the clients and the proxy import these, not
+each other).
+
+Every implementation raises only the :class:`~patgate.middleware.errors.UpstreamError`
+family — from ``send``, from ``aiter_raw`` and from nothing else — wrapping its own
+library's exceptions at the boundary (``raise ... from exc``).
 """
 
 from __future__ import annotations
@@ -7,7 +12,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-__all__ = ["Body", "RawHeaders", "Upstream", "UpstreamResponse"]
+from patgate.middleware.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+__all__ = [
+    "Body",
+    "RawHeaders",
+    "Upstream",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 Body = bytes | AsyncIterator[bytes] | None
 RawHeaders = Sequence[tuple[bytes, bytes]]

@@ -1,0 +1,21 @@
+"""The token store, split along its seams (issue 10):
+
+==========  ==========================================================================
+module      holds
+==========  ==========================================================================
+scripts     the Lua scripts (COMMIT, LOOKUP, PAGES, TOUCH)
+plan        :class:`Plan`: one atomic change, with named operations — the only writer
+            of key names and of the invalidation wire format
+client      :class:`TokenStore`: the narrow async interface; :class:`StaleWrite`;
+            :func:`redis_errors_wrapped` (redis errors → ``StoreUnavailable``)
+retry       :func:`retry_stale`: the one compare-and-set retry loop, jittered backoff
+==========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from .client import StaleWrite, TokenStore, redis_errors_wrapped
+from .plan import Plan
+from .retry import retry_stale
+
+__all__ = ["Plan", "StaleWrite", "TokenStore", "redis_errors_wrapped", "retry_stale"]

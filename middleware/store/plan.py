@@ -1,0 +1,183 @@
+"""What one atomic change does: a :class:`Plan`, built in Python and applied by the
+``COMMIT`` script (:mod:`.scripts`) in one round trip.
+
+The plan's named operations are the only writers of key names and of the pub/sub wire
+format (issue 10: a store owns its wire formats). Invalidation messages on the channel:
+
+==============  ==========================================  ================================
+message         written by                                  every process drops
+==============  ==========================================  ================================
+``t <hex>``     :meth:`Plan.invalidate_token`               the cached answer for the digest
+``u <org/id>``  :meth:`Plan.invalidate_user`                the cached tokens of that user
+``o <org>``     :meth:`Plan.invalidate_org`                 everything (a full flush)
+==============  ==========================================  ================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from patgate.middleware.keys import Keys
+from patgate.middleware.records import Org, Token, User
+
+__all__ = [
+    "TOKEN_PREFIX",
+    "USER_PREFIX",
+    "Plan",
+    "org_message",
+    "token_message",
+    "user_message",
+]
+
+#: the wire prefixes of the invalidation messages this module writes and
+#: :mod:`patgate.middleware.invalidation` reads; any other message is a full flush.
+TOKEN_PREFIX = "t "
+USER_PREFIX = "u "
+
+
+def token_message(digest: bytes) -> str:
+    """The invalidation message for one token digest."""
+    return TOKEN_PREFIX + digest.hex()
+
+
+def user_message(user_key: str) -> str:
+    """The invalidation message for every token of one user (``<org>/<id>``)."""
+    return USER_PREFIX + user_key
+
+
+def org_message(org_id: str) -> str:
+    """The invalidation message for an org's grant catalogue: a full flush."""
+    return "o " + org_id
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+def _index_value(token: Token) -> str:
+    head = token.id + " " + token.org_id
+    return head + " " + token.owner_id if token.owner_kind == "user" else head
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything one atomic change does; built in Python, applied by ``COMMIT``."""
+
+    keys: Keys
+    checks: list[list[Any]] = field(default_factory=list)
+    unique: list[list[Any]] = field(default_factory=list)
+    limits: list[list[Any]] = field(default_factory=list)
+    hset: list[list[Any]] = field(default_factory=list)
+    hdel: list[list[Any]] = field(default_factory=list)
+    zadd: list[list[Any]] = field(default_factory=list)
+    zrem: list[list[Any]] = field(default_factory=list)
+    sadd: list[list[Any]] = field(default_factory=list)
+    srem: list[list[Any]] = field(default_factory=list)
+    #: ``[set, member, key]``: SREM once ``key`` is gone (checked after every other write).
+    prune: list[list[Any]] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    #: audit events (JSON), appended to the stream in order.
+    events: list[str] = field(default_factory=list)
+
+    # -- named operations: invalidations and audit events ---------------------------------
+
+    def invalidate_token(self, digest: bytes) -> None:
+        """Every process drops its cached answer for this digest."""
+        self.publish.append(token_message(digest))
+
+    def invalidate_user(self, user_key: str) -> None:
+        """Every process drops the cached tokens of this user (``<org>/<id>``)."""
+        self.publish.append(user_message(user_key))
+
+    def invalidate_org(self, org_id: str) -> None:
+        """An org's grant catalogue changed: every process flushes its cache (rare; any
+        message other than ``t``/``u`` is a full flush in :mod:`middleware.invalidation`)."""
+        self.publish.append(org_message(org_id))
+
+    def audit(self, event: str) -> None:
+        """Append one audit event (JSON, ``gateway.lifecycle.audit.event_json``) to the
+        stream, in order, in the same atomic commit as the change it records."""
+        self.events.append(event)
+
+    def expect(self, key: str, fld: str, value: bytes | None) -> None:
+        """Abort with :class:`StaleWrite` unless ``key[fld]`` is still ``value`` (None: absent)."""
+        self.checks.append([key, fld, b"" if value is None else value])
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def put_token(self, old: Token | None, new: Token, *, limit: int | None = None) -> None:
+        k = self.keys
+        self.expect(k.tokens, new.id, None if old is None else old.encode())
+        new_name = [k.owner_names(new.owner_key), k.name_member(new.name)]
+        old_name = None if old is None else [k.owner_names(old.owner_key), k.name_member(old.name)]
+        if new_name != old_name:
+            self.unique.append(new_name)
+            if old_name is not None:
+                self.srem.append(old_name)
+            self.sadd.append(new_name)
+        if old is None or old.digest != new.digest:
+            if old is not None:
+                self.hdel.append([k.index, old.digest])
+            self.hset.append([k.index, new.digest, _index_value(new)])
+        if old is None:
+            own = k.owner_tokens(new.owner_key)
+            if limit is not None:
+                self.limits.append([own, limit])
+            self.zadd.append([own, _ms(new.created_at), new.id])
+            self.sadd.append([k.org_owners(new.org_id), new.owner_key])
+        self.hset.append([k.tokens, new.id, new.encode()])
+
+    def delete_token(self, old: Token) -> None:
+        k = self.keys
+        self.expect(k.tokens, old.id, old.encode())
+        self.hdel.append([k.tokens, old.id])
+        self.hdel.append([k.index, old.digest])
+        self.hdel.append([k.last_used, old.id])
+        self.srem.append([k.owner_names(old.owner_key), k.name_member(old.name)])
+        own = k.owner_tokens(old.owner_key)
+        self.zrem.append([own, old.id])
+        # The owner stays listed in the org's admin view while it holds any token.
+        self.prune.append([k.org_owners(old.org_id), old.owner_key, own])
+
+    # -- users and orgs ------------------------------------------------------------------
+
+    def put_user(self, old: User | None, new: User) -> None:
+        k = self.keys
+        self.expect(k.users, new.key, None if old is None else old.encode())
+        self.hset.append([k.users, new.key, new.encode()])
+        if old is None:
+            self.zadd.append([k.org_users(new.org_id), _ms(new.created_at), new.id])
+
+    def delete_user(self, old: User) -> None:
+        k = self.keys
+        self.expect(k.users, old.key, old.encode())
+        self.hdel.append([k.users, old.key])
+        self.zrem.append([k.org_users(old.org_id), old.id])
+
+    def put_org(self, old: Org | None, new: Org) -> None:
+        self.expect(self.keys.orgs, new.id, None if old is None else old.encode())
+        self.hset.append([self.keys.orgs, new.id, new.encode()])
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("c", self.checks),
+                ("u", self.unique),
+                ("l", self.limits),
+                ("hs", self.hset),
+                ("hd", self.hdel),
+                ("za", self.zadd),
+                ("zr", self.zrem),
+                ("sa", self.sadd),
+                ("sr", self.srem),
+                ("sp", self.prune),
+                ("p", self.publish),
+                ("e", self.events),
+            )
+            if value
+        }
+        return msgpack.packb(body, use_bin_type=False)  # type: ignore[no-any-return]
