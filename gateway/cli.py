@@ -43,6 +43,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         admin_listen=getattr(args, "admin_listen", None),
         authz_listen=getattr(args, "authz_listen", None),
         forward_auth_source=getattr(args, "forward_auth_source", None),
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -54,6 +55,12 @@ def _hostport(name: str) -> Callable[[str], tuple[str, int]]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes ≥ 1, got {value!r}")
+    return int(value)
 
 
 #: every role's listener flags: (help). Defaults are Settings' (docs/deploy.md).
@@ -85,6 +92,12 @@ def _add_server_commands(sub: Any) -> None:
             help="where /authz reads the original request: nginx X-Original-*, traefik "
             "X-Forwarded-*, envoy the path after /authz, auto exactly one of them "
             "(PATGATE_FORWARD_AUTH_SOURCE; default auto)",
+        )
+        p.add_argument(
+            "--workers",
+            type=_workers,
+            metavar="N",
+            help="worker processes serving the listeners (PATGATE_WORKERS; default 1)",
         )
         p.set_defaults(run=_run_server, role=name)
 

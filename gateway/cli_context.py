@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from patgate.middleware.connect import StoreClient, check_reachable, parse_store_url
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.keys import Keys
@@ -57,7 +56,7 @@ def human_time(ts: float | None, now: float, *, never: str = "never") -> str:
     return f"{when} (in {span})" if delta > 0 else f"{when} ({span} ago)"
 
 
-def connect_store(settings: Settings, url: str) -> tuple[aioredis.Redis, TokenStore]:
+def connect_store(settings: Settings, url: str) -> tuple[StoreClient, TokenStore]:
     try:
         # The runtime's factory and timeouts: the CLI's writes are durable (WAITAOF), so it
         # gets the management client, not the data plane's 1 s one.
@@ -122,6 +121,10 @@ class Context:
             url = embedded.start()
         client, store = connect_store(settings, url)
         try:
+            if parse_store_url(url).mode != "standalone":
+                # One line naming the topology now, rather than a bare connection error
+                # from whichever command first needs a node (issue 11).
+                await check_reachable(client, url)
             yield cls(
                 settings=settings,
                 store=store,

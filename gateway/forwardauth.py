@@ -34,6 +34,8 @@ RFC 6750 401/400/403/503 responses as the middleware. nginx passes 401 (with its
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import Receive, Scope, Send
 
 from patgate.middleware.auth import Authenticator
@@ -45,6 +47,8 @@ from .headers import identity_headers
 
 __all__ = ["SOURCES", "ForwardAuthApp"]
 
+#: an original method: an RFC 9110 token, upper case as every registered method is.
+_METHOD = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}")
 #: header-based sources: (method header, URI header).
 _HEADER_SOURCES: dict[str, tuple[bytes, bytes]] = {
     "nginx": (b"x-original-method", b"x-original-uri"),  # nginx auth_request
@@ -140,6 +144,10 @@ class ForwardAuthApp:
         method = found.get(method_header)
         if not method:
             raise InvalidRequest("forward-auth request without the original method")
+        if not _METHOD.fullmatch(method):
+            # RFC 9110 §9.1: a method is a case-sensitive token; "G@T", "GE T", "get" or
+            # "TRACE " would be decided as some other request than the one forwarded.
+            raise InvalidRequest("forward-auth: the original method is not an HTTP method")
         return method.decode("latin-1"), _path_of(uri.decode("latin-1"))
 
     def _envoy_path(self, scope: Scope) -> str | None:

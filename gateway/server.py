@@ -19,6 +19,12 @@ Start-up is all or nothing (issue 10): a listener that cannot bind or a bad poli
 stops the embedded store this process started before the error reaches the caller, and
 a SIGTERM before the listeners are up stops the process in order as soon as they are, so
 nothing is left running.
+
+With ``PATGATE_WORKERS=N`` (``--workers N``, N > 1) this process binds the listeners,
+owns the embedded store, and supervises N worker processes that serve them
+(gateway/workers.py: pre-fork, restarts, SIGTERM/SIGHUP passed on, ``/metrics``
+aggregated); each worker runs :func:`worker_main`. With N = 1 nothing changes: one
+process, no supervisor.
 """
 
 from __future__ import annotations
@@ -26,17 +32,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from patgate.middleware.embedded import EmbeddedValkey
-from patgate.middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError, PatgateError
 from patgate.middleware.runtime import Runtime
 from patgate.policies.reload import PolicyHolder
 
@@ -47,7 +55,7 @@ from .protocol import limited_protocol
 from .sample import sample_upstream
 from .settings import Settings
 
-__all__ = ["build_listeners", "run_role"]
+__all__ = ["build_listeners", "run_role", "worker_main"]
 
 _log = logging.getLogger("patgate")
 _ROLES = ("serve", "gateway", "authz", "api")
@@ -155,33 +163,59 @@ def _reload_policy(runtime: Runtime[Settings]) -> None:
         _log.info("SIGHUP: no policy file configured (PATGATE_POLICY_FILE); nothing to reload")
 
 
-async def _serve(
-    settings: Settings,
-    role: str,
-    store_process: EmbeddedValkey | None = None,
-    stop_requested: threading.Event | None = None,
-) -> None:
-    sockets: list[tuple[_Server, socket.socket]] = []
+#: the sockets a role serves, in :func:`_bind_role` order, and whether the first one is
+#: the sample upstream's.
+_Bound = tuple[list[socket.socket], bool]
+
+
+def _bind_role(settings: Settings, role: str) -> tuple[Settings, _Bound]:
+    """Bind every listener of ``role`` (build_listeners() order), after the sample
+    upstream's when ``serve`` has no upstream (``settings`` then gains its URL)."""
+    bound: list[socket.socket] = []
+    sample = role == "serve" and settings.upstream_url is None
     try:
-        if role == "serve" and settings.upstream_url is None:
-            sock = _bind("127.0.0.1", 0)
-            port = sock.getsockname()[1]
+        if sample:
+            bound.append(_bind("127.0.0.1", 0))
+            port = bound[0].getsockname()[1]
             settings = settings.evolve(upstream_url=f"http://127.0.0.1:{port}")
-            sockets.append((_Server(_config(sample_upstream, settings)), sock))
             _log.warning(
                 "no PATGATE_UPSTREAM_URL: serving the sample upstream on %s",
                 settings.upstream_url,
             )
         if role in ("serve", "gateway") and settings.upstream_url is None:
             raise ConfigError("the gateway needs an upstream: PATGATE_UPSTREAM_URL or --upstream")
+        for name in _listener_names(role):
+            host, port = getattr(settings, name)
+            bound.append(_bind(host, port, name))
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return settings, (bound, sample)
+
+
+async def _serve(
+    settings: Settings,
+    role: str,
+    store_process: EmbeddedValkey | None = None,
+    stop_requested: threading.Event | None = None,
+    bound: _Bound | None = None,
+    on_start: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
+    """Serve ``role`` on ``bound`` (a worker's inherited sockets), or bind them here.
+    ``on_start`` gets the stop function once the signal handlers are in place."""
+    if bound is None:
+        settings, bound = _bind_role(settings, role)
+    listening, sample = bound
+    sockets: list[tuple[_Server, socket.socket]] = []
+    try:
+        if sample:
+            sockets.append((_Server(_config(sample_upstream, settings)), listening[0]))
         runtime = Runtime(settings, store_process=store_process)
-        listeners = zip(
-            build_listeners(settings, role, runtime), _listener_names(role), strict=True
-        )
-        for n, ((app, (host, port)), name) in enumerate(listeners):
+        listeners = zip(build_listeners(settings, role, runtime), listening[sample:], strict=True)
+        for n, ((app, _), sock) in enumerate(listeners):
             proxied = n == 0 and role in ("serve", "gateway")
-            config = _config(app, settings, proxied=proxied)
-            sockets.append((_Server(config), _bind(host, port, name)))
+            sockets.append((_Server(_config(app, settings, proxied=proxied)), sock))
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
@@ -191,6 +225,8 @@ async def _serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         loop.add_signal_handler(signal.SIGHUP, _reload_policy, runtime)
+        if on_start is not None:
+            on_start(stop)
         if stop_requested is not None and stop_requested.is_set():
             stop()  # SIGTERM arrived during start-up: serve nothing, shut down in order
         for _, sock in sockets:
@@ -198,8 +234,92 @@ async def _serve(
             _log.info("listening on %s:%d", host, port)
         await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in sockets))
     finally:
-        for _, sock in sockets:
+        for sock in listening:
             sock.close()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(main)
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+
+
+#: how the supervisor starts a worker (a fresh interpreter: gateway/workers.py says why).
+_WORKER_COMMAND = (
+    "import sys; from patgate.gateway.server import worker_main; sys.exit(worker_main())"
+)
+#: seconds a worker has to stop after SIGTERM: uvicorn's graceful shutdown (10 s), then
+#: the runtime's final last-used flush.
+_WORKER_GRACE = 20.0
+
+
+def _run_workers(settings: Settings, role: str, stop_requested: threading.Event) -> int:
+    """Bind here, then supervise ``settings.workers`` processes serving the sockets."""
+    from .workers import Supervisor, metrics_dir
+
+    settings, (listening, sample) = _bind_role(settings, role)
+    try:
+        with metrics_dir() as directory:
+            supervisor = Supervisor(
+                [sys.executable, "-c", _WORKER_COMMAND],
+                (settings, role, [sock.fileno() for sock in listening], sample),
+                [sock.fileno() for sock in listening],
+                settings.workers,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory},
+                metrics_dir=directory,
+                grace=_WORKER_GRACE,
+            )
+            for sock in listening:
+                host, port = sock.getsockname()[:2]
+                _log.info("listening on %s:%d with %d workers", host, port, settings.workers)
+            return supervisor.run(stop_requested)
+    finally:
+        for sock in listening:
+            sock.close()
+
+
+def worker_main() -> int:
+    """One worker of :func:`_run_workers`: serve the inherited sockets until SIGTERM (or
+    until the supervisor is gone). The store is the parent's: ``redis_url`` is set."""
+    from .workers import assignment, started
+
+    (settings, role, fds, sample), ready_fd = assignment()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s",
+    )
+    # As in run_role(): a stop before the loop's handlers exist is honoured once they do.
+    stop_requested = threading.Event()
+
+    def early_signal(signum: int, frame: object) -> None:
+        if signum != signal.SIGHUP:
+            stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, early_signal)
+    bound = ([socket.socket(fileno=fd) for fd in fds], sample)
+    try:
+        _run(
+            _serve(
+                settings,
+                role,
+                None,
+                stop_requested,
+                bound,
+                on_start=lambda stop: started(ready_fd, stop),
+            )
+        )
+    except ConfigError as exc:
+        print(f"patgate: error: {exc}", file=sys.stderr)
+        return 2
+    except PatgateError as exc:
+        print(f"patgate: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_role(settings: Settings, role: str) -> int:
@@ -232,13 +352,10 @@ def run_role(settings: Settings, role: str) -> int:
             # owns the data directory's server: that process supervises it).
             embedded.supervise()
         owned = embedded if embedded is not None and embedded.owns_server else None
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-            asyncio.run(_serve(settings, role, owned, stop_requested))
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(_serve(settings, role, owned, stop_requested))
+        if settings.workers > 1:
+            # The workers join this process's store (redis_url is set): never their own.
+            return _run_workers(settings, role, stop_requested)
+        _run(_serve(settings, role, owned, stop_requested))
     finally:
         if embedded is not None:
             embedded.stop()

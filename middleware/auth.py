@@ -33,6 +33,7 @@ authentication, so an anonymous caller sees 401 everywhere and cannot map the po
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
@@ -164,6 +165,7 @@ class Authenticator:
         client_ip: Callable[[Mapping[str, Any]], str | None] = _peer,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        lookup_deadline: float | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -173,6 +175,8 @@ class Authenticator:
         self.recorder = recorder
         self.responses = ErrorResponses(realm)
         self._client_ip = client_ip
+        #: seconds for one whole store lookup (``DataPlaneConfig.redis_timeout``).
+        self._deadline = lookup_deadline
         self._clock = clock
         self._monotonic = monotonic
         # Labelled children resolved once: .labels() takes a lock and a dict lookup. In a
@@ -317,7 +321,14 @@ class Authenticator:
         if not fresh:
             self._misses.inc()
         try:
-            found = await self.store.lookup(digest)
+            if self._deadline is None:
+                found = await self.store.lookup(digest)
+            else:
+                # One deadline for the whole lookup: redis-py's socket timeout applies per
+                # read, and a reconnect's handshake waits it out again, so a stopped or
+                # black-holed store would cost two timeouts (issue 9: ~1 s, not ~2 s).
+                async with asyncio.timeout(self._deadline):
+                    found = await self.store.lookup(digest)
         except StoreUnavailable:
             self._lookup_errors.inc()
             raise

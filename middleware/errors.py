@@ -20,6 +20,7 @@
     │   ├── Forbidden                  403 forbidden
     │   ├── NotFound                   404 not_found
     │   ├── Conflict                   409 name_taken (or another conflict code)
+    │   ├── PayloadTooLarge            413 too_large
     │   ├── Unprocessable              422 unprocessable
     │   └── LimitReached               429 limit_reached
     └── ConfigError                    bad settings or policy file; the CLI exits 2
@@ -46,6 +47,7 @@ __all__ = [
     "MissingCredentials",
     "NotFound",
     "PatgateError",
+    "PayloadTooLarge",
     "ServiceError",
     "StoreUnavailable",
     "Unauthenticated",
@@ -214,6 +216,13 @@ class NotFound(ServiceError):
 class Conflict(ServiceError):
     status_code = 409
     code = "name_taken"
+
+
+class PayloadTooLarge(ServiceError):
+    """A request body over the management API's limit, refused before it is read whole."""
+
+    status_code = 413
+    code = "too_large"
 
 
 class Unprocessable(ServiceError):

@@ -2,7 +2,16 @@
 
 Messages on ``keys.channel`` (published by the store's ``COMMIT`` script, so a write that
 cannot publish fails): ``t <hex digest>`` drops one token, ``u <user id>`` drops a user's
-tokens, ``*`` flushes. Anything else also flushes — when in doubt, forget.
+tokens, ``*`` flushes. Anything else also flushes — when in doubt, forget. The store owns
+the format and its parser (:func:`patgate.middleware.store.plan.parse_message`).
+
+Lag and position (issue 11): each message carries its commit time and position. The
+subscriber observes ``patgate_invalidation_lag_seconds`` (receive time minus commit time)
+and sets ``patgate_invalidation_position`` to the last position applied — or, after each
+confirmed subscription (which flushed the cache), to the store's current position
+(``Keys.position_of(channel)``), so a restarted process in a quiet namespace is not shown
+as behind. A process whose position trails its peers missed or has not yet applied
+invalidations they did (alert ``PatgateInvalidationBehind``).
 
 The trust rule (docs/data-plane.md): the cache is used only while the subscription is
 known to be live. Each confirmed SUBSCRIBE — the first one and every one after a
@@ -30,19 +39,19 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from .cache import TokenCache
+from .connect import StoreClient, ready
+from .keys import Keys
 from .metrics import Metrics
-from .store.plan import TOKEN_PREFIX, USER_PREFIX
+from .store.plan import parse_message
 
 __all__ = ["InvalidationSubscriber"]
-
-_TOKEN = TOKEN_PREFIX.encode()
-_USER = USER_PREFIX.encode()
 
 _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 _log = logging.getLogger("patgate.invalidation")
@@ -57,7 +66,7 @@ class InvalidationSubscriber:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: StoreClient,
         channel: str,
         cache: TokenCache[Any],
         metrics: Metrics,
@@ -76,11 +85,16 @@ class InvalidationSubscriber:
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
+        #: the one-off read of the store's position after each (re)subscribe.
+        self._catching_up: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._kinds = {
             kind: metrics.cache_invalidations.labels(kind) for kind in ("token", "owner", "flush")
         }
         self._errors = metrics.redis_errors.labels("subscribe")
+        self._lag = metrics.invalidation_lag
+        self._position = metrics.invalidation_position
+        self._position_key = Keys.position_of(channel)
         #: whether the current session got as far as a confirmed subscription.
         self._session_ok = False
         #: how many times a subscription was confirmed (1 after the first connect).
@@ -89,7 +103,7 @@ class InvalidationSubscriber:
     @classmethod
     def for_staleness(
         cls,
-        client: aioredis.Redis,
+        client: StoreClient,
         channel: str,
         cache: TokenCache[Any],
         metrics: Metrics,
@@ -118,26 +132,21 @@ class InvalidationSubscriber:
 
     def apply(self, data: bytes) -> str:
         """Apply one message to the cache; returns its kind (token, owner or flush)."""
-        cache = self._cache
-        if data.startswith(_TOKEN):
-            try:
-                digest = bytes.fromhex(data[len(_TOKEN) :].decode("ascii"))
-            except (ValueError, UnicodeDecodeError):
-                digest = b""
-            if len(digest) == 32:
-                cache.drop(digest)
-                kind = "token"
-            else:
-                cache.flush()
-                kind = "flush"
-        elif data.startswith(_USER) and len(data) > len(_USER):
-            cache.drop_owner(data[len(_USER) :].decode("utf-8", "replace"))
-            kind = "owner"
+        msg = parse_message(data)
+        if msg.kind == "token":
+            self._cache.drop(msg.digest)
+        elif msg.kind == "owner":
+            self._cache.drop_owner(msg.owner)
         else:
-            cache.flush()
-            kind = "flush"
-        self._kinds[kind].inc()
-        return kind
+            self._cache.flush()
+        self._kinds[msg.kind].inc()
+        if msg.position is not None and msg.committed_us is not None:
+            # Our wall clock against the Redis server's: skew between the hosts can make
+            # the difference negative. Count that as no lag (0) rather than drop the
+            # sample, so the histogram's count stays the number of messages applied.
+            self._lag.observe(max(0.0, time.time() - msg.committed_us / 1e6))
+            self._position.set(msg.position)
+        return msg.kind
 
     async def start(self, wait: float = 0.0) -> None:
         """Start the task; optionally wait up to ``wait`` seconds for the subscription."""
@@ -153,6 +162,11 @@ class InvalidationSubscriber:
         return self.connected
 
     async def aclose(self) -> None:
+        catching_up = self._catching_up
+        self._stop_catch_up()
+        if catching_up is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await catching_up
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -167,6 +181,7 @@ class InvalidationSubscriber:
         while True:
             pubsub = self._client.pubsub()
             try:
+                await ready(self._client)  # a Cluster's slot map routes the SUBSCRIBE
                 await pubsub.subscribe(self._channel)
                 await self._listen(pubsub)
             except (*_ERRORS, _Unresponsive) as exc:
@@ -215,6 +230,13 @@ class InvalidationSubscriber:
                 self.apply(msg["data"])
             elif kind == "subscribe":
                 self._up()
+                # Its own task, not awaited here: a command on the client from inside the
+                # listen loop left the next get_message() unable to finish on cancel (the
+                # subscriber's aclose() hung, redis-py 8.1). Cancelled with the session.
+                self._stop_catch_up()
+                self._catching_up = asyncio.create_task(
+                    self._catch_up(), name="patgate-invalidation-position"
+                )
 
     def _up(self) -> None:
         if self.connects:
@@ -226,7 +248,28 @@ class InvalidationSubscriber:
         self._connected.set()
         self._metrics.redis_up.set(1)
 
+    async def _catch_up(self) -> None:
+        """The cache was just flushed, so it is current up to the store's position.
+
+        Commits racing this read arrive as messages right after it: for those few
+        milliseconds the gauge is ahead of what was applied, never behind."""
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel() of
+            # aclose() when it races the read's completion, and the task never ends.
+            async with asyncio.timeout(self._ping_timeout):
+                raw: Any = await self._client.get(self._position_key)
+            self._position.set(int(raw or 0))
+        except (*_ERRORS, TimeoutError, ValueError):
+            # Only a gauge: the subscription itself is what the cache trusts.
+            _log.debug("invalidation position not read", exc_info=True)
+
+    def _stop_catch_up(self) -> None:
+        task, self._catching_up = self._catching_up, None
+        if task is not None and not task.done():
+            task.cancel()
+
     def _down(self) -> None:
+        self._stop_catch_up()
         if self._connected.is_set() or self._cache.active:
             self._cache.deactivate()
         self._connected.clear()

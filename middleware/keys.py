@@ -52,6 +52,18 @@ class Keys:
         """Pub/sub channel for cache invalidations."""
         return self.base + "inval"
 
+    @property
+    def position(self) -> str:
+        """STRING counter: the position of the last invalidation published on :attr:`channel`."""
+        return self.position_of(self.channel)
+
+    @staticmethod
+    def position_of(channel: str) -> str:
+        """The position counter of an invalidation channel, named after it (and so under
+        the same hash tag: one slot on a Cluster). The COMMIT script INCRs it for every
+        message it publishes; a subscriber that knows only its channel reads it with this."""
+        return channel + ":pos"
+
     def owner_tokens(self, owner_key: str) -> str:
         """ZSET created-ms → token id, per owner (``u:<id>`` / ``o:<id>``)."""
         return self.base + "own:" + owner_key

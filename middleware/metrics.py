@@ -48,6 +48,7 @@ __all__ = [
     "Metrics",
     "Observer",
     "RegisteredCounters",
+    "mark_process_dead",
     "render",
 ]
 
@@ -81,6 +82,11 @@ _HOT_SPECS = (
      ("outcome", "reason")),
     ("patgate_decision_seconds",
      "Time to decide a request (parse to decision), excluding the upstream.", ()),
+)  # fmt: skip
+#: invalidation lag: fine around the 50 ms alert threshold (deploy/prometheus/alerts.yml).
+_LAG_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1,
 )  # fmt: skip
 _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -285,7 +291,22 @@ class Metrics:
         self.redis_up = Gauge(
             "patgate_redis_up",
             "1 when the invalidation subscription to Redis is connected, else 0.",
-            multiprocess_mode="min",
+            # livemin: 0 when any live worker is disconnected; a dead worker's value goes
+            # with it (mark_process_dead), unlike "min".
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.invalidation_lag = Histogram(
+            "patgate_invalidation_lag_seconds",
+            "Time from an invalidation's commit (Redis server clock) to this process applying it.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        # livemin: with several workers an instance reports its least caught-up one.
+        self.invalidation_position = Gauge(
+            "patgate_invalidation_position",
+            "Position of the last invalidation this process applied (or caught up to).",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.policy_reloads = Counter(
@@ -299,6 +320,12 @@ class Metrics:
             "Restarts of the embedded valkey-server after it died.",
             registry=r,
         )
+
+
+def mark_process_dead(pid: int, directory: str) -> None:
+    """Drop a dead worker's ``live*`` gauge files from ``directory`` (the workers'
+    ``PROMETHEUS_MULTIPROC_DIR``); its counters and histograms stay in the totals."""
+    _multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def render(metrics: Metrics) -> bytes:

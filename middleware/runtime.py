@@ -66,6 +66,7 @@ from patgate.policies.errors import PolicyError
 from patgate.policies.reload import PolicyHolder
 
 from .config import DataPlaneConfig
+from .connect import StoreClient, connect
 from .trust import TrustedProxies
 
 C = TypeVar("C", bound=DataPlaneConfig)
@@ -98,9 +99,10 @@ def redis_client(
     retries: int = 1,
     timeout: float | None = None,
     connect_timeout: float | None = None,
-) -> aioredis.Redis:
+) -> StoreClient:
     """A client with patgate's timeouts (default: :class:`DataPlaneConfig`'s defaults);
-    ``retries=0`` for the pub/sub subscriber."""
+    ``retries=0`` for the pub/sub subscriber. Standalone, Sentinel or Cluster by the URL's
+    scheme (:mod:`patgate.middleware.connect`); a URL that does not parse is a ConfigError."""
     defaults = DataPlaneConfig()
     options: dict[str, Any] = {
         "socket_timeout": defaults.redis_timeout if timeout is None else timeout,
@@ -119,10 +121,10 @@ def redis_client(
     }
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True
-    return aioredis.from_url(url, **options)
+    return connect(url, options)
 
 
-def store_client(settings: DataPlaneConfig, url: str) -> aioredis.Redis:
+def store_client(settings: DataPlaneConfig, url: str) -> StoreClient:
     """The client for management writes (API, CLI): long enough for ``WAITAOF``."""
     return redis_client(
         url, timeout=write_timeout(settings), connect_timeout=settings.redis_connect_timeout
@@ -210,6 +212,7 @@ class Runtime(Generic[C]):
             self.recorder,
             realm=settings.realm,
             client_ip=self.trusted.client_ip,
+            lookup_deadline=settings.redis_timeout,
         )
         self._watch: asyncio.Task[None] | None = None
         self._users = 0
@@ -323,8 +326,10 @@ def _placeholder_url(data_dir: Path) -> str:
     return f"unix://{Path(data_dir).absolute() / 'valkey.sock'}?db=0"
 
 
-async def _aim(client: aioredis.Redis, url: str) -> None:
+async def _aim(client: StoreClient, url: str) -> None:
     """Point ``client``'s pool at ``url``; its connections (none yet) are dropped first."""
+    # The embedded default is always a standalone server on a Unix socket.
+    assert isinstance(client, aioredis.Redis)
     pool = client.connection_pool
     await pool.disconnect()
     options: dict[str, Any] = dict(parse_url(url))

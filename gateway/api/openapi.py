@@ -35,6 +35,7 @@ _ERR = {
         "404": "No such resource (or not visible to this token)",
         "405": "Method not allowed on this path (see Allow)",
         "409": "Name already taken for this owner, or a concurrent change",
+        "413": "Request body larger than 64 KiB; nothing read beyond it",
         "422": "Valid input the organization's policy does not allow",
         "429": "Token limit reached for this owner",
         "503": "Token store unavailable",
@@ -103,6 +104,7 @@ def _op(
         op["parameters"] = params
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"]["413"] = _ERR["413"]
     if public:
         op["security"] = []
     return op
@@ -342,7 +344,7 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "Org": _object(org_out, list(org_out)),
         "OrgPut": _object(
             {
-                "name": _TEXT,
+                "name": {**_TEXT, "minLength": 1, "pattern": "\\S"},
                 "token_limit": {"type": "integer", "minimum": 1, "maximum": 10000},
                 "max_lifetime": {
                     "description": "preset (e.g. 90d) or seconds (at most 100 years); "

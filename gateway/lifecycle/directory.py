@@ -101,6 +101,10 @@ class Directory:
 
     async def get_org(self, actor: Actor, org_id: str) -> Org:
         actor.require_org(org_id)
+        # Members read their org (its lifetime policy and limits) with the self-service
+        # read scope, as policies/examples/management.toml's org-read rule says.
+        if not actor.is_admin("users:admin"):
+            actor.require("tokens:read", own=True)
         org = await self.store.get_org(org_id)
         if org is None:
             raise NotFound(f"organization {org_id} not found")
@@ -136,8 +140,11 @@ class Directory:
                 raise ValidationFailed(
                     f"admin_scopes: must include {', '.join(lacking)} (or a wildcard)"
                 )
+            org_name = _text(body, "name", base.name)
+            if not org_name.strip():
+                raise ValidationFailed("name: an organization needs a non-blank name")
             new = base.evolve(
-                name=_text(body, "name", base.name),
+                name=org_name,
                 token_limit=limit,
                 max_lifetime=lifetime,
                 allow_never=_bool(body, "allow_never", base.allow_never),
@@ -185,12 +192,15 @@ class Directory:
         return check_id(org_id if org_id is not None else self.default_org, "org_id")
 
     async def get_user(self, actor: Actor, user_id: str, org_id: str | None = None) -> User:
+        # Permission before existence: a member learns nothing about other ids (403 for
+        # every id but their own), as the example policy's user-read rule says.
+        if actor.kind == "user" and actor.id == user_id:
+            actor.require("tokens:read", own=True)
+        else:
+            actor.require_admin("users:admin")
         user = await self.store.get_user(self._org_of(actor, org_id), user_id)
         if user is None:
             raise NotFound(f"user {user_id} not found")
-        if actor.kind == "user" and actor.id == user_id:
-            return user
-        actor.require_admin("users:admin")
         return user
 
     async def list_users(self, actor: Actor, org_id: str) -> list[User]:

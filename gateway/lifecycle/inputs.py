@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from patgate.middleware.errors import ValidationFailed
@@ -53,7 +52,9 @@ def check_description(value: Any) -> str:
 
 
 def check_scopes(value: Any, field: str = "scopes") -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    # A list (JSON array) or tuple only: a JSON object is iterable too (its keys), and
+    # {} would otherwise pass as "no scopes" (found by schemathesis).
+    if not isinstance(value, list | tuple):
         raise ValidationFailed(f"{field}: expected a list of scope strings")
     items = list(value)
     if not all(isinstance(s, str) for s in items):

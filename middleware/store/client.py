@@ -19,9 +19,10 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
+from patgate.middleware.connect import StoreClient
 from patgate.middleware.errors import Conflict, LimitReached, PatgateError, StoreUnavailable
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import LastUsed, Org, Token, User, user_key
@@ -43,6 +44,9 @@ def redis_errors_wrapped() -> Iterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"store unreachable: {exc.__class__.__name__}") from exc
+    except redis_errors.RedisClusterException as exc:
+        # Not a RedisError: raised when no seed node answers or the slot map is missing.
+        raise StoreUnavailable(f"cluster unreachable: {exc}") from exc
     except redis_errors.ResponseError as exc:
         if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN")):
             raise StoreUnavailable(f"store not ready: {exc}") from exc
@@ -59,7 +63,7 @@ class TokenStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: StoreClient,
         keys: Keys,
         *,
         events_maxlen: int = 1_000_000,
@@ -111,7 +115,7 @@ class TokenStore:
 
         Checked before the first durable commit rather than after it: failing WAITAOF
         after the write would leave a token whose secret was never shown to anyone."""
-        info = await self._r.info("persistence")
+        info = await self._r.info("persistence", **await self._home())
         if int(info.get("aof_enabled", 0)) != 1:
             raise StoreUnavailable(
                 "the store has AOF (appendonly) disabled, so a new secret could be lost: "
@@ -119,12 +123,20 @@ class TokenStore:
             )
         self._aof_checked = True
 
+    async def _home(self) -> dict[str, Any]:
+        """On a Cluster, route a keyless command (INFO, WAITAOF) to the primary of the
+        namespace's slot, where the scripts wrote; elsewhere the client's one server."""
+        if not isinstance(self.client, RedisCluster):
+            return {}
+        await self.client.initialize()  # a no-op once the slot map is loaded
+        return {"target_nodes": self.client.get_node_from_key(self.keys.tokens)}
+
     async def _wait_aof(self) -> None:
         # WAITAOF numlocal=1: the write is fsynced to the local AOF before we show the
         # secret, so a crash cannot lose a token whose secret a user already copied.
         try:
             local, _replicas = await self._r.execute_command(
-                "WAITAOF", 1, 0, self._durable_timeout_ms
+                "WAITAOF", 1, 0, self._durable_timeout_ms, **await self._home()
             )
         except redis_errors.ResponseError as exc:
             # A server without AOF refuses WAITAOF; say what to change instead of a 500.

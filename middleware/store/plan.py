@@ -11,12 +11,19 @@ message         written by                                  every process drops
 ``u <org/id>``  :meth:`Plan.invalidate_user`                the cached tokens of that user
 ``o <org>``     :meth:`Plan.invalidate_org`                 everything (a full flush)
 ==============  ==========================================  ================================
+
+The ``COMMIT`` script stamps each one as it publishes it: ``<message> <position> <us>``,
+e.g. ``t 9f86…08 1042 1764626051123456``. The position counts the namespace's
+invalidations (an INCR of ``Keys.position`` per message, so it increases by one each);
+``us`` is the commit time, the server's ``TIME`` in microseconds since the epoch. Every
+process reads them with :func:`parse_message`, which also accepts an unstamped message
+(the format before issue 11) and treats anything it does not recognise as a full flush.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import msgpack
 
@@ -26,8 +33,11 @@ from patgate.middleware.records import Org, Token, User
 __all__ = [
     "TOKEN_PREFIX",
     "USER_PREFIX",
+    "Invalidation",
     "Plan",
     "org_message",
+    "parse_message",
+    "stamp",
     "token_message",
     "user_message",
 ]
@@ -51,6 +61,55 @@ def user_message(user_key: str) -> str:
 def org_message(org_id: str) -> str:
     """The invalidation message for an org's grant catalogue: a full flush."""
     return "o " + org_id
+
+
+def stamp(message: str, position: int, committed_us: int) -> str:
+    """``message`` as the ``COMMIT`` script publishes it (the script does this in Lua;
+    this is its reference, for tests and tools)."""
+    return f"{message} {position} {committed_us}"
+
+
+class Invalidation(NamedTuple):
+    """One parsed invalidation message."""
+
+    kind: Literal["token", "owner", "flush"]
+    #: the token digest (``token``), else empty.
+    digest: bytes = b""
+    #: the user key ``<org>/<id>`` (``owner``), else empty.
+    owner: str = ""
+    #: the stamp, None on an unstamped message.
+    position: int | None = None
+    committed_us: int | None = None
+
+
+_TOKEN = TOKEN_PREFIX.encode()
+_USER = USER_PREFIX.encode()
+
+
+def _split_stamp(data: bytes) -> tuple[bytes, int | None, int | None]:
+    # Ids never hold a space (gateway.lifecycle.inputs), so two trailing all-digit words
+    # can only be a stamp; an unstamped message keeps its body whole.
+    parts = data.rsplit(b" ", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0], int(parts[1]), int(parts[2])
+    return data, None, None
+
+
+def parse_message(data: bytes) -> Invalidation:
+    """Read one message from the channel: stamped or not; malformed ones are a flush."""
+    body, position, committed_us = _split_stamp(data)
+    if body.startswith(_TOKEN):
+        try:
+            digest = bytes.fromhex(body[len(_TOKEN) :].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            digest = b""
+        if len(digest) == 32:
+            return Invalidation("token", digest, "", position, committed_us)
+    elif body.startswith(_USER) and len(body) > len(_USER):
+        owner = body[len(_USER) :].decode("utf-8", "replace")
+        return Invalidation("owner", b"", owner, position, committed_us)
+    # When in doubt, forget everything (o <org>, *, or anything malformed).
+    return Invalidation("flush", b"", "", position, committed_us)
 
 
 def _ms(t: float) -> int:
@@ -180,4 +239,6 @@ class Plan:
             )
             if value
         }
+        if self.publish:
+            body["q"] = self.keys.position  # the counter COMMIT stamps each message from
         return msgpack.packb(body, use_bin_type=False)  # type: ignore[no-any-return]

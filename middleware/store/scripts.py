@@ -4,7 +4,8 @@
 script    does
 ========  ==============================================================================
 COMMIT    applies a :class:`~patgate.middleware.store.plan.Plan`: compare-and-set checks,
-          uniqueness and limits, the writes, PUBLISH of invalidations, XADD of events
+          uniqueness and limits, the writes, PUBLISH of invalidations (stamped with their
+          position and commit time), XADD of events
 LOOKUP    digest → token record, owner's user record, org record (the cache-miss path)
 PAGES     newest-first rows of many zsets after their cursors (the org admin listing)
 TOUCH     last-used entries, only for tokens that still exist
@@ -40,7 +41,17 @@ for _, w in ipairs(plan.sa or {}) do redis.call('SADD', w[1], w[2]) end
 for _, w in ipairs(plan.sp or {}) do
   if redis.call('EXISTS', w[3]) == 0 then redis.call('SREM', w[1], w[2]) end
 end
-for _, m in ipairs(plan.p or {}) do redis.call('PUBLISH', ARGV[3], m) end
+if plan.p then
+  -- Stamp each message ' <position> <commit time>' (plan.py documents the format): the
+  -- position INCRs plan.q once per message; the time is the server's, in microseconds,
+  -- built as digits (tostring of a 16-digit number prints it in exponent form).
+  local t = redis.call('TIME')
+  local us = t[1] .. string.format('%06d', tonumber(t[2]))
+  local pos = redis.call('INCRBY', plan.q, #plan.p) - #plan.p
+  for i, m in ipairs(plan.p) do
+    redis.call('PUBLISH', ARGV[3], m .. ' ' .. string.format('%d', pos + i) .. ' ' .. us)
+  end
+end
 for _, e in ipairs(plan.e or {}) do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', e)
 end

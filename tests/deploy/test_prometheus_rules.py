@@ -27,6 +27,9 @@ REQUIRED_ALERTS = {
     "PatgatePolicyReloadFailed": "patgate_policy_reloads",
     "PatgateUpstream5xx": "patgate_upstream_requests",
     "PatgateDecisionLatencyHigh": "patgate_decision_seconds",
+    # issue 11
+    "PatgateInvalidationLagHigh": "patgate_invalidation_lag_seconds",
+    "PatgateInvalidationBehind": "patgate_invalidation_position",
 }
 
 

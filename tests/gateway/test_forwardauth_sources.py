@@ -127,3 +127,17 @@ def test_unknown_source_is_a_config_error(settings: Settings) -> None:
     runtime = Runtime(settings, policy=make_policy())
     with pytest.raises(ConfigError):
         ForwardAuthApp(runtime.authenticator, runtime.trusted, source="haproxy")
+
+
+@pytest.mark.parametrize("method", ["G@T", "GE T", "get", "Get", ""])
+async def test_an_original_method_that_is_no_method_token_is_refused(
+    settings: Settings, method: str
+) -> None:
+    """RFC 9110 §9.1: the method is a case-sensitive token; anything else would be decided
+    as a different request than the one the proxy forwards."""
+    async with _authz(settings, "nginx") as client:
+        response = await client.get(
+            "/authz", headers={**_NGINX_PUBLIC, "X-Original-Method": method}
+        )
+        assert response.status_code == 400, (method, response.text)
+        assert response.json()["error"] == "invalid_request"

@@ -37,10 +37,13 @@ from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.middleware.user import PatgateUser, ScopeList
 from patgate.policies.scopes import ScopeSet
+from tests._topologies import ALL_BACKENDS
 
 from ._tokens import Issued, add_user, issue, make_policy, revoke, update_user
 
 pytestmark = pytest.mark.anyio
+#: the store tests run on standalone, Sentinel and Cluster (tests/conftest.py).
+BACKENDS = ALL_BACKENDS
 
 _PEER = {"client": ("198.51.100.9", 40000)}
 _UNKNOWN_CHALLENGE = (
@@ -101,8 +104,8 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(redis_client: aioredis.Redis, keys: Keys, valkey_url: str) -> AsyncIterator[Rig]:
-    sub_client = make_client(valkey_url, retries=0)
+async def rig(redis_client: aioredis.Redis, keys: Keys, store_url: str) -> AsyncIterator[Rig]:
+    sub_client = make_client(store_url, retries=0)
     rig = Rig(redis_client, keys, sub_client)
     await add_user(rig.store, "u1")
     await rig.subscriber.start(wait=5.0)

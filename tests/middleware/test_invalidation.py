@@ -17,7 +17,7 @@ from patgate.middleware.keys import Keys
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
-from patgate.middleware.store.plan import token_message, user_message
+from patgate.middleware.store.plan import org_message, stamp, token_message, user_message
 from patgate.middleware.tokenformat import TokenFormat
 
 from ._tokens import add_user, issue, revoke
@@ -97,6 +97,61 @@ def test_apply_message_table(
     assert _value(rig.metrics, "patgate_cache_invalidations_total", kind=kind) == 1
 
 
+def _lag(metrics: Metrics, le: str | None = None) -> float:
+    if le is None:
+        return _value(metrics, "patgate_invalidation_lag_seconds_count")
+    return _value(metrics, "patgate_invalidation_lag_seconds_bucket", le=le)
+
+
+def _position(metrics: Metrics) -> float:
+    return _value(metrics, "patgate_invalidation_position")
+
+
+def _us(t: float) -> int:
+    return int(t * 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "left"),
+    [
+        (token_message(_d(1)), "token", {2, 3}),
+        (user_message("u1"), "owner", {3}),
+        (org_message("acme"), "flush", set()),
+    ],
+)
+def test_stamped_messages_apply_and_observe_lag_and_position(
+    valkey_url: str, keys: Keys, message: str, kind: str, left: set[int]
+) -> None:
+    """Issue 11: the same three kinds, stamped by COMMIT; lag is now minus commit time."""
+    rig = _Rig(valkey_url, keys)
+    rig.fill(_d(1), _d(2))
+    rig.fill(_d(3), owner="u2")
+    committed = time.time() - 0.02  # committed 20 ms ago
+    assert rig.subscriber.apply(stamp(message, 41, _us(committed)).encode()) == kind
+    assert {n for n in (1, 2, 3) if rig.has(_d(n))} == left
+    assert _lag(rig.metrics) == 1
+    assert _lag(rig.metrics, "0.015") == 0
+    assert _lag(rig.metrics, "0.5") == 1  # 20 ms plus this test's own few milliseconds
+    assert _position(rig.metrics) == 41
+
+
+def test_clock_skew_counts_as_no_lag_and_unstamped_messages_as_no_sample(
+    valkey_url: str, keys: Keys
+) -> None:
+    rig = _Rig(valkey_url, keys)
+    ahead = _us(time.time() + 5)  # the server's clock runs 5 s ahead of ours
+    rig.subscriber.apply(stamp(token_message(_d(1)), 7, ahead).encode())
+    assert _lag(rig.metrics) == _lag(rig.metrics, "0.0005") == 1
+    assert _value(rig.metrics, "patgate_invalidation_lag_seconds_sum") == 0
+    assert _position(rig.metrics) == 7
+    # the format before issue 11 still applies, without a lag sample or a new position
+    rig.fill(_d(2))
+    assert rig.subscriber.apply(token_message(_d(2)).encode()) == "token"
+    assert not rig.has(_d(2))
+    assert _lag(rig.metrics) == 1
+    assert _position(rig.metrics) == 7
+
+
 async def test_first_subscription_flushes_and_activates(rig: _Rig) -> None:
     rig.cache.deactivate()
     assert not rig.subscriber.connected
@@ -121,6 +176,7 @@ async def test_published_messages_drop_entries(rig: _Rig, redis_client: aioredis
     assert rig.has(_d(2))
     await redis_client.publish(rig.subscriber._channel, b"*")
     await _until(lambda: len(rig.cache) == 0)
+    assert _lag(rig.metrics) == 0  # unstamped (the format before issue 11): no lag sample
 
 
 async def test_committed_plan_invalidates_within_milliseconds(rig: _Rig, store: TokenStore) -> None:
@@ -135,6 +191,43 @@ async def test_committed_plan_invalidates_within_milliseconds(rig: _Rig, store: 
     took = await _until(lambda: not rig.has(issued.digest), seconds=1.0)
     assert time.monotonic() - started < 0.5
     assert took < 0.5
+
+
+async def test_commits_show_as_lag_samples_and_the_store_position(
+    rig: _Rig, store: TokenStore, redis_client: aioredis.Redis
+) -> None:
+    """Real commits through the store: each applied message is one lag sample (well under
+    a second on loopback) and the gauge follows the store's counter."""
+    fmt = TokenFormat()
+    await add_user(store)
+    tokens = [await issue(store, fmt) for _ in range(3)]
+    await rig.subscriber.start(wait=5.0)
+    before = _lag(rig.metrics)
+    for issued in tokens:
+        rig.fill(issued.digest)
+        await revoke(store, issued)
+    await _until(lambda: not any(rig.has(t.digest) for t in tokens), seconds=1.0)
+    stored = int(await redis_client.get(store.keys.position) or 0)
+    await _until(lambda: _position(rig.metrics) == stored, seconds=1.0)
+    assert stored >= 3
+    assert _lag(rig.metrics) - before >= 3
+    assert _lag(rig.metrics, "1.0") == _lag(rig.metrics)  # every sample under a second
+
+
+async def test_subscription_catches_up_to_the_store_position(rig: _Rig, store: TokenStore) -> None:
+    """Invalidations committed before this process subscribed were never delivered to it,
+    but the flush on subscribing covers them: it reports the store's position, not 0, so
+    a restart in a quiet namespace does not look like a process that fell behind."""
+    fmt = TokenFormat()
+    await add_user(store)
+    issued = await issue(store, fmt)
+    await revoke(store, issued)
+    stored = int(await store.client.get(store.keys.position) or 0)
+    assert stored >= 1
+    assert _position(rig.metrics) == 0
+    await rig.subscriber.start(wait=5.0)
+    await _until(lambda: _position(rig.metrics) == stored, seconds=1.0)
+    assert _lag(rig.metrics) == 0  # nothing was applied late
 
 
 async def test_killed_subscription_switches_cache_off_then_reconnects_flushed(

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +24,8 @@ from starlette.routing import Route
 from patgate.gateway.cli_context import connect_store
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import PatgateMiddleware
+from patgate.middleware.config import DataPlaneConfig
+from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import StoreUnavailable
 from patgate.middleware.records import Org
 from patgate.middleware.runtime import DURABLE_TIMEOUT_MS, Runtime, write_timeout
@@ -157,3 +163,33 @@ async def test_the_cli_uses_the_same_factory(valkey_url: str) -> None:
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_stopped_store_answers_503_within_one_timeout_every_time(
+    tmp_path: Path,
+) -> None:
+    """Issue 9: after a first timeout the pooled connection is dropped and the next
+    lookup reconnects, whose handshake waited out a second socket timeout (~2 s). With one
+    deadline per lookup every request against a paused (SIGSTOP) server gets its 503
+    within about ``redis_timeout``."""
+    server = EmbeddedValkey(tmp_path / "data")
+    url = server.start()
+    pid = json.loads((tmp_path / "data" / "server.json").read_text())["server_pid"]
+    runtime: Runtime[DataPlaneConfig] = Runtime(
+        DataPlaneConfig(redis_url=url, namespace="stopped", redis_timeout=0.4)
+    )
+    secret = runtime.token_format.generate()  # well formed, unknown: a cache miss
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        took = []
+        for _ in range(4):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await runtime.authenticator.resolve(secret)
+            took.append(time.monotonic() - started)
+        assert max(took) < 0.4 * 1.5, took
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await runtime.aclose()
+        server.stop()

@@ -108,7 +108,7 @@ CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = [
         400,
         "validation",
     ),
-    ("too-large", "alice", "POST", "/v1/tokens", {"content": BIG.encode()}, 400, "validation"),
+    ("too-large", "alice", "POST", "/v1/tokens", {"content": BIG.encode()}, 413, "too_large"),
     ("no-name", "alice", "POST", "/v1/tokens", {"json": {}}, 400, "validation"),
     (
         "unknown-field",
@@ -134,6 +134,16 @@ CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = [
         "POST",
         "/v1/tokens",
         {"json": {"name": "n", "scopes": "x:read"}},
+        400,
+        "validation",
+    ),
+    (
+        # a JSON object iterates to its keys: {} must not pass as "no scopes"
+        "scopes-object",
+        "alice",
+        "PATCH",
+        "/v1/tokens/{alice_t}",
+        {"json": {"scopes": {}}},
         400,
         "validation",
     ),

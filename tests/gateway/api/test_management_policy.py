@@ -58,7 +58,9 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/events", None),
     ("POST", "/v1/verify", {"token": "pat_x", "method": "GET", "path": "/"}),
 ]
-CALLERS = ("alice", "admin")
+#: a member with the self-service scopes, an admin, and a member whose token holds no
+#: management scope at all (the API must refuse it everything the policy refuses).
+CALLERS = ("alice", "admin", "bob")
 
 
 @dataclass
@@ -110,14 +112,18 @@ async def world(store: TokenStore) -> AsyncIterator[World]:
         system, name="bob-t", owner=Owner("user", "bob", org_id="acme"), scopes=["x:read"]
     )
     ids["bob_t"] = bob_t.id
+    bob, bob_secret = await tokens.create(
+        system, name="no-mgmt", owner=Owner("user", "bob", org_id="acme"), scopes=["x:read"]
+    )
     transport = httpx.ASGITransport(app=create_api_app(store, fmt))
     async with httpx.AsyncClient(transport=transport, base_url="http://patgate.test") as client:
         yield World(
             client,
-            {"admin": admin_secret, "alice": alice_secret},
+            {"admin": admin_secret, "alice": alice_secret, "bob": bob_secret},
             {
                 "admin": _identity(admin.id, "admin", list(admin.scopes)),
                 "alice": _identity(alice.id, "alice", OWN),
+                "bob": _identity(bob.id, "bob", ["x:read"]),
             },
             ids,
         )

@@ -14,7 +14,11 @@ import pytest
 from patgate.gateway.api import create_api_app
 from patgate.gateway.lifecycle import Actor
 from patgate.middleware.store import TokenStore
+from tests._topologies import ALL_BACKENDS
 from tests.gateway.api._world import DAY, FEB_1, OWN, T0, Api, make_api
+
+#: the store tests run on standalone, Sentinel and Cluster (tests/conftest.py).
+BACKENDS = ALL_BACKENDS
 
 
 def _no_secret_anywhere(response: httpx.Response, *secrets: str) -> None:

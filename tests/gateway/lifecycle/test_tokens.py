@@ -17,10 +17,13 @@ from patgate.middleware.errors import (
     ValidationFailed,
 )
 from patgate.policies.scopes import MANAGEMENT_SCOPES
+from tests._topologies import ALL_BACKENDS
 from tests.gateway._clock import T0
 from tests.gateway.lifecycle._world import World
 
 DAY = 86_400.0
+#: the store tests run on standalone, Sentinel and Cluster (tests/conftest.py).
+BACKENDS = ALL_BACKENDS
 MARCH_1 = datetime(2027, 3, 1, tzinfo=UTC).timestamp()
 
 

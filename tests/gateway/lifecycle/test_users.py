@@ -16,7 +16,7 @@ from patgate.middleware.errors import (
     ValidationFailed,
 )
 from patgate.middleware.store import TokenStore
-from patgate.middleware.store.plan import user_message
+from patgate.middleware.store.plan import parse_message
 from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0
 from tests.gateway.lifecycle._world import World
@@ -191,7 +191,9 @@ async def test_disable_suspends_tokens_and_enable_restores(
         with anyio.fail_after(2):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-        assert message["data"] == user_message("acme/alice").encode()
+        parsed = parse_message(message["data"])  # stamped by COMMIT (issue 11)
+        assert (parsed.kind, parsed.owner) == ("owner", "acme/alice")
+        assert parsed.position is not None
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     # The permission switch has its own reason (issue 9).

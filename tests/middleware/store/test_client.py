@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
@@ -14,10 +15,19 @@ from patgate.middleware.errors import Conflict, LimitReached, StoreUnavailable
 from patgate.middleware.keys import Keys
 from patgate.middleware.records import LastUsed, Token, User
 from patgate.middleware.store import StaleWrite, TokenStore
-from patgate.middleware.store.plan import token_message
+from patgate.middleware.store.plan import (
+    org_message,
+    parse_message,
+    stamp,
+    token_message,
+    user_message,
+)
 from patgate.middleware.tokenformat import TokenFormat
+from tests._topologies import ALL_BACKENDS
 
 FMT = TokenFormat()
+#: the store tests run on standalone, Sentinel and Cluster (tests/conftest.py).
+BACKENDS = ALL_BACKENDS
 
 
 def _token(n: int = 1, *, owner: str = "alice", kind: str = "user", name: str = "") -> Token:
@@ -138,13 +148,69 @@ async def test_commit_publishes_and_appends_events(
         with anyio.fail_after(2):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-        assert message["data"] == token_message(b"\xab\xcd").encode() == b"t abcd"
+        # as written by the plan (b"t abcd"), stamped by COMMIT with its position and time
+        stamped = parse_message(message["data"])
+        assert stamped.position == 1
+        assert stamped.committed_us is not None
+        assert (
+            message["data"] == stamp(token_message(b"\xab\xcd"), 1, stamped.committed_us).encode()
+        )
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     events = await store.events()
     assert [json.loads(b)["n"] for _, b in events] == [2, 1]
     older = await store.events(before=events[0][0])
     assert [json.loads(b)["n"] for _, b in older] == [1]
+
+
+async def _messages(pubsub: aioredis.client.PubSub, n: int) -> list[bytes]:
+    out: list[bytes] = []
+    with anyio.fail_after(2):
+        while len(out) < n:
+            m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if m is not None:
+                out.append(m["data"])
+    return out
+
+
+@pytest.mark.anyio
+async def test_commit_stamps_server_time_and_increasing_positions(
+    store: TokenStore, redis_client: aioredis.Redis
+) -> None:
+    """Issue 11: every message carries the commit's server time (µs) and a position that
+    counts the namespace's invalidations; a commit without messages does not count."""
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(store.keys.channel)
+    digest = bytes(range(32))
+    written = [token_message(digest), user_message("acme/alice"), org_message("acme")]
+    try:
+        assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
+        before = time.time()
+        plan = store.plan()
+        plan.invalidate_token(digest)
+        plan.invalidate_user("acme/alice")
+        plan.invalidate_org("acme")
+        await store.commit(plan)
+        quiet = store.plan()
+        quiet.put_token(None, _token())  # no invalidation: the position stays
+        await store.commit(quiet)
+        again = store.plan()
+        again.invalidate_token(digest)
+        await store.commit(again)
+        after = time.time()
+        data = await _messages(pubsub, 4)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    parsed = [parse_message(d) for d in data]
+    assert [m.kind for m in parsed] == ["token", "owner", "flush", "token"]
+    assert [m.position for m in parsed] == [1, 2, 3, 4]
+    assert await redis_client.get(store.keys.position) == b"4"
+    times = [m.committed_us or 0 for m in parsed]
+    first_us, last_us = times[0], times[-1]
+    # the server runs on this host: its clock agrees with ours to well within a second
+    assert before - 1 < first_us / 1e6 <= last_us / 1e6 < after + 1
+    assert times[0] == times[1] == times[2]  # one commit, one time
+    assert data[:3] == [stamp(m, n, first_us).encode() for n, m in enumerate(written, 1)]
 
 
 @pytest.mark.anyio
