@@ -8,11 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Literal
 
-import uvicorn
 from starlette.types import ASGIApp
 
 from patgate.gateway.server import _bind, _config
 from patgate.gateway.settings import Settings
+from tests.middleware._servers import running
 
 
 @contextlib.asynccontextmanager
@@ -22,19 +22,9 @@ async def listen(
     """Serve ``app`` with patgate's uvicorn configuration; yields the port."""
     sock = _bind("127.0.0.1", 0)
     port = int(sock.getsockname()[1])
-    server = uvicorn.Server(_config(app, settings.evolve(log_level="critical"), lifespan=lifespan))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "server did not start"
+    config = _config(app, settings.evolve(log_level="critical"), lifespan=lifespan)
+    async with running(config, sock):
         yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-        sock.close()
 
 
 async def exchange(port: int, request: bytes, *, wait: float = 10.0) -> bytes:

@@ -41,6 +41,14 @@ async def serve(
         date_header=date_header,
         timeout_graceful_shutdown=2,
     )
+    async with running(config, sock):
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def running(config: uvicorn.Config, sock: socket.socket) -> AsyncIterator[None]:
+    """Run a uvicorn server with ``config`` on the bound ``sock`` until the block ends
+    (started before it begins; stopped, and the socket closed, after)."""
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -49,7 +57,7 @@ async def serve(
                 break
             await asyncio.sleep(0.01)
         assert server.started, "server did not start"
-        yield port
+        yield
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
