@@ -178,7 +178,7 @@ class TokenService:
             # Naming no workspaces means "all of the owner's", not "*" (which the owner may
             # not hold); an explicit "*" is still refused below.
             ws = user.workspaces
-        bounds = [owner_bounds(org, owner.kind, user), await self._actor_bounds(actor, org)]
+        bounds = [owner_bounds(org, owner.kind, user), await self._actor_bounds(actor, org, user)]
         check_scopes(bounds, scope_tuple)
         check_workspaces(bounds, ws)
         now = self.clock()
@@ -258,10 +258,17 @@ class TokenService:
             raise NotFound(f"user {owner.id} not found")
         return org_id, user
 
-    async def _actor_bounds(self, actor: Actor, org: Org | None) -> Bounds | None:
+    async def _actor_bounds(
+        self, actor: Actor, org: Org | None, owner: User | None
+    ) -> Bounds | None:
+        """What the actor may grant; ``owner`` (the token's owning user, just read) is
+        reused when the actor is that user instead of reading the record again."""
         user = None
         if actor.kind == "user" and actor.org_id is not None:
-            user = await self.store.get_user(actor.org_id, actor.id)
+            if owner is not None and (owner.org_id, owner.id) == (actor.org_id, actor.id):
+                user = owner
+            else:
+                user = await self.store.get_user(actor.org_id, actor.id)
         return actor_bounds(actor, org, user)
 
     async def _bounds(self, actor: Actor, token: Token) -> tuple[Org | None, list[Bounds | None]]:
@@ -270,7 +277,10 @@ class TokenService:
         owner = None
         if token.owner_kind == "user":
             owner = await self.store.get_user(token.org_id, token.owner_id)
-        bounds = [owner_bounds(org, token.owner_kind, owner), await self._actor_bounds(actor, org)]
+        bounds = [
+            owner_bounds(org, token.owner_kind, owner),
+            await self._actor_bounds(actor, org, owner),
+        ]
         return org, bounds
 
     async def get(self, actor: Actor, token_id: str) -> Token:
