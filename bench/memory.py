@@ -24,11 +24,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.seed import owners, seed_tokens, seed_users
-from patgate.gateway.lifecycle import Actor
-from patgate.gateway.lifecycle.audit import event_json
+from bench.seed import created_event, owners, seed_tokens, seed_users
 from patgate.middleware.embedded import EmbeddedValkey
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keys, Keyspace
 from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
@@ -86,8 +84,10 @@ async def _group(client: aioredis.Redis, pattern: str) -> tuple[int, str]:
 async def _measure(url: str, count: int, users: int, orgs: int, batch: int) -> MemoryResult:
     client = redis_client(url, timeout=_BENCH_TIMEOUT)
     try:
+        store = TokenStore(client, Keyspace(_NAMESPACE))
+        # Every partition's keys of each kind (the partition's tag is ``{<ns>:<3 hex>}``).
         keys = Keys(_NAMESPACE)
-        store = TokenStore(client, keys)
+        every = "{" + _NAMESPACE + ":???}:"
         people = owners(users, orgs)
         await seed_users(store, people)
         await asyncio.sleep(0.05)
@@ -99,11 +99,17 @@ async def _measure(url: str, count: int, users: int, orgs: int, batch: int) -> M
         seconds = time.perf_counter() - started
         after = await _used(client)
         breakdown = {
-            "records (tok)": await _usage(client, keys.tokens),
-            "digest index (idx)": await _usage(client, keys.index),
-            "per-owner name sets (nm:*)": await _group(client, keys.owner_names("*")),
-            "per-owner zsets (own:*)": await _group(client, keys.owner_tokens("*")),
-            "org owner sets (orgown:*)": await _group(client, keys.org_owners("*")),
+            "records (tok)": await _group(client, every + "tok"),
+            "digest index (idx)": await _group(client, every + "idx"),
+            "per-owner name sets (nm:*)": await _group(
+                client, keys.owner_names("*").replace(keys.base, every)
+            ),
+            "per-owner zsets (own:*)": await _group(
+                client, keys.owner_tokens("*").replace(keys.base, every)
+            ),
+            "org owner sets (orgown:*)": await _group(
+                client, keys.org_owners("*").replace(keys.base, every)
+            ),
         }
         record = sum(len(t.encode()) for t in seeded.tokens[:1000]) / min(1000, count)
         event = await _event_bytes(client, seeded.tokens[: min(2000, count)])
@@ -120,16 +126,9 @@ async def _event_bytes(client: aioredis.Redis, tokens: list[Any]) -> float:
     if not tokens:
         return 0.0
     key = "{bench}:events-probe"
-    actor = Actor.system(user_agent="patgate-bench")
     async with client.pipeline(transaction=False) as pipe:
         for token in tokens:
-            data = {"name": token.name, "scopes": list(token.scopes),
-                    "expires_at": token.expires_at}  # fmt: skip
-            event = event_json(
-                "token.created", actor, token.created_at, org_id=token.org_id,
-                token_id=token.id, user_id=token.owner_id, data=data,
-            )  # fmt: skip
-            pipe.xadd(key, {"e": event})
+            pipe.xadd(key, {"e": created_event(token)})
         await pipe.execute()
     size, _ = await _usage(client, key)
     await client.delete(key)

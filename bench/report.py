@@ -104,7 +104,7 @@ def machine(valkey_version: str) -> list[str]:
         f"memory: {_memory_gib()}",
         f"kernel: {platform.system()} {platform.release()}",
         f"Python: {platform.python_version()} ({platform.python_implementation()})",
-        f"store: valkey-server {valkey_version} (embedded, AOF everysec, Unix socket)",
+        f"store: valkey-server {valkey_version} (embedded, AOF always, Unix socket)",
         f"tools: wrk {_version('wrk')}, nginx {_version(nginx)}",
         "libraries: " + ", ".join(libs),
     ]

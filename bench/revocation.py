@@ -14,28 +14,39 @@ bench upstream) share the store. For each of ``rounds`` pre-seeded tokens:
 Latency = time of B's first 401 minus the moment the revoke call returned (what a caller of
 the management API could observe); the commit's own duration is reported beside it.
 Gateway A gets one request afterwards, which must be a 401 too.
+
+:func:`topology_revocation` runs the same measurement on a real Sentinel or Cluster
+topology (bench/topologies.py): both gateway processes get ``PATGATE_REDIS_URL`` = the
+topology's URL, and the tokens are spread over ``orgs`` orgs, so on a Cluster the revokes
+go through every primary's sharded channels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
 from bench.apps import STATS_PATH
-from bench.servers import Proc
+from bench.env import seeded_env
+from bench.servers import Proc, uvicorn_server
+from bench.topologies import Kind, topology
 from patgate.gateway.lifecycle import Actor, TokenService
-from patgate.middleware.keys import Keys
+from patgate.middleware.connect import ready
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.records import Token
 from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
-__all__ = ["RevocationResult", "percentile", "revocation_latency"]
+__all__ = ["RevocationResult", "percentile", "revocation_latency", "topology_revocation"]
 
 #: the one client factory (issue 10), with room for the benchmark's bulk operations.
 _BENCH_TIMEOUT = 60.0
@@ -52,6 +63,8 @@ class RevocationResult:
     first_poll: int
     #: rounds in which B still answered 200 when the bounds ran out.
     missed: int
+    #: seconds the topology took to start (Sentinel/Cluster rows; 0 on the shared store).
+    startup: float = 0.0
 
     def p(self, q: float) -> float:
         return percentile(self.latencies, q)
@@ -87,7 +100,8 @@ async def _run(
     max_polls: int,
 ) -> RevocationResult:
     client = redis_client(redis_url, timeout=_BENCH_TIMEOUT)
-    service = TokenService(TokenStore(client, Keys(namespace)), TokenFormat())
+    await ready(client)
+    service = TokenService(TokenStore(client, Keyspace(namespace)), TokenFormat())
     actor = Actor.system(user_agent="patgate-bench")
     latencies: list[float] = []
     commits: list[float] = []
@@ -139,3 +153,29 @@ def revocation_latency(
 ) -> RevocationResult:
     """Revoke each token once (tokens must be fresh and active) and time B's refusal."""
     return asyncio.run(_run(redis_url, namespace, a, b, tokens, secrets, timeout, max_polls))
+
+
+def topology_revocation(
+    kind: Kind,
+    rounds: int,
+    *,
+    users: int = 300,
+    orgs: int = 30,
+    timeout: float = 1.0,
+    max_polls: int = 5000,
+    extra_env: Mapping[str, str] | None = None,
+) -> RevocationResult:
+    """Start a ``kind`` topology, seed ``rounds`` tokens over ``orgs`` orgs, start the
+    upstream and two gateway processes on it, and time each revoke reaching the second.
+    Raises :class:`bench.topologies.Unsupported` when the binary cannot run ``kind``."""
+    with topology(kind) as topo, tempfile.TemporaryDirectory(prefix="patgate-bench-") as tmp:
+        env = seeded_env(topo.url, Path(tmp), many=0, revocable=rounds, users=users,
+                         orgs=orgs, extra_env=extra_env)  # fmt: skip
+        with uvicorn_server("upstream_app", {}) as up:
+            ge = env.patgate_env(PATGATE_UPSTREAM_URL=up.url)
+            with uvicorn_server("gateway_app", ge) as a, uvicorn_server("gateway_app", ge) as b:
+                result = revocation_latency(
+                    topo.url, env.namespace, a, b, env.revocable, env.revocable_secrets,
+                    timeout=timeout, max_polls=max_polls,
+                )  # fmt: skip
+    return dataclasses.replace(result, startup=topo.startup)

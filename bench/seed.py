@@ -5,11 +5,14 @@ same Lua ``COMMIT`` the lifecycle service uses, so the keys, encodings and index
 are exactly what production holds — in batches of ``batch`` tokens per commit, without
 the audit event and without ``WAITAOF`` (a benchmark does not need each create on disk).
 Tokens look like what ``TokenService.create`` makes: ``tok_`` + 16 hex id, a name unique
-per owner, two scopes, the default 30-day expiry.
+per owner, two scopes, the default 30-day expiry. With ``audit=True`` each token's commit
+also appends the ``token.created`` event the service would write (:func:`created_event`),
+so the partition streams hold what production's do.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,17 +21,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from bench.apps import SCOPE, naive_key
+from patgate.gateway.lifecycle import Actor
+from patgate.gateway.lifecycle.audit import event_json
+from patgate.middleware.connect import StoreClient
 from patgate.middleware.records import Org, Token, User
-from patgate.middleware.store import TokenStore
+from patgate.middleware.store import Plan, TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = [
     "ORG",
     "Owner",
     "Seeded",
+    "created_event",
     "owners",
     "seed_naive",
     "seed_orgs",
@@ -41,6 +46,7 @@ ORG = "bench"
 Owner = tuple[str, str]
 _LIFETIME = 30 * 86_400.0
 _SCOPES = (SCOPE, "threads:read")
+_ACTOR = Actor.system(user_agent="patgate-bench")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,34 +64,63 @@ def owners(users: int, orgs: int = 1) -> list[Owner]:
     return [(f"u{n:05d}", f"{ORG}{n % orgs:03d}") for n in range(users)]
 
 
+def created_event(token: Token, actor: Actor | None = None) -> str:
+    """The ``token.created`` audit event ``TokenService.create`` writes for ``token``."""
+    data = {"name": token.name, "scopes": list(token.scopes), "expires_at": token.expires_at}
+    return event_json(
+        "token.created", actor or _ACTOR, token.created_at, org_id=token.org_id,
+        token_id=token.id, user_id=token.owner_id, data=data,
+    )  # fmt: skip
+
+
+class _Plans:
+    """One plan per partition touched (a plan writes one partition: keys.py)."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+        self._plans: dict[int, Plan] = {}
+
+    def for_org(self, org_id: str) -> Plan:
+        partition = self._store.keys_for(org_id).partition
+        if partition not in self._plans:
+            self._plans[partition] = self._store.plan(org_id)
+        return self._plans[partition]
+
+    async def commit(self) -> None:
+        plans, self._plans = self._plans, {}
+        await asyncio.gather(*(self._store.commit(p) for p in plans.values()))
+
+
 async def seed_orgs(store: TokenStore, org_ids: Sequence[str]) -> None:
     now = time.time()
-    plan = store.plan()
+    plans = _Plans(store)
     for org in dict.fromkeys(org_ids):
         # Members may grant what the bench tokens carry (issue 9: nothing by default).
-        plan.put_org(
+        plans.for_org(org).put_org(
             None,
             Org(org, org, token_limit=10_000, created_at=now, updated_at=now,
                 member_scopes=_SCOPES),
         )  # fmt: skip
-    await store.commit(plan)
+    await plans.commit()
 
 
 async def seed_users(store: TokenStore, users: Sequence[Owner], *, batch: int = 1000) -> None:
     """The orgs and the users (enabled, allowed to hold tokens)."""
     await seed_orgs(store, [org for _, org in users])
     now = time.time()
+    plans = _Plans(store)
     for start in range(0, len(users), batch):
-        plan = store.plan()
         for uid, org in users[start : start + batch]:
-            plan.put_user(
+            plans.for_org(org).put_user(
                 None, User(uid, org, f"{uid}@example.test", f"User {uid}", created_at=now,
                            updated_at=now),
             )  # fmt: skip
-        await store.commit(plan)
+        await plans.commit()
 
 
-def _token(fmt: TokenFormat, owner: Owner, name: str, secret: str | None, now: float) -> Token:
+def _token(
+    fmt: TokenFormat, owner: Owner, name: str, secret: str | None, now: float, partition: int
+) -> Token:
     if secret is None:
         # Memory runs need the stored shape, not a usable secret: a random 32-byte digest
         # is what the index holds either way, and skips 30 secrets.choice() calls.
@@ -95,7 +130,7 @@ def _token(fmt: TokenFormat, owner: Owner, name: str, secret: str | None, now: f
         digest = fmt.digest(secret)
         prefix = fmt.display_prefix(secret)
     return Token(
-        id="tok_" + secrets.token_hex(8), name=name, description="",
+        id=f"tok_{partition:03x}{secrets.token_hex(7)[:13]}", name=name, description="",
         owner_kind="user", owner_id=owner[0], org_id=owner[1], type="personal", scopes=_SCOPES,
         workspaces=None, expires_at=now + _LIFETIME, created_at=now, created_by=owner[0],
         revoked_at=None, prefix=prefix, digest=digest, updated_at=now, issued_at=now,
@@ -111,28 +146,33 @@ async def seed_tokens(
     label: str = "token",
     keep_secrets: bool = True,
     batch: int = 1000,
+    audit: bool = False,
 ) -> Seeded:
     """``count`` tokens spread round-robin over ``users`` (already seeded), named
-    ``<label>-<n>`` (names are unique per owner: use a new label for each call)."""
+    ``<label>-<n>`` (names are unique per owner: use a new label for each call); with
+    ``audit``, one ``token.created`` event per token in its partition's stream."""
     tokens: list[Token] = []
     kept: list[str] = []
     now = time.time()
+    plans = _Plans(store)
     for start in range(0, count, batch):
-        plan = store.plan()
         for n in range(start, min(count, start + batch)):
-            secret = fmt.generate() if keep_secrets else None
-            token = _token(fmt, users[n % len(users)], f"{label}-{n:06d}", secret, now)
+            owner = users[n % len(users)]
+            partition = store.keys_for(owner[1]).partition
+            secret = fmt.generate(partition) if keep_secrets else None
+            token = _token(fmt, owner, f"{label}-{n:06d}", secret, now, partition)
+            plan = plans.for_org(owner[1])
             plan.put_token(None, token)
+            if audit:
+                plan.audit(created_event(token))
             tokens.append(token)
             if secret is not None:
                 kept.append(secret)
-        await store.commit(plan)
+        await plans.commit()
     return Seeded(tokens, kept)
 
 
-async def seed_naive(
-    client: aioredis.Redis, namespace: str, fmt: TokenFormat, seeded: Seeded
-) -> None:
+async def seed_naive(client: StoreClient, namespace: str, fmt: TokenFormat, seeded: Seeded) -> None:
     """The naive peer's copy of the same tokens: ``naive:<ns>:<sha256 hex>`` → JSON."""
     async with client.pipeline(transaction=False) as pipe:
         for token in seeded.tokens:

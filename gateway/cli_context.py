@@ -14,7 +14,7 @@ from typing import Any
 from patgate.middleware.connect import StoreClient, check_reachable, parse_store_url
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import ConfigError
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.runtime import DURABLE_TIMEOUT_MS, store_client
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
@@ -65,9 +65,10 @@ def connect_store(settings: Settings, url: str) -> tuple[StoreClient, TokenStore
         raise ConfigError(f"PATGATE_REDIS_URL / --redis-url: {exc}") from None
     store = TokenStore(
         client,
-        Keys(settings.namespace),
+        Keyspace(settings.namespace),
         events_maxlen=settings.events_maxlen,
         durable_writes=settings.durable_writes,
+        durable_replicas=settings.durable_replicas,
         durable_timeout_ms=DURABLE_TIMEOUT_MS,
     )
     return client, store

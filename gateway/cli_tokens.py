@@ -147,11 +147,11 @@ async def _create(ctx: Context, a: argparse.Namespace) -> int:
 
 async def _list(ctx: Context, a: argparse.Namespace) -> int:
     f = Filters.parse(status=a.status, q=a.q, type=a.type, limit=a.limit, cursor=a.cursor)
-    keys = ctx.store.keys
     if a.user or (a.org and not a.all):
         owner = _owner(ctx, a)
-        zkey = keys.owner_tokens(owner_key(owner.kind, owner.id, owner.org_id or owner.id))
-        _page(ctx, await scan(ctx.store, zkey, f, ctx.tokens.clock()))
+        org = owner.org_id or owner.id
+        own = owner_key(owner.kind, owner.id, org)
+        _page(ctx, await scan(ctx.store, org, own, f, ctx.tokens.clock()))
     else:
         org = a.org or ctx.settings.default_org
         _page(ctx, await ctx.tokens.list_org(ctx.actor, org, f))
@@ -201,12 +201,13 @@ async def _delete_all(ctx: Context, a: argparse.Namespace) -> int:
     label = f"{owner.kind} {owner.id}" + (f" of {owner.org_id}" if owner.kind == "user" else "")
     if not a.yes:
         raise ValidationFailed(f"this deletes every token of {label}; add --yes to confirm")
-    zkey = ctx.store.keys.owner_tokens(owner_key(owner.kind, owner.id, owner.org_id or owner.id))
+    org = owner.org_id or owner.id
+    own = owner_key(owner.kind, owner.id, org)
     first = Filters.parse(limit=MAX_LIMIT)
     deleted: list[str] = []
     # Always the first page again: deleting while following a cursor would skip tokens.
     # Each delete is the service's own (retried, audited, invalidated everywhere).
-    while page := (await scan(ctx.store, zkey, first, ctx.tokens.clock())).items:
+    while page := (await scan(ctx.store, org, own, first, ctx.tokens.clock())).items:
         for token in page:
             with contextlib.suppress(NotFound):  # deleted concurrently: just as good
                 await ctx.tokens.delete(ctx.actor, token.id)
@@ -309,7 +310,7 @@ async def _events(ctx: Context, a: argparse.Namespace) -> int:
     items, cursor = await query_events(
         ctx.store,
         EventQuery(
-            org_id=a.org,
+            org_id=a.org or ctx.settings.default_org,
             token_id=a.token,
             actor=a.actor,
             type=a.type,
@@ -349,7 +350,29 @@ def _owner_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--org", help="the user's organization; alone: an org-owned token")
 
 
+async def _migrate(ctx: Context, a: argparse.Namespace) -> int:
+    from .migrate import migrate
+
+    done = await migrate(ctx.store, dry_run=a.dry_run)
+    verb = "would move" if a.dry_run else "moved"
+    ctx.emit(
+        done.to_json(),
+        f"{verb} {done.orgs} org(s), {done.users} user(s), {done.tokens} token(s) "
+        f"({done.forwards} with forwards), {done.last_used} last-used entries and "
+        f"{done.events} event(s) into partitions; {done.already} already there"
+        + ("" if a.dry_run else f"; {len(done.backed_up)} old key(s) kept as backups"),
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "migrate",
+        help="move data written before partitions (issue 11) into them; idempotent",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
+    p.set_defaults(action=_migrate)
+
     p = sub.add_parser("bootstrap", help="create the first org, admin user and admin token")
     p.add_argument("--org", help="organization id (PATGATE_DEFAULT_ORG)")
     p.add_argument("--user", default="admin", help="admin user id (admin)")
@@ -454,7 +477,7 @@ def register(sub: Any) -> None:
     p.set_defaults(action=_org_show)
 
     p = sub.add_parser("events", help="the audit log, newest first")
-    p.add_argument("--org")
+    p.add_argument("--org", help="organization id (PATGATE_DEFAULT_ORG)")
     p.add_argument("--token")
     p.add_argument("--actor")
     p.add_argument("--type")

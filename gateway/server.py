@@ -43,9 +43,10 @@ from typing import Any, Literal
 import uvicorn
 from starlette.types import ASGIApp
 
+from patgate.middleware.connect import check_reachable
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import ConfigError, PatgateError
-from patgate.middleware.runtime import Runtime
+from patgate.middleware.runtime import Runtime, redis_client
 from patgate.policies.reload import PolicyHolder
 
 from .api import create_api_app
@@ -55,7 +56,7 @@ from .protocol import limited_protocol
 from .sample import sample_upstream
 from .settings import Settings
 
-__all__ = ["build_listeners", "run_role", "worker_main"]
+__all__ = ["build_listeners", "check_store", "run_role", "worker_main"]
 
 _log = logging.getLogger("patgate")
 _ROLES = ("serve", "gateway", "authz", "api")
@@ -322,6 +323,28 @@ def worker_main() -> int:
     return 0
 
 
+def check_store(settings: Settings) -> None:
+    """Before binding anything: the configured store answers (for a Cluster, its slot
+    map loads; for Sentinel, a primary is found), or one error line names the URL and
+    what failed (issue 11) — rather than a server that answers 503 to everything."""
+    url = settings.redis_url
+    if url is None:
+        return
+
+    async def probe() -> None:
+        client = redis_client(
+            url,
+            timeout=settings.redis_connect_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+        )
+        try:
+            await check_reachable(client, url)
+        finally:
+            await client.aclose()
+
+    asyncio.run(probe())
+
+
 def run_role(settings: Settings, role: str) -> int:
     """Run ``role`` until SIGINT/SIGTERM; the embedded store lives exactly as long."""
     if role not in _ROLES:
@@ -343,6 +366,7 @@ def run_role(settings: Settings, role: str) -> int:
         signal.signal(sig, early_signal)
     embedded = None
     try:
+        check_store(settings)
         if settings.redis_url is None:
             embedded = EmbeddedValkey(settings.data_dir)
             url = embedded.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -117,6 +118,25 @@ def _prefix(value: str, name: str) -> str:
     return value
 
 
+def _replicas(value: str, name: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    if not value.strip().isdigit() or int(value) > 16:
+        raise ConfigError(f"{name}: expected auto or a number of replicas 0-16, got {value!r}")
+    return int(value)
+
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _namespace(value: str, name: str) -> str:
+    # It becomes a Cluster hash tag, ``{<namespace>:<partition>}``, and a SCAN pattern:
+    # no braces, glob characters or spaces (middleware/keys.py).
+    if not _NAMESPACE.fullmatch(value):
+        raise ConfigError(f"{name}: 1-64 letters, digits, '_', '.' or '-', got {value!r}")
+    return value
+
+
 def _path(value: str, _name: str) -> Path:
     return Path(value)
 
@@ -143,10 +163,11 @@ def _source(value: str, name: str) -> str:
 ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_REDIS_URL": ("redis_url", _url),
     "PATGATE_DATA_DIR": ("data_dir", _path),
-    "PATGATE_NAMESPACE": ("namespace", _str),
+    "PATGATE_NAMESPACE": ("namespace", lambda v, n: _namespace(v, n)),
     "PATGATE_TOKEN_PREFIX": ("token_prefix", _prefix),
     "PATGATE_PEPPER": ("pepper", lambda v, n: v.encode()),
     "PATGATE_DURABLE_WRITES": ("durable_writes", _bool),
+    "PATGATE_DURABLE_REPLICAS": ("durable_replicas", lambda v, n: _replicas(v, n)),
     "PATGATE_REDIS_TIMEOUT": ("redis_timeout", lambda v, n: _number(v, n, float, 0.01)),
     "PATGATE_REDIS_CONNECT_TIMEOUT": (
         "redis_connect_timeout",

@@ -51,6 +51,7 @@ from .errors import (
     MethodNotAllowed,
     StoreUnavailable,
 )
+from .keys import partition_of_org
 from .lastused import LastUsedRecorder
 from .metrics import DECISION_REASONS, Metrics
 from .records import Identity, LastUsed, Org, Token, User
@@ -90,8 +91,8 @@ class Resolved:
     compiled form — so ``@requires``, the policy and the identity headers all see the
     bounded set, computed once per cache fill rather than per request."""
 
-    __slots__ = ("credentials", "expires_at", "identity", "org", "owner", "scopes", "token",
-                 "usable", "user")  # fmt: skip
+    __slots__ = ("credentials", "expires_at", "identity", "org", "owner", "partition", "scopes",
+                 "token", "usable", "user")  # fmt: skip
 
     def __init__(
         self, token: Token, owner: User | None, now: float, org: Org | None = None
@@ -99,6 +100,8 @@ class Resolved:
         self.token = token
         self.owner = owner
         self.org = org
+        #: where the token's record lives (its org's partition): last-used goes there.
+        self.partition = partition_of_org(token.org_id)
         self.expires_at = token.expires_at
         self.identity = identity_of(token, org, owner)
         try:
@@ -243,7 +246,7 @@ class Authenticator:
             recorder = self.recorder
             if recorder is not None and recorder.due(identity.token_id, now):
                 used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
-                recorder.record(identity.token_id, used)
+                recorder.record(resolved.partition, identity.token_id, used)
             return resolved
         except AuthError as exc:
             reason = exc.reason if exc.reason in self._decisions else "invalid_token"
@@ -322,13 +325,13 @@ class Authenticator:
             self._misses.inc()
         try:
             if self._deadline is None:
-                found = await self.store.lookup(digest)
+                found = await self.store.lookup(digest, self.token_format.partition(secret))
             else:
                 # One deadline for the whole lookup: redis-py's socket timeout applies per
                 # read, and a reconnect's handshake waits it out again, so a stopped or
                 # black-holed store would cost two timeouts (issue 9: ~1 s, not ~2 s).
                 async with asyncio.timeout(self._deadline):
-                    found = await self.store.lookup(digest)
+                    found = await self.store.lookup(digest, self.token_format.partition(secret))
         except StoreUnavailable:
             self._lookup_errors.inc()
             raise

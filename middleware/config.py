@@ -29,6 +29,9 @@ class DataPlaneConfig:
     token_prefix: str = "pat"
     pepper: bytes | None = field(default=None, repr=False)
     durable_writes: bool = True
+    #: replicas a durable write waits for (``WAITAOF 1 <n>``); None: 1 when the primary
+    #: has a replica, else 0 (issue 11: a failover must not lose a secret already shown).
+    durable_replicas: int | None = None
     #: seconds per data-plane Redis operation: a black-holed store answers 503 this fast.
     redis_timeout: float = 1.0
     redis_connect_timeout: float = 0.5

@@ -1,23 +1,74 @@
-"""Redis key names.
+"""Redis key names: a namespace split into :data:`PARTITIONS` partitions (issue 11).
 
-Every key lives under one namespace wrapped in a Cluster hash tag (``{patgate}:...``),
-so each multi-key Lua script touches a single slot and stays atomic on Redis Cluster too.
+Every key of a partition carries the partition's Cluster hash tag, ``{<namespace>:<p>}``
+with ``p`` as three hex digits, so each multi-key Lua script touches a single slot and
+stays atomic on a Cluster, while the 1,024 partitions spread over every primary.
+
+An org lives in exactly one partition, :func:`partition_of_org` (a hash of its id): its
+org record, users, tokens, digest index entries, owner and name sets, last-used entries,
+audit stream and invalidation channel. That is what keeps every lifecycle write one
+script on one slot, and the data plane's cache miss one script too: the token's record,
+its owner's user record and the org's catalogue sit in the same slot as the index entry.
+The data plane finds the partition without asking Redis, from a hint the secret carries
+(:meth:`patgate.middleware.tokenformat.TokenFormat.partition`); the lifecycle from the
+org, or from the token id (:func:`partition_of_id`). docs/scale.md explains the choice
+against a digest-partitioned index, and the price: one org's data shares one primary.
+
+Data written before partitions (every key under ``{<namespace>}``) is
+:attr:`Keyspace.legacy`; ``patgate migrate`` moves it (gateway.migrate).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, field
 
-__all__ = ["Keys"]
+__all__ = [
+    "PARTITIONS",
+    "Keys",
+    "Keyspace",
+    "partition_of_id",
+    "partition_of_org",
+]
+
+#: how many partitions a namespace has. Fixed forever: secrets and token ids carry a
+#: partition number, so changing it would move every key (``patgate migrate``).
+PARTITIONS = 1024
+
+_ID_PARTITION = re.compile(r"tok_([0-9a-f]{3})")
+
+
+def partition_of_org(org_id: str) -> int:
+    """The partition an org's keys live in: the first 32 bits of SHA-256, mod 1,024."""
+    return int.from_bytes(hashlib.sha256(org_id.encode()).digest()[:4], "big") % PARTITIONS
+
+
+def partition_of_id(token_id: str) -> int | None:
+    """The partition a token id names (``tok_<3 hex><13 hex>``), or None for an id that
+    has no such head. Ids minted before partitions have random hex there: they name a
+    partition all the same, where ``patgate migrate`` left a forward to the real one."""
+    head = _ID_PARTITION.match(token_id)
+    return None if head is None else int(head.group(1), 16) % PARTITIONS
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
+    """The keys of one partition."""
+
     namespace: str = "patgate"
+    partition: int = 0
+    base: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.partition < PARTITIONS:
+            raise ValueError(f"partition {self.partition} outside 0..{PARTITIONS - 1}")
+        object.__setattr__(self, "base", f"{{{self.namespace}:{self.partition:03x}}}:")
 
     @property
-    def base(self) -> str:
-        return "{" + self.namespace + "}:"
+    def tag(self) -> str:
+        """The partition's hash tag content: what a Cluster hashes to pick the slot."""
+        return self.base[1 : self.base.index("}")]
 
     @property
     def tokens(self) -> str:
@@ -26,8 +77,17 @@ class Keys:
 
     @property
     def index(self) -> str:
-        """HASH 32-byte digest → token id: the data plane's lookup index."""
+        """HASH 32-byte digest → token id: the data plane's index.
+
+        A value ``> <p>`` is a forward (``patgate migrate``): the token lives in
+        partition ``p``, though its secret's hint names this one."""
         return self.base + "idx"
+
+    @property
+    def forwards(self) -> str:
+        """HASH token id → partition, for migrated ids whose head names this partition
+        while the token lives in its org's (``patgate migrate``)."""
+        return self.base + "fwd"
 
     @property
     def last_used(self) -> str:
@@ -36,20 +96,23 @@ class Keys:
 
     @property
     def users(self) -> str:
+        """HASH ``<org>/<user id>`` → msgpack user record."""
         return self.base + "users"
 
     @property
     def orgs(self) -> str:
+        """HASH org id → msgpack org record."""
         return self.base + "orgs"
 
     @property
     def events(self) -> str:
-        """STREAM of audit events."""
+        """STREAM of the audit events of the partition's orgs."""
         return self.base + "events"
 
     @property
     def channel(self) -> str:
-        """Pub/sub channel for cache invalidations."""
+        """The partition's invalidation channel (a shard channel where supported: its
+        name hashes to the partition's slot, so ``SPUBLISH`` from a script is legal)."""
         return self.base + "inval"
 
     @property
@@ -65,7 +128,7 @@ class Keys:
         return channel + ":pos"
 
     def owner_tokens(self, owner_key: str) -> str:
-        """ZSET created-ms → token id, per owner (``u:<id>`` / ``o:<id>``)."""
+        """ZSET created-ms → token id, per owner (``u:<org>/<id>`` / ``o:<id>``)."""
         return self.base + "own:" + owner_key
 
     def owner_names(self, owner_key: str) -> str:
@@ -92,3 +155,39 @@ class Keys:
     def name_member(name: str) -> str:
         """A name as the uniqueness set holds it: case-insensitive (``Deploy`` = ``deploy``)."""
         return name.casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """A namespace's partitions; built once per process (the :class:`Keys` are cached)."""
+
+    namespace: str = "patgate"
+    _parts: tuple[Keys, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = tuple(Keys(self.namespace, p) for p in range(PARTITIONS))
+        object.__setattr__(self, "_parts", parts)
+
+    def partition(self, p: int) -> Keys:
+        return self._parts[p]
+
+    def for_org(self, org_id: str) -> Keys:
+        return self._parts[partition_of_org(org_id)]
+
+    @property
+    def partitions(self) -> tuple[Keys, ...]:
+        return self._parts
+
+    @property
+    def channels(self) -> list[str]:
+        """Every partition's invalidation channel: what each process subscribes to."""
+        return [k.channel for k in self._parts]
+
+    @property
+    def legacy(self) -> Keys:
+        """The layout before partitions: every key under one tag, ``{<namespace>}:``, with
+        the same names after it. Only ``patgate migrate`` reads it (and start-up, to say
+        that it must run); its ``partition`` means nothing."""
+        keys = Keys(self.namespace)
+        object.__setattr__(keys, "base", "{" + self.namespace + "}:")
+        return keys

@@ -6,7 +6,8 @@ token per flush interval, whatever the request rate). The hot path asks ``due()`
 and records at most one use per token per ``resolution`` (1 s): what is stored is the last
 use to within a second, and most requests pay one dict lookup. Every ``interval`` seconds a
 background task swaps the dict out and writes it with ``TokenStore.touch`` — one EVALSHA
-per chunk of ``batch_size`` entries — which skips tokens that no longer exist, so a flush
+per partition in each chunk of ``batch_size`` entries (on a Cluster the partitions spread
+over every primary, and so do these writes) — which skips tokens that no longer exist, so a flush
 racing a delete never resurrects the deleted token.
 
 Memory is bounded by ``max_pending`` distinct tokens; a new token arriving when the dict is
@@ -49,6 +50,8 @@ class LastUsedRecorder:
         self._max_pending = max_pending
         self._batch_size = batch_size
         self._pending: dict[str, LastUsed] = {}
+        #: token id → the partition of its record, for the ids in ``_pending``.
+        self._where: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._pending_gauge = metrics.lastused_pending
@@ -66,8 +69,9 @@ class LastUsedRecorder:
         used = self._pending.get(token_id)
         return used is None or now - used.at >= self._resolution
 
-    def record(self, token_id: str, used: LastUsed) -> None:
-        """Remember ``used`` as the token's latest use; O(1), never awaits."""
+    def record(self, partition: int, token_id: str, used: LastUsed) -> None:
+        """Remember ``used`` as the latest use of the token, whose record is in
+        ``partition`` (its org's); O(1), never awaits."""
         pending = self._pending
         if token_id not in pending:
             # Only a token's first use in an interval gets here, so the locked metric
@@ -76,15 +80,17 @@ class LastUsedRecorder:
                 self._dropped.inc()
                 return
             self._pending_gauge.inc()
+            self._where[token_id] = partition
         pending[token_id] = used
 
     async def flush(self) -> int:
         """Write everything pending now; returns how many tokens were updated."""
         batch, self._pending = self._pending, {}
+        where, self._where = self._where, {}
         self._pending_gauge.set(0)
         if not batch:
             return 0
-        items = list(batch.items())
+        items = [(where[token_id], token_id, used) for token_id, used in batch.items()]
         written = 0
         size = self._batch_size
         for start in range(0, len(items), size):

@@ -62,6 +62,9 @@ def _unpack(blob: bytes) -> list[Any]:
 
 
 #: (owner kind, type) pairs by their one-byte code in the token record.
+#: the record's field 2. The LOOKUP script (store/scripts.py) reads fields 2-4 of a record
+#: in Lua: indices below 3 are user-owned, field 3 the owner id, field 4 the org — keep
+#: the order, or change the script with it.
 _KIND_TYPE: tuple[tuple[OwnerKind, TokenType], ...] = tuple(
     (kind, type_) for kind in ("user", "org") for type_ in ("personal", "service", "oauth")
 )

@@ -49,14 +49,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
 from patgate.middleware.auth import Authenticator, PolicySource, Resolved
 from patgate.middleware.cache import TokenCache
 from patgate.middleware.embedded import EmbeddedValkey
-from patgate.middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError, StoreUnavailable
 from patgate.middleware.invalidation import InvalidationSubscriber
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.store import TokenStore
@@ -66,7 +66,7 @@ from patgate.policies.errors import PolicyError
 from patgate.policies.reload import PolicyHolder
 
 from .config import DataPlaneConfig
-from .connect import StoreClient, connect
+from .connect import StoreClient, connect, ready
 from .trust import TrustedProxies
 
 C = TypeVar("C", bound=DataPlaneConfig)
@@ -153,7 +153,7 @@ class Runtime(Generic[C]):
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
-        self.keys = Keys(settings.namespace)
+        self.keyspace = Keyspace(settings.namespace)
         #: no URL: the embedded default, started or joined by start() (no I/O here).
         self._embedded_default = settings.redis_url is None
         self._embedded: EmbeddedValkey | None = None
@@ -171,17 +171,19 @@ class Runtime(Generic[C]):
         #: management reads and writes (the API, tests' fixtures): waits out WAITAOF.
         self.store = TokenStore(
             self._write_redis,
-            self.keys,
+            self.keyspace,
             events_maxlen=settings.events_maxlen,
             durable_writes=settings.durable_writes,
+            durable_replicas=settings.durable_replicas,
             durable_timeout_ms=DURABLE_TIMEOUT_MS,
         )
         #: the data plane's view of the same keys, on the short-timeout client.
         self.data_store = TokenStore(
             self.redis,
-            self.keys,
+            self.keyspace,
             events_maxlen=settings.events_maxlen,
             durable_writes=settings.durable_writes,
+            durable_replicas=settings.durable_replicas,
             durable_timeout_ms=DURABLE_TIMEOUT_MS,
         )
         self.token_format = TokenFormat(settings.token_prefix, settings.pepper)
@@ -190,7 +192,7 @@ class Runtime(Generic[C]):
         )
         self.subscriber = InvalidationSubscriber.for_staleness(
             self._subscriber_redis,
-            self.keys.channel,
+            self.keyspace.channels,
             self.cache,
             self.metrics,
             staleness=settings.invalidation_staleness,
@@ -254,12 +256,39 @@ class Runtime(Generic[C]):
                 self._users = 0
                 await self._stop_embedded()  # a failed start leaves nothing running
                 raise
+        try:
+            await self._refuse_legacy()
+        except BaseException:
+            self._users = 0
+            await self._stop_embedded()
+            raise
         self.recorder.start()
         if isinstance(self.policies, PolicyHolder):
             self._watch = asyncio.create_task(
                 self.policies.watch(_POLICY_POLL), name="patgate-policy-watch"
             )
         await self.subscriber.start(wait=2.0)
+
+    async def _refuse_legacy(self) -> None:
+        """Data in the layout before partitions would make every token unknown: refuse
+        to start instead, saying what to run. An unreachable store is not refused here
+        (requests get 503 until it answers; ``patgate serve`` checks reachability).
+
+        On a Cluster this also loads both clients' slot maps before the first request:
+        concurrent commands on a client without one are all sent to one node, and the
+        MOVED replies' map reload closes connections the others are using (redis-py 8.1)."""
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout):
+                await ready(self.redis)
+                await ready(self._write_redis)
+                legacy = await self.data_store.legacy_data()
+        except (StoreUnavailable, TimeoutError, RedisError, RedisClusterException, OSError):
+            return
+        if legacy:
+            raise ConfigError(
+                f"namespace {self.settings.namespace!r} holds data in the layout before "
+                "partitions (issue 11): run `patgate migrate` once, then start again"
+            )
 
     async def aclose(self) -> None:
         """One user fewer; the last one stops the tasks (final last-used flush first,

@@ -3,7 +3,17 @@
 A secret is ``<prefix>_<30 base62 random><6 base62 CRC32>`` (GitHub's 2021 format). The
 CRC32 covers ``<prefix>_<random>``, so the data plane rejects typos and random guesses
 without a Redis call, and secret scanners can match :data:`SECRET_PATTERN` with almost no
-false positives. Only a SHA-256 digest (an HMAC-SHA256 when a pepper is configured) is
+false positives.
+
+The first two body characters are the partition hint (issue 11): read as a base62
+number ``v`` (0..3843), they name partition ``v mod 1024`` (:data:`~.keys.PARTITIONS`),
+the one that holds the token's org. :meth:`TokenFormat.generate` draws them among the
+values that name the org's partition, so the format, the pattern and the checksum are
+unchanged and a secret still carries ~167 bits of entropy (28 free characters plus the
+choice among 3 or 4 hint values). Secrets minted before partitions have random hint
+characters; ``patgate migrate`` leaves a forward in the partition they name.
+
+Only a SHA-256 digest (an HMAC-SHA256 when a pepper is configured) is
 ever stored; the secret itself exists only in the create/regenerate response.
 """
 
@@ -19,11 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .keys import PARTITIONS
+
 __all__ = [
     "ALPHABET",
     "RANDOM_LENGTH",
     "SECRET_PATTERN",
     "TokenFormat",
+    "hint_values",
+    "partition_of_hint",
 ]
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -36,6 +50,19 @@ _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{1,15}")
 #: the regex to publish for secret scanners (with the default prefix).
 SECRET_PATTERN = r"\bpat_[0-9A-Za-z]{36}\b"
 _DIGITS = {c: i for i, c in enumerate(ALPHABET)}
+_HINT_VALUES = 62 * 62
+
+
+def hint_values(partition: int) -> list[int]:
+    """The two-character hint values (0..3843) that name ``partition``."""
+    if not 0 <= partition < PARTITIONS:
+        raise ValueError(f"partition {partition} outside 0..{PARTITIONS - 1}")
+    return list(range(partition, _HINT_VALUES, PARTITIONS))
+
+
+def partition_of_hint(chars: str) -> int:
+    """The partition two hint characters name (any two base62 characters name one)."""
+    return (_DIGITS[chars[0]] * 62 + _DIGITS[chars[1]]) % PARTITIONS
 
 
 def _builtin_sha256() -> Callable[[bytes], Any]:
@@ -87,9 +114,10 @@ class TokenFormat:
     def length(self) -> int:
         return len(self.prefix) + 1 + _BODY_LENGTH
 
-    def generate(self) -> str:
-        """A fresh secret from the OS CSPRNG."""
-        body = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH))
+    def generate(self, partition: int = 0) -> str:
+        """A fresh secret from the OS CSPRNG whose hint names ``partition``."""
+        hint = _base62(secrets.choice(hint_values(partition)), 2)
+        body = hint + "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH - 2))
         head = f"{self.prefix}_{body}"
         return head + _base62(zlib.crc32(head.encode("ascii")), _CHECK_LENGTH)
 
@@ -106,6 +134,12 @@ class TokenFormat:
         for ch in secret[split:]:
             value = value * 62 + _DIGITS[ch]
         return value == zlib.crc32(secret[:split].encode("ascii"))
+
+    def partition(self, secret: str) -> int:
+        """The partition a well-formed secret's hint names (no I/O; the data plane's
+        routing for the one lookup script)."""
+        start = len(self.prefix) + 1
+        return partition_of_hint(secret[start : start + 2])
 
     def digest(self, secret: str) -> bytes:
         """The 32-byte value stored in the hash index; never the secret itself."""

@@ -103,6 +103,8 @@ class Topology:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     #: seconds from the first spawn to ready.
     startup: float = 0.0
+    #: the sentinels' ports (a Sentinel topology; empty otherwise), also in ``ports``.
+    sentinel_ports: list[int] = field(default_factory=list)
 
     def spawn(self, workdir: Path, conf: str, *, sentinel: bool = False) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -151,9 +153,12 @@ class Topology:
 
 def _node_conf(port: int, *, extra: str = "") -> str:
     # No diskless-sync delay: a replica links at once instead of after the default 5 s.
+    # appendfsync always, as docs/scale.md advises for replicas: a durable write's
+    # WAITAOF 1 1 then returns in milliseconds instead of at the replica's next
+    # once-a-second fsync.
     return (
         f"port {port}\nbind 127.0.0.1\nprotected-mode yes\ndaemonize no\n"
-        'save ""\nappendonly yes\nappendfsync everysec\nlogfile ""\n'
+        'save ""\nappendonly yes\nappendfsync always\nlogfile ""\n'
         "repl-diskless-sync-delay 0\n" + extra
     )
 
@@ -177,8 +182,9 @@ def _on_failure(topology: Topology) -> Iterator[None]:
         raise
 
 
-def start_cluster(root: Path, *, primaries: int = 3) -> Topology:
-    """A Cluster of ``primaries`` primaries with one replica each."""
+def start_cluster(root: Path, *, primaries: int = 3, node_timeout_ms: int = 3000) -> Topology:
+    """A Cluster of ``primaries`` primaries with one replica each (``cluster-node-timeout``
+    ``node_timeout_ms``: how long a silent node takes to be flagged, hence a failover)."""
     begin = time.monotonic()
     ports = [_free_port(bus=True) for _ in range(2 * primaries)]
     topology = Topology(
@@ -186,7 +192,10 @@ def start_cluster(root: Path, *, primaries: int = 3) -> Topology:
         ports=ports,
     )
     with _on_failure(topology):
-        extra = "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 3000\n"
+        extra = (
+            "cluster-enabled yes\ncluster-config-file nodes.conf\n"
+            f"cluster-node-timeout {node_timeout_ms}\n"
+        )
         for port in ports:
             topology.spawn(root / f"node-{port}", _node_conf(port, extra=extra))
         clients = [_client(p) for p in ports]
@@ -208,7 +217,20 @@ def start_cluster(root: Path, *, primaries: int = 3) -> Topology:
 
             _wait("every cluster node to know the others", everyone_known)
             for i in range(primaries):
-                clients[primaries + i].execute_command("CLUSTER REPLICATE", ids[i])
+                replica = clients[primaries + i]
+
+                def replicated(replica: redis.Redis = replica, primary: str = ids[i]) -> bool:
+                    # "Unknown node" until the gossip has told this node the primary's
+                    # real id (known_nodes counts handshakes too): try again.
+                    try:
+                        replica.execute_command("CLUSTER REPLICATE", primary)
+                    except redis.ResponseError as exc:
+                        if "Unknown node" in str(exc):
+                            return False
+                        raise
+                    return True
+
+                _wait("a replica to learn its primary", replicated)
 
             def state_ok() -> bool:
                 for c in clients:
@@ -227,14 +249,23 @@ def start_cluster(root: Path, *, primaries: int = 3) -> Topology:
     return topology
 
 
-def start_sentinel(root: Path, *, replicas: int = 2, sentinels: int = 3) -> Topology:
-    """One primary, ``replicas`` replicas, ``sentinels`` sentinels monitoring it."""
+def start_sentinel(
+    root: Path,
+    *,
+    replicas: int = 2,
+    sentinels: int = 3,
+    down_after_ms: int = 2000,
+    failover_timeout_ms: int = 10000,
+) -> Topology:
+    """One primary, ``replicas`` replicas, ``sentinels`` sentinels monitoring it
+    (``down-after-milliseconds`` and ``failover-timeout`` as given: the failover's pace)."""
     begin = time.monotonic()
     data = [_free_port() for _ in range(1 + replicas)]
     watch = [_free_port() for _ in range(sentinels)]
     topology = Topology(
         url="redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in watch) + f"/{SERVICE}",
         ports=data + watch,
+        sentinel_ports=list(watch),
     )
     with _on_failure(topology):
         primary = data[0]
@@ -247,8 +278,8 @@ def start_sentinel(root: Path, *, replicas: int = 2, sentinels: int = 3) -> Topo
             conf = (
                 f'port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile ""\n'
                 f"sentinel monitor {SERVICE} 127.0.0.1 {primary} {quorum}\n"
-                f"sentinel down-after-milliseconds {SERVICE} 2000\n"
-                f"sentinel failover-timeout {SERVICE} 10000\n"
+                f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
+                f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
             )
             topology.spawn(root / f"sentinel-{port}", conf, sentinel=True)
         clients = [_client(p) for p in data + watch]
@@ -276,3 +307,162 @@ def start_sentinel(root: Path, *, replicas: int = 2, sentinels: int = 3) -> Topo
                 c.close()
     topology.startup = time.monotonic() - begin
     return topology
+
+
+# -- failover and resharding helpers (tests/gateway/test_failover_drills.py) --------------
+
+
+def process_of(topology: Topology, port: int) -> subprocess.Popen[bytes]:
+    """The process started for ``port`` (``procs`` and ``ports`` share their order)."""
+    return topology.procs[topology.ports.index(port)]
+
+
+def kill_node(topology: Topology, port: int) -> float:
+    """SIGKILL the node on ``port`` (a process started here); returns ``time.monotonic()``
+    just before the signal."""
+    proc = process_of(topology, port)
+    assert proc.poll() is None, f"node {port} is not running"
+    at = time.monotonic()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5.0)
+    return at
+
+
+def role(port: int) -> str:
+    """``master`` or ``slave`` (ROLE's first field), or ``""`` when the node is not up."""
+    client = _client(port)
+    try:
+        return client.execute_command("ROLE")[0].decode()
+    except (redis.RedisError, OSError):
+        return ""
+    finally:
+        client.close()
+
+
+def _sentinel_master(port: int) -> dict[str, object]:
+    """SENTINEL MASTER of the service on the sentinel on ``port`` (redis-py parses it:
+    ``port``, ``is_master``, ``is_sdown``, ``num-slaves``, …)."""
+    client = _client(port)
+    try:
+        state: dict[str, object] = client.execute_command("SENTINEL MASTER", SERVICE)
+        return state
+    finally:
+        client.close()
+
+
+def sentinel_primary(topology: Topology) -> int | None:
+    """The port the first live sentinel with a usable answer names as the primary, judged
+    as redis-py's Sentinel client judges it (master, neither subjectively nor objectively
+    down), or None while no sentinel names one."""
+    for port in topology.sentinel_ports:
+        if process_of(topology, port).poll() is not None:
+            continue
+        try:
+            state = _sentinel_master(port)
+        except (redis.RedisError, OSError):
+            continue
+        if state["is_master"] and not state["is_sdown"] and not state["is_odown"]:
+            return int(str(state["port"]))
+    return None
+
+
+def wait_sentinels_ready(topology: Topology, timeout: float = _STARTUP) -> None:
+    """Until every sentinel knows every replica and every other sentinel: before that a
+    failover may find no quorum or no replica to promote."""
+    replicas = len(topology.ports) - len(topology.sentinel_ports) - 1
+    others = len(topology.sentinel_ports) - 1
+
+    def ready() -> bool:
+        for port in topology.sentinel_ports:
+            state = _sentinel_master(port)
+            if int(str(state["num-slaves"])) < replicas:
+                return False
+            if int(str(state["num-other-sentinels"])) < others:
+                return False
+        return True
+
+    _wait("every sentinel to know the replicas and the other sentinels", ready, timeout)
+
+
+def cluster_nodes(port: int) -> list[dict[str, str]]:
+    """CLUSTER NODES as seen by the node on ``port``: each node's id, port and flags."""
+    client = _client(port)
+    try:
+        # redis-py parses the reply into {"host:port@bus": {"node_id", "flags", ...}}.
+        parsed = client.execute_command("CLUSTER NODES")
+    finally:
+        client.close()
+    return [
+        {
+            "id": node["node_id"],
+            "port": addr.split("@")[0].rpartition(":")[2],
+            "flags": node["flags"],
+        }
+        for addr, node in parsed.items()
+    ]
+
+
+def slot_owner(port: int, slot: int) -> int | None:
+    """The port of the primary that the node on ``port`` says serves ``slot``."""
+    client = _client(port)
+    try:
+        for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(primary[1])
+    finally:
+        client.close()
+    return None
+
+
+def keys_by_node(topology: Topology, match: str = "*") -> dict[int, dict[str, int]]:
+    """For each live primary: the keys matching ``match`` (SCAN) and their slots."""
+    out: dict[int, dict[str, int]] = {}
+    for port, proc in zip(topology.ports, topology.procs, strict=True):
+        if proc.poll() is not None or role(port) != "master":
+            continue
+        client = _client(port)
+        try:
+            found: dict[str, int] = {}
+            for key in client.scan_iter(match=match, count=1000):
+                name = key.decode()
+                found[name] = int(client.execute_command("CLUSTER KEYSLOT", name))
+            out[port] = found
+        finally:
+            client.close()
+    return out
+
+
+def reshard(
+    topology: Topology, slot: int, to_port: int, *, pause: float = 0.0, batch: int = 1
+) -> None:
+    """Move ``slot`` to the primary on ``to_port`` as ``valkey-cli --cluster reshard``
+    does: IMPORTING on the target, MIGRATING on the source, MIGRATE the keys (``batch``
+    at a time, ``pause`` seconds apart, so traffic meets the slot half moved), then
+    SETSLOT NODE on the target, the source and every other primary."""
+    from_port = slot_owner(to_port, slot)
+    if from_port is None or from_port == to_port:
+        raise ValueError(f"slot {slot} is served by {from_port}, cannot move it to {to_port}")
+    src, dst = _client(from_port), _client(to_port)
+    try:
+        src_id = src.execute_command("CLUSTER MYID").decode()
+        dst_id = dst.execute_command("CLUSTER MYID").decode()
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+            if pause:
+                time.sleep(pause)
+        dst.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        for node in cluster_nodes(to_port):
+            port = int(node["port"])
+            flags = node["flags"]
+            if "master" in flags and "fail" not in flags and port not in (from_port, to_port):
+                other = _client(port)
+                try:
+                    other.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    other.close()
+    finally:
+        src.close()
+        dst.close()

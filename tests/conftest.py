@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from patgate.gateway.settings import Settings
 from patgate.middleware.connect import StoreClient, ready
 from patgate.middleware.embedded import EmbeddedValkey
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.runtime import redis_client as make_client
 from patgate.middleware.runtime import write_timeout
 from patgate.middleware.store import TokenStore
@@ -118,12 +118,12 @@ async def redis_client(store_url: str, backend: str) -> AsyncIterator[StoreClien
 
 
 @pytest.fixture
-def keys(namespace: str) -> Keys:
-    return Keys(namespace)
+def keys(namespace: str) -> Keyspace:
+    return Keyspace(namespace)
 
 
 @pytest.fixture
-def store(redis_client: StoreClient, keys: Keys) -> TokenStore:
+def store(redis_client: StoreClient, keys: Keyspace) -> TokenStore:
     return TokenStore(redis_client, keys)
 
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import grimp
 import pytest
 
 
 def test_import_linter_contracts_are_kept() -> None:
-    lint = shutil.which("lint-imports")
+    # Beside this interpreter first: pytest is often run as .venv/bin/pytest, with the
+    # venv's bin directory not on PATH.
+    beside = Path(sys.executable).with_name("lint-imports")
+    lint = str(beside) if beside.exists() else shutil.which("lint-imports")
     if lint is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
     result = subprocess.run([lint], capture_output=True, text=True, check=False)

@@ -314,8 +314,10 @@ class ManagementApi:
         actor.require_admin("tokens:admin")
         q = request.query_params
         limit = Filters.parse(limit=q.get("limit")).limit
+        if actor.org_id is None:  # API callers are tokens, and every token has an org
+            raise ValidationFailed("events: an org's events only")
         query = EventQuery(
-            org_id=None if actor.is_system else actor.org_id,
+            org_id=actor.org_id,
             token_id=q.get("token_id"),
             actor=q.get("actor"),
             type=q.get("type"),

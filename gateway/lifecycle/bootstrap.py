@@ -33,9 +33,11 @@ async def bootstrap(
     existing = await store.get_user(org_id, user_id)
     if existing is not None:
         owned = await store.token_page(
-            store.keys.owner_tokens(owner_key("user", user_id, org_id)), before=None, count=1000
+            store.keys_for(org_id).owner_tokens(owner_key("user", user_id, org_id)),
+            before=None,
+            count=1000,
         )
-        names = {t.name for t in await store.get_tokens([i for i, _ in owned])}
+        names = {t.name for t in await store.get_tokens(org_id, [i for i, _ in owned])}
         if BOOTSTRAP_TOKEN_NAME in names:
             raise Conflict(
                 f"already bootstrapped: user {user_id} has a {BOOTSTRAP_TOKEN_NAME!r} token; "

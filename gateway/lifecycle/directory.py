@@ -154,7 +154,7 @@ class Directory:
             )
             if new == old:
                 return new
-            plan = self.store.plan()
+            plan = self.store.plan(org_id)
             plan.put_org(old, new)
             if old is not None and (old.member_scopes, old.admin_scopes) != (
                 member_scopes,
@@ -257,7 +257,7 @@ class Directory:
             )
             if old is not None and new.evolve(updated_at=old.updated_at) == old:
                 return old
-            plan = self.store.plan()
+            plan = self.store.plan(new.org_id)
             plan.put_user(old, new)
             permission = old is not None and any(
                 getattr(old, f) != getattr(new, f) for f in _USER_POWER
@@ -287,8 +287,8 @@ class Directory:
     async def remove_user(self, actor: Actor, user_id: str, org_id: str | None = None) -> list[str]:
         """Delete the user and revoke their personal tokens; returns the revoked ids."""
         actor.require_admin("users:admin")
-        keys = self.store.keys
         org_id = self._org_of(actor, org_id)
+        keys = self.store.keys_for(org_id)
 
         async def attempt() -> list[str]:
             user = await self.store.get_user(org_id, user_id)
@@ -303,10 +303,10 @@ class Directory:
                     count=100_000,
                 )
             ]
-            plan = self.store.plan()
+            plan = self.store.plan(org_id)
             plan.delete_user(user)
             revoked = []
-            for token in await self.store.get_tokens(ids):
+            for token in await self.store.get_tokens(org_id, ids):
                 if token.revoked_at is None:
                     plan.put_token(token, token.evolve(revoked_at=now, updated_at=now))
                     revoked.append(token.id)

@@ -200,11 +200,20 @@ class _Merged:
 
 
 async def scan(
-    store: TokenStore, zkey: str, f: Filters, now: float, *, match_owner: bool = False
+    store: TokenStore,
+    org_id: str,
+    owner: str,
+    f: Filters,
+    now: float,
+    *,
+    match_owner: bool = False,
 ) -> Page:
-    """Newest first; ``match_owner`` lets ``q`` match the owner's email and name too."""
+    """One owner's tokens (``owner``: its key, ``u:<org>/<id>`` or ``o:<org>``, in org
+    ``org_id``), newest first; ``match_owner`` lets ``q`` match the owner's email and
+    name too."""
+    zkey = store.keys_for(org_id).owner_tokens(owner)
     source = _Single(store, zkey, None if f.cursor is None else decode_cursor(f.cursor))
-    return await _scan(store, source, f, now, match_owner=match_owner, org_id=None)
+    return await _scan(store, source, f, now, match_owner=match_owner, org_id=org_id)
 
 
 async def scan_org(store: TokenStore, org_id: str, f: Filters, now: float) -> Page:
@@ -215,7 +224,8 @@ async def scan_org(store: TokenStore, org_id: str, f: Filters, now: float) -> Pa
     only tokens of this org (a removed user's id may since be reused in another org)."""
     owners = await store.org_owner_keys(org_id)
     before = None if f.cursor is None else decode_cursor(f.cursor)
-    source = _Merged(store, [store.keys.owner_tokens(o) for o in owners], before)
+    keys = store.keys_for(org_id)
+    source = _Merged(store, [keys.owner_tokens(o) for o in owners], before)
     return await _scan(store, source, f, now, match_owner=True, org_id=org_id)
 
 
@@ -226,7 +236,7 @@ async def _scan(
     now: float,
     *,
     match_owner: bool,
-    org_id: str | None,
+    org_id: str,
 ) -> Page:
     before = None if f.cursor is None else decode_cursor(f.cursor)
     items: list[Token] = []
@@ -240,8 +250,8 @@ async def _scan(
         if not rows:
             return Page(items, None, owners)
         scores = dict(rows)
-        tokens = await store.get_tokens([i for i, _ in rows])
-        if match_owner and org_id is not None:
+        tokens = await store.get_tokens(org_id, [i for i, _ in rows])
+        if match_owner:
             wanted = {
                 t.owner_id for t in tokens if t.owner_kind == "user" and t.org_id == org_id
             } - set(owners)
@@ -249,8 +259,6 @@ async def _scan(
         for token in tokens:
             scanned += 1
             before = (scores[token.id], token.id)
-            if org_id is not None and token.org_id != org_id:
-                continue
             owner = owners.get(token.owner_id) if token.owner_kind == "user" else None
             if _matches(f, token, now, owner):
                 items.append(token)

@@ -50,8 +50,10 @@ class Owner:
     org_id: str | None = None
 
 
-def _new_id() -> str:
-    return "tok_" + secrets.token_hex(8)
+def _new_id(partition: int) -> str:
+    """``tok_<partition, 3 hex><13 random hex>``: the id names its partition, so a token
+    can be found by id alone (keys.partition_of_id), e.g. by the local operator."""
+    return f"tok_{partition:03x}{secrets.token_hex(7)[:13]}"
 
 
 class TokenService:
@@ -84,7 +86,7 @@ class TokenService:
         raise NotFound(f"token {token.id} not found")
 
     async def _load(self, actor: Actor, token_id: str, access: Access) -> Token:
-        token = await self.store.get_token(token_id)
+        token = await self.store.get_token(token_id, actor.org_id)
         if token is None:
             raise NotFound(f"token {token_id} not found")
         self._authorize(actor, token, access)
@@ -111,7 +113,7 @@ class TokenService:
             if result is None:
                 return old, old
             new, kind, data = result
-            plan = self.store.plan()
+            plan = self.store.plan(new.org_id)
             plan.put_token(old, new)
             self._finish(plan, actor, new, kind, now, data, old.digest)
             await self.store.commit(plan, durable=durable)
@@ -198,9 +200,10 @@ class TokenService:
         )
         if not org_user_ok:
             raise Forbidden(f"user {owner.id} may not hold tokens (disabled or no permission)")
-        secret = self.format.generate()
+        partition = self.store.keys_for(org_id).partition
+        secret = self.format.generate(partition)
         token = Token(
-            id=_new_id(),
+            id=_new_id(partition),
             name=name,
             description=description,
             owner_kind=owner.kind,
@@ -218,7 +221,7 @@ class TokenService:
             updated_at=now,
             issued_at=now,
         )
-        plan = self.store.plan()
+        plan = self.store.plan(org_id)
         plan.put_token(None, token, limit=org.token_limit)
         self._finish(
             plan,
@@ -290,9 +293,8 @@ class TokenService:
         if actor.is_system:
             raise ValidationFailed("the local operator has no own tokens; list an org instead")
         actor.require("tokens:read", own=True)
-        return await scan(
-            self.store, self.store.keys.owner_tokens(actor.own_key), filters, self.clock()
-        )
+        assert actor.org_id is not None  # every actor but the operator has an org
+        return await scan(self.store, actor.org_id, actor.own_key, filters, self.clock())
 
     async def list_org(self, actor: Actor, org_id: str, filters: Filters) -> Page:
         actor.require_admin("tokens:admin")
@@ -394,9 +396,13 @@ class TokenService:
         """New secret, same id/name/scopes; works on active, revoked and expired tokens.
 
         With no expiry given the new secret gets the same lifetime the old one had."""
-        secret = self.format.generate()
+        secrets_made: list[str] = []
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
+            # The new secret's hint names the token's partition (its org's): a token
+            # moved by ``patgate migrate`` leaves its forward behind here.
+            secret = self.format.generate(self.store.keys_for(old.org_id).partition)
+            secrets_made.append(secret)
             org, bounds = await self._bounds(actor, old)
             if org is None:
                 raise NotFound(f"organization {old.org_id} not found")
@@ -418,26 +424,31 @@ class TokenService:
             )
             return new, "token.regenerated", {"expires_at": expiry}
 
-        _, new = await self._change(actor, token_id, "write", mutate, durable=True)
-        return new, secret
+        old, new = await self._change(actor, token_id, "write", mutate, durable=True)
+        await self.store.drop_forwards(old, keep_id=True)
+        return new, secrets_made[-1]
 
     async def delete(self, actor: Actor, token_id: str) -> None:
-        async def attempt() -> None:
-            await self._delete_many(actor, [await self._load(actor, token_id, "write")])
+        async def attempt() -> Token:
+            token = await self._load(actor, token_id, "write")
+            await self._delete_many(actor, [token])
+            return token
 
-        await retry_stale(attempt, message=_TOKEN_RACE)
+        await self.store.drop_forwards(await retry_stale(attempt, message=_TOKEN_RACE))
 
     async def delete_all_own(self, actor: Actor) -> int:
         """Delete every token the actor owns; returns how many."""
         if actor.is_system:
             raise ValidationFailed("the local operator has no own tokens")
         actor.require("tokens:write", own=True)
-        zkey = self.store.keys.owner_tokens(actor.own_key)
+        assert actor.org_id is not None  # every actor but the operator has an org
+        org_id = actor.org_id
+        zkey = self.store.keys_for(org_id).owner_tokens(actor.own_key)
 
         async def batch() -> int:
             """Delete one page of the actor's tokens; how many (0: none left)."""
             page = await self.store.token_page(zkey, before=None, count=_DELETE_BATCH)
-            tokens = await self.store.get_tokens([i for i, _ in page])
+            tokens = await self.store.get_tokens(org_id, [i for i, _ in page])
             if tokens:
                 await self._delete_many(actor, tokens)
             return len(tokens)
@@ -455,7 +466,7 @@ class TokenService:
     async def _delete_many(self, actor: Actor, tokens: list[Token]) -> None:
         """One atomic delete of ``tokens``; :class:`StaleWrite` if any changed."""
         now = self.clock()
-        plan = self.store.plan()
+        plan = self.store.plan(tokens[0].org_id)
         for token in tokens:
             plan.delete_token(token)
             self._finish(

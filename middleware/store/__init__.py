@@ -3,10 +3,11 @@
 ==========  ==========================================================================
 module      holds
 ==========  ==========================================================================
-scripts     the Lua scripts (COMMIT, LOOKUP, PAGES, TOUCH)
+scripts     the Lua scripts (COMMIT, LOOKUP, FORWARD, PAGES, TOUCH)
 plan        :class:`Plan`: one atomic change, with named operations — the only writer
             of key names and of the invalidation wire format
-client      :class:`TokenStore`: the narrow async interface; :class:`StaleWrite`;
+client      :class:`TokenStore`: the narrow async interface, one partition per call;
+            :class:`StaleWrite`;
             :func:`redis_errors_wrapped` (redis errors → ``StoreUnavailable``)
 retry       :func:`retry_stale`: the one compare-and-set retry loop, jittered backoff
 ==========  ==========================================================================

@@ -12,8 +12,9 @@ message         written by                                  every process drops
 ``o <org>``     :meth:`Plan.invalidate_org`                 everything (a full flush)
 ==============  ==========================================  ================================
 
+Each goes out on the channel of the partition the plan writes (``Keys.channel``).
 The ``COMMIT`` script stamps each one as it publishes it: ``<message> <position> <us>``,
-e.g. ``t 9f86…08 1042 1764626051123456``. The position counts the namespace's
+e.g. ``t 9f86…08 1042 1764626051123456``. The position counts the partition's
 invalidations (an INCR of ``Keys.position`` per message, so it increases by one each);
 ``us`` is the commit time, the server's ``TIME`` in microseconds since the epoch. Every
 process reads them with :func:`parse_message`, which also accepts an unstamped message
@@ -27,7 +28,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgpack
 
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keys, partition_of_org
 from patgate.middleware.records import Org, Token, User
 
 __all__ = [
@@ -117,13 +118,17 @@ def _ms(t: float) -> int:
 
 
 def _index_value(token: Token) -> str:
-    head = token.id + " " + token.org_id
-    return head + " " + token.owner_id if token.owner_kind == "user" else head
+    # Only the id: LOOKUP reads the owner and the org from the record (scripts.py).
+    return token.id
 
 
 @dataclass(slots=True)
 class Plan:
-    """Everything one atomic change does; built in Python, applied by ``COMMIT``."""
+    """Everything one atomic change does; built in Python, applied by ``COMMIT``.
+
+    A plan writes one partition, ``keys`` (one org's: :meth:`TokenStore.plan`), so
+    ``COMMIT`` touches one slot; a record of an org in another partition is refused
+    with ValueError before anything is sent."""
 
     keys: Keys
     checks: list[list[Any]] = field(default_factory=list)
@@ -165,10 +170,15 @@ class Plan:
         """Abort with :class:`StaleWrite` unless ``key[fld]`` is still ``value`` (None: absent)."""
         self.checks.append([key, fld, b"" if value is None else value])
 
+    def _here(self, org_id: str) -> Keys:
+        if partition_of_org(org_id) != self.keys.partition:
+            raise ValueError(f"org {org_id!r} does not live in partition {self.keys.partition}")
+        return self.keys
+
     # -- tokens --------------------------------------------------------------------------
 
     def put_token(self, old: Token | None, new: Token, *, limit: int | None = None) -> None:
-        k = self.keys
+        k = self._here(new.org_id)
         self.expect(k.tokens, new.id, None if old is None else old.encode())
         new_name = [k.owner_names(new.owner_key), k.name_member(new.name)]
         old_name = None if old is None else [k.owner_names(old.owner_key), k.name_member(old.name)]
@@ -190,7 +200,7 @@ class Plan:
         self.hset.append([k.tokens, new.id, new.encode()])
 
     def delete_token(self, old: Token) -> None:
-        k = self.keys
+        k = self._here(old.org_id)
         self.expect(k.tokens, old.id, old.encode())
         self.hdel.append([k.tokens, old.id])
         self.hdel.append([k.index, old.digest])
@@ -204,20 +214,20 @@ class Plan:
     # -- users and orgs ------------------------------------------------------------------
 
     def put_user(self, old: User | None, new: User) -> None:
-        k = self.keys
+        k = self._here(new.org_id)
         self.expect(k.users, new.key, None if old is None else old.encode())
         self.hset.append([k.users, new.key, new.encode()])
         if old is None:
             self.zadd.append([k.org_users(new.org_id), _ms(new.created_at), new.id])
 
     def delete_user(self, old: User) -> None:
-        k = self.keys
+        k = self._here(old.org_id)
         self.expect(k.users, old.key, old.encode())
         self.hdel.append([k.users, old.key])
         self.zrem.append([k.org_users(old.org_id), old.id])
 
     def put_org(self, old: Org | None, new: Org) -> None:
-        self.expect(self.keys.orgs, new.id, None if old is None else old.encode())
+        self.expect(self._here(new.id).orgs, new.id, None if old is None else old.encode())
         self.hset.append([self.keys.orgs, new.id, new.encode()])
 
     def encode(self) -> bytes:

@@ -4,9 +4,11 @@
 script    does
 ========  ==============================================================================
 COMMIT    applies a :class:`~patgate.middleware.store.plan.Plan`: compare-and-set checks,
-          uniqueness and limits, the writes, PUBLISH of invalidations (stamped with their
-          position and commit time), XADD of events
-LOOKUP    digest → token record, owner's user record, org record (the cache-miss path)
+          uniqueness and limits, the writes, SPUBLISH (or PUBLISH) of invalidations
+          (stamped with their position and commit time), XADD of events
+LOOKUP    digest → token record, owner's user record, org record (the cache-miss path),
+          or the partition a forward names
+FORWARD   token id → record and last-used, or the partition a forward names
 PAGES     newest-first rows of many zsets after their cursors (the org admin listing)
 TOUCH     last-used entries, only for tokens that still exist
 ========  ==============================================================================
@@ -14,7 +16,7 @@ TOUCH     last-used entries, only for tokens that still exist
 
 from __future__ import annotations
 
-__all__ = ["COMMIT", "LOOKUP", "PAGES", "PAGES_BATCH", "TOUCH"]
+__all__ = ["COMMIT", "FORWARD", "LOOKUP", "PAGES", "PAGES_BATCH", "TOUCH"]
 
 COMMIT = """
 local plan = cmsgpack.unpack(ARGV[1])
@@ -42,6 +44,8 @@ for _, w in ipairs(plan.sp or {}) do
   if redis.call('EXISTS', w[3]) == 0 then redis.call('SREM', w[1], w[2]) end
 end
 if plan.p then
+  -- ARGV[4] is SPUBLISH (sharded pub/sub: the channel hashes to this partition's slot,
+  -- so the message stays on its shard) or PUBLISH on a server without it.
   -- Stamp each message ' <position> <commit time>' (plan.py documents the format): the
   -- position INCRs plan.q once per message; the time is the server's, in microseconds,
   -- built as digits (tostring of a 16-digit number prints it in exponent form).
@@ -49,7 +53,7 @@ if plan.p then
   local us = t[1] .. string.format('%06d', tonumber(t[2]))
   local pos = redis.call('INCRBY', plan.q, #plan.p) - #plan.p
   for i, m in ipairs(plan.p) do
-    redis.call('PUBLISH', ARGV[3], m .. ' ' .. string.format('%d', pos + i) .. ' ' .. us)
+    redis.call(ARGV[4], ARGV[3], m .. ' ' .. string.format('%d', pos + i) .. ' ' .. us)
   end
 end
 for _, e in ipairs(plan.e or {}) do
@@ -58,20 +62,66 @@ end
 return {'ok'}
 """
 
-# The index value is "<token id> <org id>" or "<token id> <org id> <owning user id>", so
-# the script can fetch the owner's user record (``<org>/<user>``) and the org record —
-# what the effective scopes are computed from (middleware.grants) — without decoding the
-# token in Lua. Still one round trip per cache miss.
+# The index value is the token id (earlier versions wrote "<id> <org> [<user>]": only the
+# first word is read). The script takes the owner and the org from the record itself to
+# fetch the owner's user record (``<org>/<user>``) and the org record — what the
+# effective scopes are computed from (middleware.grants). Keeping them out of the index
+# saves their bytes on every token (SPEC: <= 400 B per token).
+#
+# The record is a msgpack list (records.Token.encode): [id, name, kind code, owner id,
+# org id, ...], or in the first layout [id, name, description, kind text, owner id, org
+# id, ...]. Only those first six are read, by ``field`` below: strings (fixstr, str8,
+# str16) and small integers — Lua's cmsgpack cannot read the bin-typed digest later in
+# the record, and decoding all of it would cost more anyway. Still one round trip per
+# cache miss. A value "> <p>" is a forward left by ``patgate migrate``
+# (keys.Keys.index): two elements back instead of three.
 LOOKUP = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
-local id, org, user = string.match(v, '^(%S+) (%S+) ?(%S*)$')
+if string.sub(v, 1, 2) == '> ' then return {'>', string.sub(v, 3)} end
+local id = string.match(v, '^(%S+)')
 if not id then return false end
 local rec = redis.call('HGET', KEYS[2], id)
 if not rec then return false end
+local pos = 2
+local head = string.byte(rec, 1)
+if head == 0xdc then pos = 4 elseif head < 0x90 or head > 0x9f then return false end
+local function field()
+  local b = string.byte(rec, pos)
+  if not b then return nil end
+  local n, at
+  if b <= 0x7f then pos = pos + 1 return b end
+  if b >= 0xa0 and b <= 0xbf then n, at = b - 0xa0, pos + 1
+  elseif b == 0xd9 then n, at = string.byte(rec, pos + 1), pos + 2
+  elseif b == 0xda then n, at = string.byte(rec, pos + 1) * 256 + string.byte(rec, pos + 2), pos + 3
+  else return nil end
+  pos = at + n
+  return string.sub(rec, at, at + n - 1)
+end
+field() field()
+local kind, user, org = field()
+if type(kind) == 'string' then
+  kind = field()
+  user, org = field(), field()
+  if kind ~= 'user' then user = nil end
+else
+  user, org = field(), field()
+  if type(kind) ~= 'number' or kind >= 3 then user = nil end
+end
+if type(org) ~= 'string' then return false end
 local u = ''
-if user ~= '' then u = redis.call('HGET', KEYS[3], org .. '/' .. user) or '' end
+if type(user) == 'string' then u = redis.call('HGET', KEYS[3], org .. '/' .. user) or '' end
 return {rec, u, redis.call('HGET', KEYS[4], org) or ''}
+"""
+
+# A token by id in the partition its id names: {record, last-used} or, for a migrated
+# id, {'>', partition} from the forwards hash (keys.Keys.forwards); false if neither.
+FORWARD = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if rec then return {rec, redis.call('HGET', KEYS[2], ARGV[1]) or ''} end
+local to = redis.call('HGET', KEYS[3], ARGV[1])
+if to then return {'>', to} end
+return false
 """
 
 # Read-only: newest-first rows of many zsets (the merged org admin view), each after its

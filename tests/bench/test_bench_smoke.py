@@ -2,8 +2,10 @@
 
 No timing assertions — a loaded CI machine may be slow — only that each measurement
 returns sane numbers: requests were served without errors, a cache miss is one round
-trip, revoked tokens are refused by the other gateway, memory and last-used counts add
-up. ``bench/run.py`` itself is exercised through ``measure()`` + ``report()``.
+trip, revoked tokens are refused by the other gateway (on the embedded store, Sentinel
+and Cluster), memory, spread and last-used counts add up. ``bench/run.py`` itself is
+exercised through ``measure()`` + ``report()``; the Sentinel/Cluster part skips, saying
+why, when the valkey-server binary cannot run those topologies.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
         "--duration", "1", "--rounds", "1", "--warmup", "0", "--iterations", "2000",
         "--revocations", "2", "--memory-tokens", "1000", "--lastused-tokens", "20",
         "--lastused-interval", "0.3", "--doc", str(tmp_path / "perf.md"),
+        "--spread-tokens", "1000", "--spread-orgs", "10",
     ])  # fmt: skip
     r = measure(args)
 
@@ -121,3 +124,31 @@ def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
     assert "Machine:" in text
     if find_nginx() is None:
         assert any("nginx is not installed" in note for note in r.notes)
+
+    # The Sentinel and Cluster rows (real local topologies, bench/topologies.py).
+    if r.unsupported:
+        assert any("rows are missing" in note for note in r.notes)
+        pytest.skip(f"valkey-server cannot run these topologies: {r.unsupported}")
+    assert set(r.topology_revocation) == {"sentinel", "cluster"}
+    for rev in r.topology_revocation.values():
+        assert rev.rounds == 2
+        assert rev.missed == 0
+        assert rev.startup > 0
+        assert all(x >= 0 for x in rev.latencies)
+    assert r.spread is not None
+    spread = r.spread
+    assert (spread.tokens, spread.orgs, spread.users) == (1000, 10, 100)
+    assert len(spread.primaries) == 3
+    assert sum(p.slots for p in spread.primaries) == 16384
+    assert sum(p.orgs for p in spread.primaries) == 10
+    assert spread.events == spread.last_used == 1000
+    assert spread.keys > 0
+    for what in ("keys", "memory"):
+        assert sum(spread.shares(what)) == pytest.approx(1.0)
+    names = {row.name for row in table}
+    assert "key spread across 3 primaries" in names
+    assert "memory spread across 3 primaries" in names
+    assert {n for n in names if n.startswith("revocation → 2nd gateway process, ")} == {
+        "revocation → 2nd gateway process, Sentinel (p50/p99, 2 revocations)",
+        "revocation → 2nd gateway process, Cluster (p50/p99, 2 revocations)",
+    }

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from patgate.gateway.cli import main
 from patgate.gateway.cli_context import human_time
 from patgate.gateway.settings import ENV_VARS
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
@@ -312,7 +312,10 @@ def test_configuration_and_store_errors(
     monkeypatch.setenv("PATGATE_TOKEN_PREFIX", "Bad_Prefix")
     assert "PATGATE_TOKEN_PREFIX" in cli.fails("tokens", "list", "--user", "x", code=2)
     monkeypatch.delenv("PATGATE_TOKEN_PREFIX")
-    assert main(["--redis-url", "redis://127.0.0.1:1/0", "tokens", "show", "tok_x"]) == 3
+    # a well-formed id (``tok_<3 hex partition>…``): "tok_x" names no partition, so it is
+    # not found without asking the store at all
+    well_formed = "tok_" + "0" * 16
+    assert main(["--redis-url", "redis://127.0.0.1:1/0", "tokens", "show", well_formed]) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "store" in err
@@ -382,7 +385,8 @@ def test_prefix_and_pepper_come_from_the_environment(
     async def stored(fmt: TokenFormat) -> bool:
         client = aioredis.from_url(valkey_url)
         try:
-            return await TokenStore(client, Keys(namespace)).lookup(fmt.digest(secret)) is not None
+            store = TokenStore(client, Keyspace(namespace))
+            return await store.lookup(fmt.digest(secret), fmt.partition(secret)) is not None
         finally:
             await client.aclose()
 

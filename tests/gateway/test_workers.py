@@ -308,7 +308,7 @@ async def test_workers_restart_aggregate_reload_and_drain(
 
         # SIGTERM: every worker flushes its pending last-used entries before exiting.
         assert await gw.stop() == 0
-    stored = await store.get_tokens(sorted(used))
+    stored = await store.get_tokens("o1", sorted(used))  # issue() mints in org o1
     assert len(stored) == len(used)
     assert all(t.last_used is not None for t in stored), [t.id for t in stored if not t.last_used]
     assert not directory.exists()

@@ -75,7 +75,7 @@ async def add_org(
         return existing
     now = time.time()
     record = Org(org, org, member_scopes=member_scopes, created_at=now, updated_at=now)
-    plan = store.plan()
+    plan = store.plan(org)
     plan.put_org(None, record)
     await store.commit(plan)
     return record
@@ -95,7 +95,7 @@ async def add_user(
         created_at=now,
         updated_at=now,
     )
-    plan = store.plan()
+    plan = store.plan(org)
     plan.put_user(None, user)
     await store.commit(plan)
     return user
@@ -104,7 +104,7 @@ async def add_user(
 async def update_user(store: TokenStore, old: User, **changes: object) -> User:
     """Change a user and publish ``u <id>`` as the service layer does."""
     new = old.evolve(**changes, updated_at=time.time())
-    plan = store.plan()
+    plan = store.plan(new.org_id)
     plan.put_user(old, new)
     plan.invalidate_user(new.key)
     await store.commit(plan)
@@ -121,10 +121,11 @@ async def issue(
     expires_at: float | None = None,
     name: str | None = None,
 ) -> Issued:
-    secret = fmt.generate()
+    partition = store.keys_for("o1").partition
+    secret = fmt.generate(partition)
     now = time.time()
     token = Token(
-        id="tok_" + uuid.uuid4().hex[:12],
+        id=f"tok_{partition:03x}" + uuid.uuid4().hex[:13],
         name=name or "t-" + uuid.uuid4().hex[:8],
         description="",
         owner_kind=owner_kind,  # type: ignore[arg-type]
@@ -142,7 +143,7 @@ async def issue(
         updated_at=now,
     )
     await add_org(store, "o1")
-    plan = store.plan()
+    plan = store.plan(token.org_id)
     plan.put_token(None, token)
     await store.commit(plan)
     return Issued(secret, token)
@@ -151,7 +152,7 @@ async def issue(
 async def change(store: TokenStore, issued: Issued, **changes: object) -> Issued:
     """Rewrite a token (revoke, scope change, ...) and publish ``t <digest>``."""
     new = issued.token.evolve(**changes, updated_at=time.time())
-    plan = store.plan()
+    plan = store.plan(new.org_id)
     plan.put_token(issued.token, new)
     plan.invalidate_token(issued.digest)
     await store.commit(plan)
@@ -163,7 +164,7 @@ async def revoke(store: TokenStore, issued: Issued) -> Issued:
 
 
 async def delete(store: TokenStore, issued: Issued) -> None:
-    plan = store.plan()
+    plan = store.plan(issued.token.org_id)
     plan.delete_token(issued.token)
     plan.invalidate_token(issued.digest)
     await store.commit(plan)

@@ -23,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.records import Identity
 from patgate.middleware.runtime import Runtime, redis_client
 from patgate.middleware.store import TokenStore
@@ -261,7 +261,7 @@ async def test_websocket_handshake_is_authenticated(runtime: Runtime) -> None:
 async def test_convenience_constructor_from_redis_url(settings: Settings, valkey_url: str) -> None:
     """``Middleware(PatgateMiddleware, redis_url=..., policy=...)`` builds its own runtime."""
     client = redis_client(valkey_url)
-    store = TokenStore(client, Keys(settings.namespace))
+    store = TokenStore(client, Keyspace(settings.namespace))
     try:
         await add_user(store, "u1")
         token = await issue(store, TokenFormat(), scopes=("threads:read",))

@@ -28,7 +28,7 @@ from patgate.middleware.errors import (
     StoreUnavailable,
 )
 from patgate.middleware.invalidation import InvalidationSubscriber
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import LastUsed
@@ -54,27 +54,31 @@ _UNKNOWN_CHALLENGE = (
 class CountingStore(TokenStore):
     """The real store, counting lookups; ``during_lookup`` runs mid-round-trip."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keyspace) -> None:
         super().__init__(client, keys)
         self.lookups = 0
         self.during_lookup: Callable[[], None] | None = None
 
-    async def lookup(self, digest: bytes) -> tuple[bytes, bytes | None] | None:
+    async def lookup(
+        self, digest: bytes, partition: int
+    ) -> tuple[bytes, bytes | None, bytes | None] | None:
         self.lookups += 1
         if self.during_lookup is not None:
             self.during_lookup()
-        return await super().lookup(digest)
+        return await super().lookup(digest, partition)
 
 
 class Rig:
-    def __init__(self, client: aioredis.Redis, keys: Keys, sub_client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keyspace, sub_client: aioredis.Redis) -> None:
         self.store = CountingStore(client, keys)
         self.fmt = TokenFormat()
         self.metrics = Metrics()
         self.now = [time.time()]
         self.cache: TokenCache[Resolved] = TokenCache(100, 30.0, 2.0, self.metrics)
         self.recorder = LastUsedRecorder(self.store, self.metrics, interval=60)
-        self.subscriber = InvalidationSubscriber(sub_client, keys.channel, self.cache, self.metrics)
+        self.subscriber = InvalidationSubscriber(
+            sub_client, keys.channels, self.cache, self.metrics
+        )
         self.auth = Authenticator(
             self.store,
             self.cache,
@@ -104,7 +108,7 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(redis_client: aioredis.Redis, keys: Keys, store_url: str) -> AsyncIterator[Rig]:
+async def rig(redis_client: aioredis.Redis, keys: Keyspace, store_url: str) -> AsyncIterator[Rig]:
     sub_client = make_client(store_url, retries=0)
     rig = Rig(redis_client, keys, sub_client)
     await add_user(rig.store, "u1")
@@ -495,7 +499,7 @@ def test_scope_list_is_read_only() -> None:
 # -- the store unreachable ---------------------------------------------------------------
 
 
-async def test_store_down_is_503_and_never_cached(tmp_path: Path, keys: Keys) -> None:
+async def test_store_down_is_503_and_never_cached(tmp_path: Path, keys: Keyspace) -> None:
     server = EmbeddedValkey(tmp_path / "own")
     url = server.start()
     client = make_client(url)
@@ -536,7 +540,7 @@ async def test_store_down_is_503_and_never_cached(tmp_path: Path, keys: Keys) ->
         server.stop()
 
 
-async def test_closed_port_with_nothing_cached_is_503(keys: Keys) -> None:
+async def test_closed_port_with_nothing_cached_is_503(keys: Keyspace) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -640,7 +644,7 @@ async def test_identify_fresh_reads_past_the_cache_and_caches_nothing(rig: Rig) 
     assert rig.store.lookups == 1
     # Revoked without an invalidation: the data plane's cached answer is (knowingly)
     # stale until its TTL; a fresh read sees the revocation at once.
-    plan = rig.store.plan()
+    plan = rig.store.plan(t.token.org_id)
     plan.put_token(t.token, t.token.evolve(revoked_at=rig.now[0]))
     await rig.store.commit(plan)
     assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService
 from patgate.middleware.embedded import EmbeddedValkey, embedded_store_url
 from patgate.middleware.errors import ConfigError
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.records import Token, User
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
@@ -72,8 +72,9 @@ async def _validate(url: str, secret: str, namespace: str = "patgate") -> Token:
     """What the data plane does: lookup by digest, then the usability rules."""
     client = aioredis.from_url(url)
     try:
-        store = TokenStore(client, Keys(namespace))
-        found = await store.lookup(TokenFormat().digest(secret))
+        store = TokenStore(client, Keyspace(namespace))
+        fmt = TokenFormat()
+        found = await store.lookup(fmt.digest(secret), fmt.partition(secret))
         assert found is not None, "token lost"
         token = Token.decode(found[0])
         usable_identity(token, None if found[1] is None else User.decode(found[1]), time.time())
@@ -278,7 +279,7 @@ def test_token_survives_sigkill_of_the_server_right_after_create(data_dir: Path)
     async def create(url: str) -> tuple[str, int]:
         client = aioredis.from_url(url)
         try:
-            store = TokenStore(client, Keys("patgate"))
+            store = TokenStore(client, Keyspace("patgate"))
             system = Actor.system()
             directory = Directory(store, default_org="acme")
             await directory.put_org(system, "acme", {"member_scopes": MEMBER_SCOPES})

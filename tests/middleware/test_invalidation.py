@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 from patgate.middleware.cache import TokenCache
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.invalidation import InvalidationSubscriber
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.runtime import redis_client
 from patgate.middleware.store import TokenStore
@@ -44,12 +45,15 @@ def _value(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 class _Rig:
-    def __init__(self, url: str, keys: Keys, **options: float) -> None:
+    def __init__(self, url: str, keys: Keyspace, **options: Any) -> None:
         self.metrics = Metrics()
         self.cache: TokenCache[str] = TokenCache(64, 30.0, 2.0, self.metrics, active=True)
         self.client = redis_client(url, retries=0)
+        #: the channel of the test org's partition ("o1", tests/middleware/_tokens.py).
+        self.channel = keys.for_org("o1").channel
+        # Every partition's channel, as a process subscribes (runtime).
         self.subscriber = InvalidationSubscriber(
-            self.client, keys.channel, self.cache, self.metrics, **options
+            self.client, keys.channels, self.cache, self.metrics, **options
         )
 
     def fill(self, *digests: bytes, owner: str | None = "u1") -> None:
@@ -65,7 +69,7 @@ class _Rig:
 
 
 @pytest.fixture
-async def rig(valkey_url: str, keys: Keys) -> AsyncIterator[_Rig]:
+async def rig(valkey_url: str, keys: Keyspace) -> AsyncIterator[_Rig]:
     rig = _Rig(valkey_url, keys, ping_interval=0.1, ping_timeout=0.3, max_backoff=0.1)
     try:
         yield rig
@@ -87,7 +91,7 @@ async def rig(valkey_url: str, keys: Keys) -> AsyncIterator[_Rig]:
     ],
 )
 def test_apply_message_table(
-    valkey_url: str, keys: Keys, message: bytes, kind: str, left: set[int]
+    valkey_url: str, keys: Keyspace, message: bytes, kind: str, left: set[int]
 ) -> None:
     rig = _Rig(valkey_url, keys)
     rig.fill(_d(1), _d(2))
@@ -120,7 +124,7 @@ def _us(t: float) -> int:
     ],
 )
 def test_stamped_messages_apply_and_observe_lag_and_position(
-    valkey_url: str, keys: Keys, message: str, kind: str, left: set[int]
+    valkey_url: str, keys: Keyspace, message: str, kind: str, left: set[int]
 ) -> None:
     """Issue 11: the same three kinds, stamped by COMMIT; lag is now minus commit time."""
     rig = _Rig(valkey_url, keys)
@@ -136,7 +140,7 @@ def test_stamped_messages_apply_and_observe_lag_and_position(
 
 
 def test_clock_skew_counts_as_no_lag_and_unstamped_messages_as_no_sample(
-    valkey_url: str, keys: Keys
+    valkey_url: str, keys: Keyspace
 ) -> None:
     rig = _Rig(valkey_url, keys)
     ahead = _us(time.time() + 5)  # the server's clock runs 5 s ahead of ours
@@ -167,14 +171,14 @@ async def test_published_messages_drop_entries(rig: _Rig, redis_client: aioredis
     await rig.subscriber.start(wait=5.0)
     rig.fill(_d(1), _d(2))
     rig.fill(_d(3), owner="u2")
-    await redis_client.publish(rig.subscriber._channel, token_message(_d(1)))
+    await redis_client.spublish(rig.channel, token_message(_d(1)))
     await _until(lambda: not rig.has(_d(1)))
     assert rig.has(_d(2))
     assert rig.has(_d(3))
-    await redis_client.publish(rig.subscriber._channel, user_message("u2"))
+    await redis_client.spublish(rig.channel, user_message("u2"))
     await _until(lambda: not rig.has(_d(3)))
     assert rig.has(_d(2))
-    await redis_client.publish(rig.subscriber._channel, b"*")
+    await redis_client.spublish(rig.channel, b"*")
     await _until(lambda: len(rig.cache) == 0)
     assert _lag(rig.metrics) == 0  # unstamped (the format before issue 11): no lag sample
 
@@ -207,7 +211,7 @@ async def test_commits_show_as_lag_samples_and_the_store_position(
         rig.fill(issued.digest)
         await revoke(store, issued)
     await _until(lambda: not any(rig.has(t.digest) for t in tokens), seconds=1.0)
-    stored = int(await redis_client.get(store.keys.position) or 0)
+    stored = int(await redis_client.get(store.keys_for("o1").position) or 0)
     await _until(lambda: _position(rig.metrics) == stored, seconds=1.0)
     assert stored >= 3
     assert _lag(rig.metrics) - before >= 3
@@ -222,7 +226,7 @@ async def test_subscription_catches_up_to_the_store_position(rig: _Rig, store: T
     await add_user(store)
     issued = await issue(store, fmt)
     await revoke(store, issued)
-    stored = int(await store.client.get(store.keys.position) or 0)
+    stored = int(await store.client.get(store.keys_for("o1").position) or 0)
     assert stored >= 1
     assert _position(rig.metrics) == 0
     await rig.subscriber.start(wait=5.0)
@@ -261,7 +265,7 @@ async def test_unanswered_ping_counts_as_disconnected(
     assert rig.subscriber.connects >= 2
 
 
-async def test_store_outage_and_recovery(tmp_path: Path, keys: Keys) -> None:
+async def test_store_outage_and_recovery(tmp_path: Path, keys: Keyspace) -> None:
     """A dedicated server is stopped: the cache goes off and stays off until the
     subscription is back, then starts empty."""
     server = EmbeddedValkey(tmp_path / "own")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace, partition_of_org
 from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import LastUsed
@@ -21,15 +21,18 @@ from ._tokens import add_user, delete, issue
 
 pytestmark = pytest.mark.anyio
 
+#: the partition of the test org "o1" (tests/middleware/_tokens.py), where its tokens are.
+P1 = partition_of_org("o1")
+
 
 class CountingStore(TokenStore):
     """The real store, counting ``touch`` calls (one EVALSHA each)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keyspace) -> None:
         super().__init__(client, keys)
         self.touches: list[int] = []
 
-    async def touch(self, batch: Sequence[tuple[str, LastUsed]]) -> int:
+    async def touch(self, batch: Sequence[tuple[int, str, LastUsed]]) -> int:
         self.touches.append(len(batch))
         return await super().touch(batch)
 
@@ -43,7 +46,7 @@ def _value(metrics: Metrics, name: str) -> float:
 
 
 @pytest.fixture
-def counting(redis_client: aioredis.Redis, keys: Keys) -> CountingStore:
+def counting(redis_client: aioredis.Redis, keys: Keyspace) -> CountingStore:
     return CountingStore(redis_client, keys)
 
 
@@ -55,8 +58,8 @@ async def test_coalesces_per_token_into_one_write(counting: CountingStore) -> No
     metrics = Metrics()
     recorder = LastUsedRecorder(counting, metrics, interval=60)
     for i in range(1000):
-        recorder.record(a.token.id, _used(1000.0 + i, f"/threads/{i}"))
-    recorder.record(b.token.id, _used(5.0))
+        recorder.record(P1, a.token.id, _used(1000.0 + i, f"/threads/{i}"))
+    recorder.record(P1, b.token.id, _used(5.0))
     assert len(recorder) == 2
     assert _value(metrics, "patgate_lastused_pending") == 2
     assert await recorder.flush() == 2
@@ -74,8 +77,8 @@ async def test_bounded_new_tokens_dropped_and_counted(counting: CountingStore) -
     metrics = Metrics()
     recorder = LastUsedRecorder(counting, metrics, interval=60, max_pending=3)
     for i in range(5):
-        recorder.record(f"tok_{i}", _used(float(i)))
-    recorder.record("tok_0", _used(99.0))  # already pending: updating it is always fine
+        recorder.record(P1, f"tok_{i}", _used(float(i)))
+    recorder.record(P1, "tok_0", _used(99.0))  # already pending: updating it is always fine
     assert len(recorder) == 3
     assert _value(metrics, "patgate_lastused_dropped_total") == 2
     assert recorder._pending["tok_0"].at == 99.0
@@ -85,7 +88,7 @@ async def test_large_batches_are_chunked(counting: CountingStore) -> None:
     metrics = Metrics()
     recorder = LastUsedRecorder(counting, metrics, interval=60, batch_size=100)
     for i in range(250):
-        recorder.record(f"tok_missing_{i}", _used(1.0))
+        recorder.record(P1, f"tok_missing_{i}", _used(1.0))
     assert await recorder.flush() == 0  # none of these tokens exist
     assert counting.touches == [100, 100, 50]
 
@@ -96,13 +99,13 @@ async def test_never_recreates_a_deleted_token(counting: CountingStore) -> None:
     kept = await issue(counting, fmt)
     gone = await issue(counting, fmt)
     recorder = LastUsedRecorder(counting, Metrics(), interval=60)
-    recorder.record(kept.token.id, _used(1.0))
-    recorder.record(gone.token.id, _used(1.0))
+    recorder.record(P1, kept.token.id, _used(1.0))
+    recorder.record(P1, gone.token.id, _used(1.0))
     await delete(counting, gone)  # deleted between the request and the flush
     assert await recorder.flush() == 1
-    raw = await counting.client.hget(counting.keys.last_used, gone.token.id)
+    raw = await counting.client.hget(counting.keys_for("o1").last_used, gone.token.id)
     assert raw is None
-    assert await counting.client.hexists(counting.keys.tokens, gone.token.id) == 0
+    assert await counting.client.hexists(counting.keys_for("o1").tokens, gone.token.id) == 0
 
 
 async def test_background_flush_on_interval_and_final_flush(counting: CountingStore) -> None:
@@ -113,14 +116,14 @@ async def test_background_flush_on_interval_and_final_flush(counting: CountingSt
     recorder = LastUsedRecorder(counting, metrics, interval=0.05)
     recorder.start()
     try:
-        recorder.record(a.token.id, _used(1.0))
+        recorder.record(P1, a.token.id, _used(1.0))
         for _ in range(200):
             if counting.touches:
                 break
             await asyncio.sleep(0.01)
         assert counting.touches == [1]
-        recorder.record(a.token.id, _used(2.0))
-        recorder.record(a.token.id, _used(3.0))
+        recorder.record(P1, a.token.id, _used(2.0))
+        recorder.record(P1, a.token.id, _used(3.0))
     finally:
         await recorder.aclose()
     got = await counting.get_token(a.token.id)
@@ -143,7 +146,7 @@ async def test_writes_at_most_once_per_token_per_interval(counting: CountingStor
     end = loop.time() + 0.3
     try:
         while loop.time() < end:
-            recorder.record(a.token.id, _used(loop.time()))
+            recorder.record(P1, a.token.id, _used(loop.time()))
             requests += 1
             if requests % 50 == 0:
                 await asyncio.sleep(0)
@@ -160,14 +163,14 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_redis_down_drops_batch_counts_and_keeps_running(keys: Keys) -> None:
+async def test_redis_down_drops_batch_counts_and_keeps_running(keys: Keyspace) -> None:
     client = redis_client(f"redis://127.0.0.1:{_closed_port()}/0")
     try:
         metrics = Metrics()
         recorder = LastUsedRecorder(TokenStore(client, keys), metrics, interval=0.02)
         recorder.start()
-        recorder.record("tok_a", _used(1.0))
-        recorder.record("tok_b", _used(1.0))
+        recorder.record(P1, "tok_a", _used(1.0))
+        recorder.record(P1, "tok_b", _used(1.0))
         for _ in range(300):
             if _value(metrics, "patgate_lastused_dropped_total") >= 2:
                 break
@@ -175,7 +178,7 @@ async def test_redis_down_drops_batch_counts_and_keeps_running(keys: Keys) -> No
         assert _value(metrics, "patgate_lastused_dropped_total") == 2
         errors = metrics.registry.get_sample_value("patgate_redis_errors_total", {"op": "touch"})
         assert errors == 1
-        recorder.record("tok_c", _used(2.0))  # still accepting: requests never block
+        recorder.record(P1, "tok_c", _used(2.0))  # still accepting: requests never block
         assert len(recorder) == 1
         await recorder.aclose()
         assert _value(metrics, "patgate_lastused_dropped_total") == 3

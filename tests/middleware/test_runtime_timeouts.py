@@ -132,7 +132,7 @@ async def test_management_writes_outlast_a_short_data_plane_timeout(
 
     def plan(store: TokenStore, org_id: str) -> Plan:
         now = time.time()
-        p = store.plan()
+        p = store.plan(org_id)
         p.put_org(None, Org(org_id, org_id, created_at=now, updated_at=now))
         return p
 

@@ -65,7 +65,7 @@ class Api:
         return secret
 
     async def resolves(self, secret: str) -> Token | None:
-        found = await self.store.lookup(self.fmt.digest(secret))
+        found = await self.store.lookup(self.fmt.digest(secret), self.fmt.partition(secret))
         return None if found is None else Token.decode(found[0])
 
 
@@ -94,7 +94,8 @@ async def make_api(store: TokenStore) -> AsyncIterator[Api]:
 async def snapshot(client: aioredis.Redis, namespace: str) -> dict[bytes, Any]:
     """Everything stored under the namespace, in a comparable form."""
     out: dict[bytes, Any] = {}
-    async for key in client.scan_iter(match="{" + namespace + "}*", count=1000):
+    # every partition's keys, ``{<namespace>:<p>}:…`` (and the legacy ``{<namespace>}:…``)
+    async for key in client.scan_iter(match="{" + namespace + "[:}]*", count=1000):
         raw = await client.type(key)
         kind = raw.decode() if isinstance(raw, bytes) else raw
         if kind == "hash":

@@ -26,14 +26,16 @@ class _Counting(TokenStore):
 
     lookups = 0
 
-    async def lookup(self, digest: bytes) -> tuple[bytes, bytes | None, bytes | None] | None:
+    async def lookup(
+        self, digest: bytes, partition: int
+    ) -> tuple[bytes, bytes | None, bytes | None] | None:
         self.lookups += 1
-        return await super().lookup(digest)
+        return await super().lookup(digest, partition)
 
 
 @pytest.fixture
 async def shared(api: Api) -> AsyncIterator[tuple[httpx.AsyncClient, Authenticator, _Counting]]:
-    counting = _Counting(api.store.client, api.store.keys)
+    counting = _Counting(api.store.client, api.store.keyspace)
     cache: TokenCache[Resolved] = TokenCache(100, 30.0, 2.0, active=True)
     auth = Authenticator(counting, cache, api.fmt, default_policy(), Metrics(), clock=api.clock)
     app = create_api_app(api.store, api.fmt, clock=api.clock, authenticator=auth)

@@ -96,7 +96,7 @@ class Stack:
     async def stored(self) -> list[bytes]:
         """Every token record, to prove a refused request changed nothing."""
         r: Any = self.runtime.redis
-        return sorted((await r.hgetall(self.runtime.keys.tokens)).values())
+        return sorted((await r.hgetall(self.runtime.store.keys_for("acme").tokens)).values())
 
 
 @contextlib.asynccontextmanager
@@ -153,9 +153,10 @@ async def _forge(stack: Stack, owner: str, scopes: list[str], workspaces: Any = 
     hand edit could leave one): only decision-time bounding stands between it and the
     upstream."""
     fmt, now = stack.runtime.token_format, time.time()
-    secret = fmt.generate()
+    partition = stack.runtime.store.keys_for("acme").partition
+    secret = fmt.generate(partition)
     token = Token(
-        id="tok_forged" + owner,
+        id=f"tok_{partition:03x}forged{owner}",
         name="forged",
         description="",
         owner_kind="user",
@@ -173,7 +174,7 @@ async def _forge(stack: Stack, owner: str, scopes: list[str], workspaces: Any = 
         updated_at=now,
         issued_at=now,
     )
-    plan = stack.runtime.store.plan()
+    plan = stack.runtime.store.plan("acme")
     plan.put_token(None, token)
     await stack.runtime.store.commit(plan)
     return secret
@@ -324,7 +325,8 @@ async def test_demotion_shrinks_tokens_within_milliseconds(settings: Settings) -
 
 
 async def _id_of(s: Stack, who: str) -> str:
-    found = await s.runtime.store.lookup(s.runtime.token_format.digest(s.secrets[who]))
+    fmt = s.runtime.token_format
+    found = await s.runtime.store.lookup(fmt.digest(s.secrets[who]), fmt.partition(s.secrets[who]))
     assert found is not None
     return Token.decode(found[0]).id
 

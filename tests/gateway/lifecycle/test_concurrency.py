@@ -36,11 +36,11 @@ async def test_fifty_concurrent_creates_against_a_limit_of_ten(
     )
     assert _outcomes(results) == {"ok": 10, "LimitReached": 40}
     assert all(r.status_code == 429 for r in results if isinstance(r, LimitReached))
-    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 10
-    assert await store.client.hlen(store.keys.tokens) == 10
-    assert await store.client.hlen(store.keys.index) == 10
-    assert await store.client.scard(store.keys.owner_names("u:acme/alice")) == 10
-    created = sum(b'"token.created"' in b for _, b in await store.events(count=1000))
+    assert await store.count(store.keys_for("acme").owner_tokens("u:acme/alice")) == 10
+    assert await store.client.hlen(store.keys_for("acme").tokens) == 10
+    assert await store.client.hlen(store.keys_for("acme").index) == 10
+    assert await store.client.scard(store.keys_for("acme").owner_names("u:acme/alice")) == 10
+    created = sum(b'"token.created"' in b for _, b in await store.events("acme", count=1000))
     assert created == 10
 
 
@@ -54,8 +54,8 @@ async def test_twenty_concurrent_creates_with_one_name(
     )
     assert _outcomes(results) == {"ok": 1, "Conflict": 19}
     assert all(r.status_code == 409 for r in results if isinstance(r, Conflict))
-    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 1
-    assert await store.client.hlen(store.keys.index) == 1
+    assert await store.count(store.keys_for("acme").owner_tokens("u:acme/alice")) == 1
+    assert await store.client.hlen(store.keys_for("acme").index) == 1
 
 
 @pytest.mark.anyio
@@ -85,7 +85,7 @@ async def test_concurrent_scope_adds_lose_nothing(tokens: TokenService, store: T
     final = await store.get_token(token.id)
     assert final is not None
     assert set(final.scopes) == {f"r{i}:read" for i in range(6)}
-    changes = [b for _, b in await store.events(count=1000) if b"token.scopes_changed" in b]
+    changes = [b for _, b in await store.events("acme", count=1000) if b"token.scopes_changed" in b]
     assert len(changes) == 6
 
 
@@ -107,7 +107,7 @@ async def test_heavy_contention_fails_loudly_never_silently(
     final = await store.get_token(token.id)
     assert final is not None
     assert set(final.scopes) == ok
-    changes = [b for _, b in await store.events(count=1000) if b"token.scopes_changed" in b]
+    changes = [b for _, b in await store.events("acme", count=1000) if b"token.scopes_changed" in b]
     assert len(changes) == len(ok)
 
 
@@ -118,10 +118,12 @@ async def test_concurrent_regenerates_leave_exactly_one_working_secret(
     token, first = await tokens.create(ALICE, name="t")
     results = await asyncio.gather(*(tokens.regenerate(ALICE, token.id) for _ in range(5)))
     fmt = tokens.format
-    working = [s for _, s in results if await store.lookup(fmt.digest(s)) is not None]
+    working = [
+        s for _, s in results if await store.lookup(fmt.digest(s), fmt.partition(s)) is not None
+    ]
     assert len(working) == 1
-    assert await store.lookup(fmt.digest(first)) is None
-    assert await store.client.hlen(store.keys.index) == 1
+    assert await store.lookup(fmt.digest(first), fmt.partition(first)) is None
+    assert await store.client.hlen(store.keys_for("acme").index) == 1
     final = await store.get_token(token.id)
     assert final is not None
     assert final.digest == fmt.digest(working[0])
@@ -140,8 +142,8 @@ async def test_delete_racing_an_update_leaves_no_orphans(
     assert results[1] is None
     assert isinstance(results[0], Token | NotFound)
     assert await store.get_token(token.id) is None
-    assert await store.lookup(tokens.format.digest(secret)) is None
-    for key in (store.keys.tokens, store.keys.index):
+    assert await store.lookup(tokens.format.digest(secret), tokens.format.partition(secret)) is None
+    for key in (store.keys_for("acme").tokens, store.keys_for("acme").index):
         assert await store.client.hlen(key) == 0, key
-    assert await store.client.exists(store.keys.owner_names("u:acme/alice")) == 0
-    assert await store.client.exists(store.keys.org_owners(token.org_id)) == 0
+    assert await store.client.exists(store.keys_for("acme").owner_names("u:acme/alice")) == 0
+    assert await store.client.exists(store.keys_for("acme").org_owners(token.org_id)) == 0

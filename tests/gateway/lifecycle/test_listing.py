@@ -288,7 +288,7 @@ async def test_admin_view_lists_owners_not_users_and_forgets_emptied_owners(
     beta_admin = Actor("user", "root", "beta", "admin", w.admin.scopes)
     beta = await w.tokens.list_org(beta_admin, "beta", Filters())
     assert [t.id for t in beta.items] == [new.id]
-    keys = w.store.keys
+    keys = w.store.keys_for("acme")
     assert await w.store.org_owner_keys("acme") == ["u:acme/alice", "u:acme/bob"]
     await w.tokens.delete(w.bob, dropped.id)
     assert await w.store.org_owner_keys("acme") == ["u:acme/alice", "u:acme/bob"]
@@ -305,12 +305,13 @@ async def test_admin_pagination_over_many_small_owners(w: World, limit: int) -> 
     # takes only a few rows per owner, so many owners are re-read mid-page.
     rng = random.Random(limit)
     created: list[Token] = []
-    plan = w.store.plan()
+    plan = w.store.plan("acme")
+    partition = plan.keys.partition
     for n in range(80):
         for k in range(rng.randrange(14)):
             at = T0 + rng.randrange(5) / 1000
             token = Token(
-                id=f"tok_{rng.getrandbits(40):010x}", name=f"t{k}", description="",
+                id=f"tok_{partition:03x}{rng.getrandbits(52):013x}", name=f"t{k}", description="",
                 owner_kind="user", owner_id=f"user{n:02d}", org_id="acme", type="personal",
                 scopes=(), workspaces=None, expires_at=None, created_at=at,
                 created_by=f"user{n:02d}", revoked_at=None, prefix="pat_x",

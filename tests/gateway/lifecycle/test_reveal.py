@@ -37,7 +37,8 @@ async def test_secrets_are_revealed_once_and_stored_nowhere(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(store.keys.channel)
+    # COMMIT publishes on acme's partition channel, a shard channel (SPUBLISH)
+    await pubsub.ssubscribe(store.keys_for("acme").channel)
     revealing: list[httpx.Response] = []
     other: list[httpx.Response] = []
     async with make_api(store) as api:
@@ -85,6 +86,7 @@ async def test_secrets_are_revealed_once_and_stored_nowhere(
         while True:
             m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if m is not None:
+                assert m["type"] == "smessage"
                 messages.append(m["data"])
     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -102,11 +104,11 @@ async def test_secrets_are_revealed_once_and_stored_nowhere(
     assert _leaks(logged.encode(), secrets) == []
 
     dump = await snapshot(redis_client, namespace)
-    assert store.keys.events.encode() in dump
-    assert store.keys.index.encode() in dump
+    assert store.keys_for("acme").events.encode() in dump
+    assert store.keys_for("acme").index.encode() in dump
     flat = repr(dump).encode()
     assert _leaks(flat, secrets) == []
     # what is stored instead: the digests, as the index's keys
-    index = dict(dump[store.keys.index.encode()])
+    index = dict(dump[store.keys_for("acme").index.encode()])
     assert api.fmt.digest(regen["token"]) not in index  # regenerated away
     assert all(len(k) == 32 for k in index)

@@ -115,8 +115,8 @@ async def test_create_rejects_bad_input_and_stores_nothing(
     args: dict[str, object] = {"name": "ok"} | kwargs
     with pytest.raises(ValidationFailed):
         await w.tokens.create(w.alice, **args)  # type: ignore[arg-type]
-    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 0
-    assert not [b for _, b in await w.store.events() if b"token." in b]
+    assert await w.store.count(w.store.keys_for("acme").owner_tokens("u:acme/alice")) == 0
+    assert not [e for e in await w.events() if e["type"].startswith("token.")]
 
 
 @pytest.mark.anyio
@@ -140,7 +140,7 @@ async def test_names_are_unique_per_owner_case_insensitively(w: World) -> None:
     with pytest.raises(Conflict) as exc:
         await w.tokens.create(w.alice, name="deploy bot")
     assert exc.value.status_code == 409
-    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 1
+    assert await w.store.count(w.store.keys_for("acme").owner_tokens("u:acme/alice")) == 1
     other, _ = await w.tokens.create(w.bob, name="Deploy Bot")
     org_owned, _ = await w.tokens.create(w.admin, name="deploy bot", owner=Owner("org", "acme"))
     assert other.owner_id == "bob"
@@ -184,8 +184,14 @@ async def test_create_for_someone_else_needs_admin_of_that_org(
 ) -> None:
     with pytest.raises(error):
         await w.tokens.create(getattr(w, actor), name="x", owner=owner)
-    for key in ("u:acme/alice", "u:acme/bob", "o:acme", "o:other", "u:other/eve"):
-        assert await w.store.count(w.store.keys.owner_tokens(key)) == 0
+    for org, key in (
+        ("acme", "u:acme/alice"),
+        ("acme", "u:acme/bob"),
+        ("acme", "o:acme"),
+        ("other", "o:other"),
+        ("other", "u:other/eve"),
+    ):
+        assert await w.store.count(w.store.keys_for(org).owner_tokens(key)) == 0
 
 
 @pytest.mark.anyio
@@ -204,7 +210,7 @@ async def test_disabled_users_cannot_get_tokens(w: World, change: dict[str, bool
     for actor in (w.admin, w.system):
         with pytest.raises(Forbidden):
             await w.tokens.create(actor, name="x", owner=Owner("user", "alice", "acme"))
-    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 0
+    assert await w.store.count(w.store.keys_for("acme").owner_tokens("u:acme/alice")) == 0
 
 
 @pytest.mark.anyio
@@ -444,7 +450,7 @@ async def test_regenerate_twice_only_the_latest_secret_works(w: World) -> None:
     _, s2 = await w.tokens.regenerate(w.alice, token.id)
     _, s3 = await w.tokens.regenerate(w.alice, token.id)
     assert [await w.resolves(s) is not None for s in (s1, s2, s3)] == [False, False, True]
-    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 1
+    assert await w.store.count(w.store.keys_for("acme").owner_tokens("u:acme/alice")) == 1
 
 
 # -- delete ------------------------------------------------------------------------------
@@ -480,7 +486,7 @@ async def test_delete_all_own(w: World) -> None:
     _, bob_secret = await w.tokens.create(w.bob, name="t0")
     assert await w.tokens.delete_all_own(w.alice) == 4
     assert [await w.resolves(s) for s in secrets] == [None] * 4
-    assert await w.store.count(w.store.keys.owner_tokens("u:acme/alice")) == 0
+    assert await w.store.count(w.store.keys_for("acme").owner_tokens("u:acme/alice")) == 0
     assert await w.usable(bob_secret)
     assert await w.tokens.delete_all_own(w.alice) == 0
     with pytest.raises(ValidationFailed):

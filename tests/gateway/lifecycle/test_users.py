@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import anyio
 import pytest
 import redis.asyncio as aioredis
@@ -15,15 +13,15 @@ from patgate.middleware.errors import (
     ServiceError,
     ValidationFailed,
 )
-from patgate.middleware.store import TokenStore
 from patgate.middleware.store.plan import parse_message
 from patgate.policies.scopes import MANAGEMENT_SCOPES
 from tests.gateway._clock import T0
 from tests.gateway.lifecycle._world import World
 
 
-async def _events(store: TokenStore) -> list[dict[str, object]]:
-    return [json.loads(b) for _, b in await store.events(count=1000)]
+async def _events(w: World) -> list[dict[str, object]]:
+    """Every event of the world's orgs, newest first."""
+    return list(reversed(await w.events()))
 
 
 # -- orgs --------------------------------------------------------------------------------
@@ -49,9 +47,9 @@ async def test_org_defaults_and_merge_update(w: World) -> None:
 
 @pytest.mark.anyio
 async def test_unchanged_org_put_writes_no_event(w: World) -> None:
-    before = len(await _events(w.store))
+    before = len(await _events(w))
     await w.directory.put_org(w.admin, "acme", {"name": "Acme"})
-    assert len(await _events(w.store)) == before
+    assert len(await _events(w)) == before
 
 
 @pytest.mark.anyio
@@ -143,12 +141,12 @@ async def test_bad_user_input_changes_nothing(
     w: World, user_id: str, body: dict[str, object]
 ) -> None:
     before = await w.store.get_user("acme", "alice")
-    events = len(await _events(w.store))
+    events = len(await _events(w))
     with pytest.raises(ValidationFailed):
         await w.directory.put_user(w.admin, user_id, body)
     assert await w.store.get_user("acme", "alice") == before
     assert await w.store.get_user("acme", "new") is None
-    assert len(await _events(w.store)) == events
+    assert len(await _events(w)) == events
 
 
 @pytest.mark.anyio
@@ -183,7 +181,8 @@ async def test_disable_suspends_tokens_and_enable_restores(
     org_token, org_secret = await w.tokens.create(w.admin, name="svc", owner=Owner("org", "acme"))
     assert await w.reason(secret) is None
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(w.store.keys.channel)
+    # COMMIT publishes on the org's partition channel, a shard channel (SPUBLISH)
+    await pubsub.ssubscribe(w.store.keys_for("acme").channel)
     try:
         await pubsub.get_message(timeout=1.0)
         await w.directory.put_user(w.admin, "alice", {field: False})
@@ -191,6 +190,7 @@ async def test_disable_suspends_tokens_and_enable_restores(
         with anyio.fail_after(2):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        assert message["type"] == "smessage"
         parsed = parse_message(message["data"])  # stamped by COMMIT (issue 11)
         assert (parsed.kind, parsed.owner) == ("owner", "acme/alice")
         assert parsed.position is not None
@@ -202,7 +202,7 @@ async def test_disable_suspends_tokens_and_enable_restores(
     # the token itself is untouched: still listed, still "active"
     token = (await w.tokens.list_own(w.alice, Filters())).items[0]
     assert token.status(w.clock()) == "active"
-    events = await _events(w.store)
+    events = await _events(w)
     assert events[0]["type"] == "user.permission_changed"
     await w.directory.put_user(w.admin, "alice", {field: True})
     assert await w.reason(secret) is None
@@ -228,7 +228,7 @@ async def test_remove_user_revokes_personal_tokens_org_tokens_survive(w: World) 
     # personal tokens are revoked, not deleted: the admin view still lists them
     listed = await w.tokens.list_org(w.admin, "acme", Filters(status="revoked"))
     assert {t.id: t.revoked_at for t in listed.items} == {personal.id: T0 + 7, already.id: T0}
-    event = (await _events(w.store))[0]
+    event = (await _events(w))[0]
     assert (event["type"], event["user_id"]) == ("user.removed", "alice")
     assert event["data"] == {"revoked_token_ids": [personal.id]}
     with pytest.raises(NotFound):

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import anyio
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import Conflict, LimitReached, StoreUnavailable
-from patgate.middleware.keys import Keys
+from patgate.middleware.keys import Keyspace, partition_of_org
 from patgate.middleware.records import LastUsed, Token, User
 from patgate.middleware.store import StaleWrite, TokenStore
 from patgate.middleware.store.plan import (
@@ -24,16 +25,24 @@ from patgate.middleware.store.plan import (
 )
 from patgate.middleware.tokenformat import TokenFormat
 from tests._topologies import ALL_BACKENDS
+from tests.middleware._pubsub import ShardListener
 
 FMT = TokenFormat()
 #: the store tests run on standalone, Sentinel and Cluster (tests/conftest.py).
 BACKENDS = ALL_BACKENDS
+#: the partition of the test org, "acme": its tokens' ids and secrets' hints name it.
+ACME = partition_of_org("acme")
+
+
+def _id(n: int) -> str:
+    """Token id ``n`` of acme (``tok_<3 hex partition><13 hex>``)."""
+    return f"tok_{ACME:03x}{n:013d}"
 
 
 def _token(n: int = 1, *, owner: str = "alice", kind: str = "user", name: str = "") -> Token:
-    secret = FMT.generate()
+    secret = FMT.generate(ACME)
     return Token(
-        id=f"tok_{n:04d}",
+        id=_id(n),
         name=name or f"t{n}",
         description="",
         owner_kind=kind,  # type: ignore[arg-type]
@@ -52,14 +61,14 @@ def _token(n: int = 1, *, owner: str = "alice", kind: str = "user", name: str = 
 
 
 async def _put(store: TokenStore, token: Token, *, limit: int | None = None) -> None:
-    plan = store.plan()
+    plan = store.plan("acme")
     plan.put_token(None, token, limit=limit)
     await store.commit(plan)
 
 
 async def _put_user(store: TokenStore, user_id: str = "alice", **kw: object) -> User:
     user = User(user_id, "acme", f"{user_id}@example.com", user_id, **kw)  # type: ignore[arg-type]
-    plan = store.plan()
+    plan = store.plan("acme")
     plan.put_user(None, user)
     await store.commit(plan)
     return user
@@ -70,19 +79,50 @@ async def test_lookup_returns_token_and_owner_in_one_call(store: TokenStore) -> 
     user = await _put_user(store)
     token = _token()
     await _put(store, token)
-    found = await store.lookup(token.digest)
+    found = await store.lookup(token.digest, ACME)
     assert found is not None
     assert Token.decode(found[0]) == token
     assert found[1] is not None
     assert User.decode(found[1]) == user
-    assert await store.lookup(b"\x00" * 32) is None
+    assert await store.lookup(b"\x00" * 32, ACME) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("owner_kind", ["user", "org"])
+async def test_lookup_reads_records_of_the_first_layout_and_old_index_values(
+    store: TokenStore, owner_kind: str
+) -> None:
+    """LOOKUP reads the owner and the org out of the record (scripts.py): records of the
+    first layout (kind as text) and index values of earlier versions ("<id> <org> <user>")
+    still resolve, with their owner's user record."""
+    user = await _put_user(store)
+    token = _token(kind=owner_kind, owner="alice" if owner_kind == "user" else "acme")
+    v1 = [
+        token.id, token.name, token.description, token.owner_kind, token.owner_id,
+        token.org_id, token.type, list(token.scopes), None, token.expires_at,
+        token.created_at, token.created_by, token.revoked_at, token.prefix, token.digest,
+        token.updated_at, token.issued_at,
+    ]  # fmt: skip
+    k = store.keys_for("acme")
+    old_value = f"{token.id} acme alice" if owner_kind == "user" else f"{token.id} acme"
+    await store.client.hset(k.tokens, token.id, msgpack.packb(v1, use_bin_type=True))
+    await store.client.hset(k.index, token.digest, old_value)
+    found = await store.lookup(token.digest, ACME)
+    assert found is not None
+    assert Token.decode(found[0]) == token
+    if owner_kind == "user":
+        assert found[1] is not None
+        assert User.decode(found[1]) == user
+    else:
+        assert found[1] is None
+    assert found[2] is None  # no org record written here
 
 
 @pytest.mark.anyio
 async def test_lookup_of_org_token_has_no_user(store: TokenStore) -> None:
     token = _token(kind="org", owner="acme")
     await _put(store, token)
-    found = await store.lookup(token.digest)
+    found = await store.lookup(token.digest, ACME)
     assert found is not None
     assert found[1] is None
 
@@ -91,7 +131,7 @@ async def test_lookup_of_org_token_has_no_user(store: TokenStore) -> None:
 async def test_lookup_of_user_token_whose_user_is_gone(store: TokenStore) -> None:
     token = _token()
     await _put(store, token)
-    found = await store.lookup(token.digest)
+    found = await store.lookup(token.digest, ACME)
     assert found is not None
     assert found[1] is None
 
@@ -100,14 +140,16 @@ async def test_lookup_of_user_token_whose_user_is_gone(store: TokenStore) -> Non
 async def test_stale_write_changes_nothing(store: TokenStore, redis_client: aioredis.Redis) -> None:
     token = _token()
     await _put(store, token)
-    plan = store.plan()
+    plan = store.plan("acme")
     plan.put_token(token.evolve(name="other"), token.evolve(name="renamed"))
     plan.audit("{}")
     with pytest.raises(StaleWrite):
         await store.commit(plan)
     assert await store.get_token(token.id) == token
-    assert await redis_client.xlen(store.keys.events) == 0
-    assert not await redis_client.sismember(store.keys.owner_names("u:acme/alice"), "renamed")
+    assert await redis_client.xlen(store.keys_for("acme").events) == 0
+    assert not await redis_client.sismember(
+        store.keys_for("acme").owner_names("u:acme/alice"), "renamed"
+    )
 
 
 @pytest.mark.anyio
@@ -115,9 +157,9 @@ async def test_name_uniqueness_is_case_insensitive_per_owner(store: TokenStore) 
     await _put(store, _token(1, name="Deploy"))
     with pytest.raises(Conflict):
         await _put(store, _token(2, name="dEPLOY"))
-    assert await store.get_token("tok_0002") is None
+    assert await store.get_token(_id(2)) is None
     await _put(store, _token(3, name="deploy", owner="bob"))
-    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 1
+    assert await store.count(store.keys_for("acme").owner_tokens("u:acme/alice")) == 1
 
 
 @pytest.mark.anyio
@@ -126,19 +168,19 @@ async def test_limit_is_checked_in_the_script(store: TokenStore) -> None:
         await _put(store, _token(n), limit=3)
     with pytest.raises(LimitReached):
         await _put(store, _token(9), limit=3)
-    assert await store.count(store.keys.owner_tokens("u:acme/alice")) == 3
-    assert await store.get_token("tok_0009") is None
+    assert await store.count(store.keys_for("acme").owner_tokens("u:acme/alice")) == 3
+    assert await store.get_token(_id(9)) is None
 
 
 @pytest.mark.anyio
 async def test_commit_publishes_and_appends_events(
     store: TokenStore, redis_client: aioredis.Redis
 ) -> None:
-    pubsub = redis_client.pubsub()
-    await pubsub.subscribe(store.keys.channel)
+    pubsub = ShardListener(redis_client)
+    await pubsub.ssubscribe(store.keys_for("acme").channel)
     try:
-        assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
-        plan = store.plan()
+        assert (await pubsub.get(seconds=1.0) or {}).get("type") == "ssubscribe"
+        plan = store.plan("acme")
         plan.put_token(None, _token())
         plan.invalidate_token(b"\xab\xcd")
         plan.audit(json.dumps({"type": "token.created", "n": 1}))
@@ -147,7 +189,8 @@ async def test_commit_publishes_and_appends_events(
         message = None
         with anyio.fail_after(2):
             while message is None:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await pubsub.get(ignore_subscribe_messages=True, seconds=1.0)
+        assert message["type"] == "smessage"  # COMMIT publishes with SPUBLISH
         # as written by the plan (b"t abcd"), stamped by COMMIT with its position and time
         stamped = parse_message(message["data"])
         assert stamped.position == 1
@@ -156,19 +199,20 @@ async def test_commit_publishes_and_appends_events(
             message["data"] == stamp(token_message(b"\xab\xcd"), 1, stamped.committed_us).encode()
         )
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-    events = await store.events()
+        await pubsub.aclose()
+    events = await store.events("acme")
     assert [json.loads(b)["n"] for _, b in events] == [2, 1]
-    older = await store.events(before=events[0][0])
+    older = await store.events("acme", before=events[0][0])
     assert [json.loads(b)["n"] for _, b in older] == [1]
 
 
-async def _messages(pubsub: aioredis.client.PubSub, n: int) -> list[bytes]:
+async def _messages(pubsub: ShardListener, n: int) -> list[bytes]:
     out: list[bytes] = []
     with anyio.fail_after(2):
         while len(out) < n:
-            m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            m = await pubsub.get(ignore_subscribe_messages=True, seconds=1.0)
             if m is not None:
+                assert m["type"] == "smessage"
                 out.append(m["data"])
     return out
 
@@ -178,33 +222,33 @@ async def test_commit_stamps_server_time_and_increasing_positions(
     store: TokenStore, redis_client: aioredis.Redis
 ) -> None:
     """Issue 11: every message carries the commit's server time (µs) and a position that
-    counts the namespace's invalidations; a commit without messages does not count."""
-    pubsub = redis_client.pubsub()
-    await pubsub.subscribe(store.keys.channel)
+    counts the partition's invalidations; a commit without messages does not count."""
+    pubsub = ShardListener(redis_client)
+    await pubsub.ssubscribe(store.keys_for("acme").channel)
     digest = bytes(range(32))
     written = [token_message(digest), user_message("acme/alice"), org_message("acme")]
     try:
-        assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
+        assert (await pubsub.get(seconds=1.0) or {}).get("type") == "ssubscribe"
         before = time.time()
-        plan = store.plan()
+        plan = store.plan("acme")
         plan.invalidate_token(digest)
         plan.invalidate_user("acme/alice")
         plan.invalidate_org("acme")
         await store.commit(plan)
-        quiet = store.plan()
+        quiet = store.plan("acme")
         quiet.put_token(None, _token())  # no invalidation: the position stays
         await store.commit(quiet)
-        again = store.plan()
+        again = store.plan("acme")
         again.invalidate_token(digest)
         await store.commit(again)
         after = time.time()
         data = await _messages(pubsub, 4)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
     parsed = [parse_message(d) for d in data]
     assert [m.kind for m in parsed] == ["token", "owner", "flush", "token"]
     assert [m.position for m in parsed] == [1, 2, 3, 4]
-    assert await redis_client.get(store.keys.position) == b"4"
+    assert await redis_client.get(store.keys_for("acme").position) == b"4"
     times = [m.committed_us or 0 for m in parsed]
     first_us, last_us = times[0], times[-1]
     # the server runs on this host: its clock agrees with ours to well within a second
@@ -219,12 +263,12 @@ async def test_delete_token_removes_every_trace(
 ) -> None:
     token = _token()
     await _put(store, token)
-    assert await store.touch([(token.id, LastUsed(5.0, "GET", "/", None, None))]) == 1
-    plan = store.plan()
+    assert await store.touch([(ACME, token.id, LastUsed(5.0, "GET", "/", None, None))]) == 1
+    plan = store.plan("acme")
     plan.delete_token(token)
     await store.commit(plan)
-    assert await store.lookup(token.digest) is None
-    k = store.keys
+    assert await store.lookup(token.digest, ACME) is None
+    k = store.keys_for("acme")
     for key in (k.tokens, k.index, k.last_used):
         assert await redis_client.hlen(key) == 0, key
     assert await redis_client.scard(k.owner_names("u:acme/alice")) == 0
@@ -237,21 +281,21 @@ async def test_touch_skips_deleted_tokens(store: TokenStore, redis_client: aiore
     token = _token()
     await _put(store, token)
     used = LastUsed(7.0, "POST", "/x", "127.0.0.1", "ua")
-    assert await store.touch([(token.id, used), ("tok_gone", used)]) == 1
+    assert await store.touch([(ACME, token.id, used), (ACME, "tok_gone", used)]) == 1
     assert await store.touch([]) == 0
     got = await store.get_token(token.id)
     assert got is not None
     assert got.last_used == used
-    assert not await redis_client.hexists(store.keys.last_used, "tok_gone")
+    assert not await redis_client.hexists(store.keys_for("acme").last_used, "tok_gone")
 
 
 @pytest.mark.anyio
 async def test_get_tokens_keeps_order_and_skips_missing(store: TokenStore) -> None:
     for n in (1, 2, 3):
         await _put(store, _token(n))
-    got = await store.get_tokens(["tok_0003", "tok_9999", "tok_0001"])
-    assert [t.id for t in got] == ["tok_0003", "tok_0001"]
-    assert await store.get_tokens([]) == []
+    got = await store.get_tokens("acme", [_id(3), _id(9999), _id(1)])
+    assert [t.id for t in got] == [_id(3), _id(1)]
+    assert await store.get_tokens("acme", []) == []
 
 
 @pytest.mark.anyio
@@ -260,7 +304,7 @@ async def test_token_page_with_many_ties_has_no_gaps_and_no_duplicates(
 ) -> None:
     # 150 members on one millisecond (more than the page-over-fetch margin) plus some
     # older ones: paging 10 at a time must visit each exactly once, newest first.
-    zkey = store.keys.owner_tokens("u:ties")
+    zkey = store.keys_for("acme").owner_tokens("u:ties")
     await redis_client.zadd(zkey, {f"tok_{i:04d}": 5000 for i in range(150)})
     await redis_client.zadd(zkey, {f"tok_old{i}": 4000 - i for i in range(7)})
     seen: list[str] = []
@@ -279,11 +323,11 @@ async def test_token_page_with_many_ties_has_no_gaps_and_no_duplicates(
 async def test_unreachable_store_raises_store_unavailable() -> None:
     client = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     try:
-        store = TokenStore(client, Keys("x"))
+        store = TokenStore(client, Keyspace("x"))
         with pytest.raises(StoreUnavailable):
             await store.ping()
         with pytest.raises(StoreUnavailable):
-            await store.lookup(b"\x00" * 32)
+            await store.lookup(b"\x00" * 32, ACME)
     finally:
         await client.aclose()
 
@@ -293,7 +337,7 @@ async def test_session_server_has_aof_so_durable_commits_work(
     store: TokenStore, redis_client: aioredis.Redis
 ) -> None:
     assert (await redis_client.config_get("appendonly"))["appendonly"] == "yes"
-    plan = store.plan()
+    plan = store.plan("acme")
     plan.put_token(None, _token())
     await store.commit(plan, durable=True)
     assert await store.ping()
@@ -306,16 +350,16 @@ async def test_durable_commit_on_a_server_without_aof_is_a_clear_error(tmp_path:
         client = aioredis.from_url(server.url)
         try:
             await client.config_set("appendonly", "no")
-            store = TokenStore(client, Keys("x"))
-            plan = store.plan()
+            store = TokenStore(client, Keyspace("x"))
+            plan = store.plan("acme")
             plan.put_token(None, _token())
             with pytest.raises(StoreUnavailable, match="PATGATE_DURABLE_WRITES"):
                 await store.commit(plan, durable=True)
             # Refused before the write: no token exists whose secret nobody saw.
             assert await store.get_token(_token().id) is None
-            assert await client.hlen(store.keys.index) == 0
-            lenient = TokenStore(client, Keys("y"), durable_writes=False)
-            plan = lenient.plan()
+            assert await client.hlen(store.keys_for("acme").index) == 0
+            lenient = TokenStore(client, Keyspace("y"), durable_writes=False)
+            plan = lenient.plan("acme")
             plan.put_token(None, _token())
             await lenient.commit(plan, durable=True)
         finally:

@@ -72,12 +72,12 @@ async def test_a_lost_compare_and_set_is_re_read_and_committed(store: TokenStore
         old = await store.get_org("acme")
         reads.append(old)
         if len(reads) == 1:
-            rival = store.plan()
+            rival = store.plan("acme")
             rival.put_org(None, Org(id="acme", name="Rival", created_at=1.0))
             await store.commit(rival)
         base = old or Org(id="acme", name="acme", created_at=2.0)
         new = base.evolve(token_limit=42)
-        plan = store.plan()
+        plan = store.plan("acme")
         plan.put_org(old, new)
         await store.commit(plan)
         return new
