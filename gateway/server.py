@@ -77,6 +77,10 @@ _LISTENER_FLAGS = {
 }
 
 
+#: the listen backlog (uvicorn's default).
+_BACKLOG = 2048
+
+
 def _bind(host: str, port: int, listener: str | None = None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: with proto=0 asyncio does not set TCP_NODELAY on accepted
@@ -90,6 +94,10 @@ def _bind(host: str, port: int, listener: str | None = None) -> socket.socket:
         what = "" if listener is None else f" (the {listener.replace('_', ' ')}er)"
         hint = "" if listener is None else f"; choose another with {_LISTENER_FLAGS[listener]}"
         raise ConfigError(f"cannot listen on {host}:{port}{what}: {exc.strerror}{hint}") from None
+    # Listen now, not when the first worker's uvicorn gets to it after its start-up (the
+    # store probe, the subscription): connections that arrive in between wait in the
+    # backlog instead of being refused. uvicorn's create_server listens again; harmless.
+    sock.listen(_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
