@@ -12,7 +12,6 @@ so the partition streams hold what production's do.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from patgate.gateway.lifecycle import Actor
 from patgate.gateway.lifecycle.audit import event_json
 from patgate.middleware.connect import StoreClient
 from patgate.middleware.records import Org, Token, User
-from patgate.middleware.store import Plan, TokenStore
+from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
 __all__ = [
@@ -73,27 +72,9 @@ def created_event(token: Token, actor: Actor | None = None) -> str:
     )  # fmt: skip
 
 
-class _Plans:
-    """One plan per partition touched (a plan writes one partition: keys.py)."""
-
-    def __init__(self, store: TokenStore) -> None:
-        self._store = store
-        self._plans: dict[int, Plan] = {}
-
-    def for_org(self, org_id: str) -> Plan:
-        partition = self._store.keys_for(org_id).partition
-        if partition not in self._plans:
-            self._plans[partition] = self._store.plan(org_id)
-        return self._plans[partition]
-
-    async def commit(self) -> None:
-        plans, self._plans = self._plans, {}
-        await asyncio.gather(*(self._store.commit(p) for p in plans.values()))
-
-
 async def seed_orgs(store: TokenStore, org_ids: Sequence[str]) -> None:
     now = time.time()
-    plans = _Plans(store)
+    plans = store.batch()
     for org in dict.fromkeys(org_ids):
         # Members may grant what the bench tokens carry (issue 9: nothing by default).
         plans.for_org(org).put_org(
@@ -108,7 +89,7 @@ async def seed_users(store: TokenStore, users: Sequence[Owner], *, batch: int = 
     """The orgs and the users (enabled, allowed to hold tokens)."""
     await seed_orgs(store, [org for _, org in users])
     now = time.time()
-    plans = _Plans(store)
+    plans = store.batch()
     for start in range(0, len(users), batch):
         for uid, org in users[start : start + batch]:
             plans.for_org(org).put_user(
@@ -154,7 +135,7 @@ async def seed_tokens(
     tokens: list[Token] = []
     kept: list[str] = []
     now = time.time()
-    plans = _Plans(store)
+    plans = store.batch()
     for start in range(0, count, batch):
         for n in range(start, min(count, start + batch)):
             owner = users[n % len(users)]

@@ -31,7 +31,7 @@ from typing import Any
 
 from patgate.middleware.keys import Keys, partition_of_id
 from patgate.middleware.records import Org, Token, User
-from patgate.middleware.store import Plan, TokenStore, redis_errors_wrapped
+from patgate.middleware.store import PlanBatch, TokenStore, redis_errors_wrapped
 from patgate.middleware.tokenformat import partition_of_hint
 
 __all__ = ["BACKUP", "Migration", "migrate"]
@@ -80,24 +80,11 @@ async def _hscan(store: TokenStore, key: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def _commit_new(store: TokenStore, plans: dict[int, Plan]) -> None:
-    for plan in plans.values():
-        await store.commit(plan)
-    plans.clear()
-
-
-def _plan(store: TokenStore, plans: dict[int, Plan], org_id: str) -> Plan:
-    partition = store.keys_for(org_id).partition
-    if partition not in plans:
-        plans[partition] = store.plan(org_id)
-    return plans[partition]
-
-
 async def migrate(store: TokenStore, *, dry_run: bool = False) -> Migration:
     """Move the namespace's old-layout data into partitions (see the module docstring)."""
     old = store.keyspace.legacy
     done = Migration(dry_run=dry_run)
-    plans: dict[int, Plan] = {}
+    plans = store.batch()
 
     for _, blob in await _hscan(store, old.orgs):
         org = Org.decode(blob)
@@ -106,9 +93,9 @@ async def migrate(store: TokenStore, *, dry_run: bool = False) -> Migration:
             continue
         done.orgs += 1
         if not dry_run:
-            _plan(store, plans, org.id).put_org(None, org)
+            plans.for_org(org.id).put_org(None, org)
     if not dry_run:
-        await _commit_new(store, plans)
+        await plans.commit()
 
     users = [User.decode(blob) for _, blob in await _hscan(store, old.users)]
     for start in range(0, len(users), _BATCH):
@@ -118,9 +105,9 @@ async def migrate(store: TokenStore, *, dry_run: bool = False) -> Migration:
                 continue
             done.users += 1
             if not dry_run:
-                _plan(store, plans, user.org_id).put_user(None, user)
+                plans.for_org(user.org_id).put_user(None, user)
         if not dry_run:
-            await _commit_new(store, plans)
+            await plans.commit()
 
     await _tokens(store, old, done, plans)
     await _events(store, old, done)
@@ -129,7 +116,7 @@ async def migrate(store: TokenStore, *, dry_run: bool = False) -> Migration:
     return done
 
 
-async def _tokens(store: TokenStore, old: Keys, done: Migration, plans: dict[int, Plan]) -> None:
+async def _tokens(store: TokenStore, old: Keys, done: Migration, plans: PlanBatch) -> None:
     r: Any = store.client
     rows = await _hscan(store, old.tokens)
     for start in range(0, len(rows), _BATCH):
@@ -146,7 +133,7 @@ async def _tokens(store: TokenStore, old: Keys, done: Migration, plans: dict[int
             done.tokens += 1
             if not done.dry_run:
                 # No limit: the token already counted against it in the old layout.
-                _plan(store, plans, token.org_id).put_token(None, token)
+                plans.for_org(token.org_id).put_token(None, token)
             if lu is not None:
                 done.last_used += 1
                 last_used.append((home.last_used, token.id, lu))
@@ -166,7 +153,7 @@ async def _tokens(store: TokenStore, old: Keys, done: Migration, plans: dict[int
             done.forwards += moved
         if done.dry_run:
             continue
-        await _commit_new(store, plans)
+        await plans.commit()
         by_id = {t.id: t for t in chunk}
         with redis_errors_wrapped():
             for key, kind, to, token_id in forwards:

@@ -15,8 +15,8 @@ retry       :func:`retry_stale`: the one compare-and-set retry loop, jittered ba
 
 from __future__ import annotations
 
-from .client import StaleWrite, TokenStore, redis_errors_wrapped
+from .client import PlanBatch, StaleWrite, TokenStore, redis_errors_wrapped
 from .plan import Plan
 from .retry import retry_stale
 
-__all__ = ["Plan", "StaleWrite", "TokenStore", "redis_errors_wrapped", "retry_stale"]
+__all__ = ["Plan", "PlanBatch", "StaleWrite", "TokenStore", "redis_errors_wrapped", "retry_stale"]

@@ -37,7 +37,7 @@ from patgate.middleware.tokenformat import partition_of_hint
 from . import scripts
 from .plan import Plan
 
-__all__ = ["StaleWrite", "TokenStore", "has_sharded_pubsub", "redis_errors_wrapped"]
+__all__ = ["PlanBatch", "StaleWrite", "TokenStore", "has_sharded_pubsub", "redis_errors_wrapped"]
 
 #: attempts of a replicated commit on a Cluster (MOVED, ASK, TRYAGAIN each cost one) and
 #: the pause after a TRYAGAIN: up to ~1 s for a migrating slot's keys to come together.
@@ -145,6 +145,10 @@ class TokenStore:
     def plan(self, org_id: str) -> Plan:
         """A plan for one atomic change to ``org_id``'s partition."""
         return Plan(self.keyspace.for_org(org_id))
+
+    def batch(self) -> PlanBatch:
+        """Plans for writes across many orgs, one per partition touched (bulk loads)."""
+        return PlanBatch(self)
 
     async def sharded(self) -> bool:
         """Whether the server has sharded pub/sub (SPUBLISH: Redis 7.0, Valkey 7.2)."""
@@ -532,3 +536,27 @@ class TokenStore:
         old = self.keyspace.legacy
         with redis_errors_wrapped():
             return bool(await self._r.exists(old.tokens, old.users, old.orgs))
+
+
+class PlanBatch:
+    """One :class:`Plan` per partition touched, for bulk writes across orgs
+    (``patgate migrate``, bench seeding): a plan writes one partition, so records of
+    many orgs need as many plans. Each commits atomically on its own, one after another
+    (so a batch never holds more than one connection); the batch as a whole does not."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+        self._plans: dict[int, Plan] = {}
+
+    def for_org(self, org_id: str) -> Plan:
+        """The batch's plan for ``org_id``'s partition."""
+        partition = self._store.keys_for(org_id).partition
+        if partition not in self._plans:
+            self._plans[partition] = self._store.plan(org_id)
+        return self._plans[partition]
+
+    async def commit(self) -> None:
+        """Commit every plan and start empty again."""
+        plans, self._plans = self._plans, {}
+        for plan in plans.values():
+            await self._store.commit(plan)
