@@ -37,7 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from starlette.types import Receive, Scope, Send
 
 from tests import _topologies
 from tests.gateway._drills import (
@@ -49,7 +48,7 @@ from tests.gateway._drills import (
     unknown_secret,
     watch_revoke,
 )
-from tests.middleware._servers import serve
+from tests.middleware._servers import ok_upstream, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -67,13 +66,6 @@ SENTINEL = {"down_after_ms": 1000, "failover_timeout_ms": 3000}
 CLUSTER = {"node_timeout_ms": 1000}
 #: bounded waits, in seconds.
 _PROMOTION, _SETTLE = 20.0, 1.5
-
-
-async def _upstream(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"upstream"})
 
 
 @pytest.fixture
@@ -348,7 +340,7 @@ async def test_failover_drill(topology: _topologies.Topology, tmp_path: Path) ->
     valid, revoked, (first, second) = await _prepare(cli, 2)
     unknown = [unknown_secret() for _ in range(3)]
     async with (
-        serve(_upstream, lifespan="off") as upstream,
+        serve(ok_upstream, lifespan="off") as upstream,
         gateways(tmp_path, 2, upstream, topology.url, cli.namespace) as gws,
     ):
         await _warm(gws, [s for _, s in [*valid, first, second]], [s for _, s in revoked] + unknown)
@@ -415,7 +407,7 @@ async def test_reshard_drill(topology: _topologies.Topology, tmp_path: Path) -> 
     valid, revoked, (watched,) = await _prepare(cli, 1)
     unknown = [unknown_secret() for _ in range(3)]
     async with (
-        serve(_upstream, lifespan="off") as upstream,
+        serve(ok_upstream, lifespan="off") as upstream,
         gateways(tmp_path, 2, upstream, topology.url, cli.namespace) as gws,
     ):
         await _warm(gws, [s for _, s in [*valid, watched]], [s for _, s in revoked] + unknown)

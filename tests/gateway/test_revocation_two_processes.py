@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +28,7 @@ from patgate.gateway.settings import Settings
 from patgate.middleware.runtime import Runtime
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
-from tests.middleware._servers import serve
+from tests.middleware._servers import free_port, ok_upstream, serve
 from tests.middleware._tokens import add_user, issue, revoke
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -59,22 +58,9 @@ def gateway_with_probe() -> ASGIApp:
     return probed
 
 
-async def _upstream(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"upstream"})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def _gateway_process(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "uvicorn", "--factory",
         "tests.gateway.test_revocation_two_processes:gateway_with_probe",
@@ -124,7 +110,7 @@ async def test_revoked_token_rejected_by_the_other_process_within_50ms(
 ) -> None:
     fmt = TokenFormat()
     await add_user(store, "u1")
-    async with serve(_upstream, lifespan="off") as upstream_port:
+    async with serve(ok_upstream, lifespan="off") as upstream_port:
         env = {
             **os.environ,
             "PATGATE_REDIS_URL": valkey_url,

@@ -6,20 +6,13 @@ does not parse is a configuration error (exit 2). Nothing is left listening."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from patgate.gateway.settings import ENV_VARS
-
-
-def _closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.middleware._servers import free_port
 
 
 def _serve(url: str, tmp_path: object) -> subprocess.CompletedProcess[str]:
@@ -27,8 +20,8 @@ def _serve(url: str, tmp_path: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable, "-m", "patgate", "--redis-url", url, "serve",
-            "--listen", f"127.0.0.1:{_closed_port()}",
-            "--admin-listen", f"127.0.0.1:{_closed_port()}",
+            "--listen", f"127.0.0.1:{free_port()}",
+            "--admin-listen", f"127.0.0.1:{free_port()}",
         ],
         capture_output=True, text=True, timeout=60, env=env, cwd=str(tmp_path),
     )  # fmt: skip
@@ -52,7 +45,7 @@ def _serve(url: str, tmp_path: object) -> subprocess.CompletedProcess[str]:
 def test_an_unreachable_store_stops_serve_with_one_line(
     template: str, what: str, tmp_path: object
 ) -> None:
-    url = template.format(a=_closed_port(), b=_closed_port())
+    url = template.format(a=free_port(), b=free_port())
     done = _serve(url, tmp_path)
     assert done.returncode == 3, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()

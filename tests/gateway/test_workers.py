@@ -31,12 +31,11 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import Receive, Scope, Send
 
 from patgate.gateway.cli import _settings, build_parser
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
-from tests.middleware._servers import serve
+from tests.middleware._servers import free_port, ok_upstream, serve
 from tests.middleware._tokens import Issued, add_user, issue, revoke
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -45,19 +44,6 @@ WORKERS = 3
 TARGET, MARGIN = 0.050, 0.100
 #: bounded waits, in seconds.
 _READY, _EXIT, _SPREAD = 30.0, 30.0, 15.0
-
-
-async def _upstream(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"upstream"})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _status(port: int, secret: str) -> int:
@@ -137,7 +123,7 @@ async def _gateways(
     started: list[_Gateway] = []
     try:
         for n in range(count):
-            port, admin = _free_port(), _free_port()
+            port, admin = free_port(), free_port()
             log = tmp / f"gateway-{n}.log"
             metrics = tmp / f"metrics-{n}" if own_metrics else None
             extra = {} if metrics is None else {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
@@ -202,7 +188,7 @@ async def test_a_revoke_reaches_every_worker_of_every_gateway(
     token = await issue(store, TokenFormat(), scopes=("*",))
     env = _env(valkey_url, namespace, tmp_path)
     async with (
-        serve(_upstream, lifespan="off") as upstream,
+        serve(ok_upstream, lifespan="off") as upstream,
         _gateways(tmp_path, 2, upstream, env, own_metrics=True) as gateways,
     ):
         dirs = [gw.metrics for gw in gateways]
@@ -251,7 +237,7 @@ async def test_workers_restart_aggregate_reload_and_drain(
     tokens: list[Issued] = [await issue(store, fmt, scopes=("*",)) for _ in range(60)]
     env = _env(valkey_url, namespace, tmp_path)
     async with (
-        serve(_upstream, lifespan="off") as upstream,
+        serve(ok_upstream, lifespan="off") as upstream,
         _gateways(tmp_path, 1, upstream, env, own_metrics=False) as (gw,),
     ):
         # No PROMETHEUS_MULTIPROC_DIR given: a private one, in TMPDIR.
@@ -321,12 +307,12 @@ async def test_a_worker_failing_at_start_up_stops_them_all(
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('version = 1\n[[rules]]\npath = "/a"\nscope = ["x:read"]\n')
-    port = _free_port()
+    port = free_port()
     env = _env(valkey_url, namespace, tmp_path)
     with (tmp_path / "log").open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "patgate", "gateway", "--workers", "2", "--policy", str(bad),
-            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{_free_port()}",
+            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
             "--upstream", "http://127.0.0.1:9", cwd=tmp_path, env=env, stdout=out,
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip

@@ -9,7 +9,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 from uvicorn.config import LifespanType, WSProtocolType
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def ok_upstream(scope: Scope, receive: Receive, send: Send) -> None:
+    """An upstream that answers every HTTP request 200 ``upstream`` (for ``serve``)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"upstream"})
 
 
 @contextlib.asynccontextmanager
