@@ -101,9 +101,9 @@ class Context:
         """Connect to the configured store, or join/start the data directory's embedded
         one; a data directory with no store in it is an error unless ``create``."""
         try:
-            fmt = TokenFormat(settings.token_prefix, settings.pepper)
+            fmt = TokenFormat(settings.token_prefix, settings.pepper, settings.previous_pepper)
         except ValueError as exc:
-            raise ConfigError(f"PATGATE_TOKEN_PREFIX: {exc}") from None
+            raise ConfigError(f"PATGATE_TOKEN_PREFIX / PATGATE_PEPPER: {exc}") from None
         embedded = None
         url = settings.redis_url
         if url is None:
@@ -129,7 +129,7 @@ class Context:
             yield cls(
                 settings=settings,
                 store=store,
-                tokens=TokenService(store, fmt),
+                tokens=TokenService(store, fmt, tombstone_ttl=settings.tombstone_ttl),
                 directory=Directory(
                     store,
                     default_token_limit=settings.default_token_limit,

@@ -13,6 +13,7 @@ from patgate.middleware.records import Token, User, owner_key
 from .cli_context import Context
 from .lifecycle import EventQuery, Filters, Owner, bootstrap, query_events
 from .lifecycle.listing import MAX_LIMIT, Page, scan
+from .pepper import pepper_status
 
 __all__ = ["register"]
 
@@ -57,10 +58,46 @@ def _show(ctx: Context, token: Token) -> None:
                 if lu is None
                 else f"{ctx.when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}",
             ],
+            ["allowed ips", "any" if token.allowed_ips is None else " ".join(token.allowed_ips)],
+            *_previous_rows(ctx, token, now),
             ["description", token.description],
         ],
         ["field", "value"],
     )
+
+
+def _previous_rows(ctx: Context, token: Token, now: float) -> list[list[Any]]:
+    """The previous secret of a regeneration with a grace period, and who still uses it."""
+    prev = token.previous
+    if prev is None:
+        return []
+    active = now < prev.until and token.status(now) == "active"
+    state = "works until" if active else "rotated at"
+    lu = token.previous_last_used
+    used = "never" if lu is None else f"{ctx.when(lu.at)} {lu.method} {lu.path} from {lu.ip or '?'}"
+    return [
+        ["previous secret", f"{prev.prefix}… {state} {ctx.when(prev.until)}"],
+        ["previous last used", used],
+    ]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _seconds(value: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` → seconds (argparse type: one clear error)."""
+    text = value.strip().lower()
+    unit = _UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected seconds or e.g. 15m, 2h, 7d"
+        ) from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: must be 0 or more")
+    return seconds
 
 
 def _page(ctx: Context, page: Page) -> None:
@@ -140,6 +177,7 @@ async def _create(ctx: Context, a: argparse.Namespace) -> int:
         expires_at=a.expires_at,
         owner=_owner(ctx, a),
         type=a.type,
+        allowed_ips=a.allow_ip,
     )
     _reveal(ctx, token, secret)
     return 0
@@ -171,6 +209,10 @@ async def _edit(ctx: Context, a: argparse.Namespace) -> int:
         changes["description"] = a.description
     if a.workspace is not None:
         changes["workspaces"] = "*" if a.workspace == ["*"] else a.workspace
+    if a.any_ip:
+        changes["allowed_ips"] = None
+    elif a.allow_ip is not None:
+        changes["allowed_ips"] = a.allow_ip
     _show(ctx, await ctx.tokens.update(ctx.actor, a.id, changes))
     return 0
 
@@ -183,9 +225,27 @@ async def _revoke(ctx: Context, a: argparse.Namespace) -> int:
 
 async def _regenerate(ctx: Context, a: argparse.Namespace) -> int:
     token, secret = await ctx.tokens.regenerate(
-        ctx.actor, a.id, expiration=a.expiration, expires_at=a.expires_at
+        ctx.actor, a.id, expiration=a.expiration, expires_at=a.expires_at, grace_period=a.grace
     )
     _reveal(ctx, token, secret)
+    if token.previous is not None and not ctx.json_output:
+        print(
+            f"The previous secret ({token.previous.prefix}…) keeps working until "
+            f"{ctx.when(token.previous.until)}; end that now with: "
+            f"patgate tokens end-grace {token.id}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _end_grace(ctx: Context, a: argparse.Namespace) -> int:
+    before = await ctx.tokens.get(ctx.actor, a.id)
+    token = await ctx.tokens.end_grace(ctx.actor, a.id)
+    if before.previous is None:
+        text = f"{token.id} ({token.name}) has no previous secret; nothing changed"
+    else:
+        text = f"the previous secret of {token.id} ({token.name}) no longer works"
+    ctx.emit(token.to_json(ctx.tokens.clock()), text)
     return 0
 
 
@@ -286,6 +346,7 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
             "allow_never": a.allow_never,
             "member_scopes": a.member_scope,
             "admin_scopes": a.admin_scope,
+            "max_grace_period": a.max_grace,
         }.items()
         if v is not None
     }
@@ -350,6 +411,26 @@ def _owner_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--org", help="the user's organization; alone: an org-owned token")
 
 
+async def _pepper_status(ctx: Context, a: argparse.Namespace) -> int:
+    fmt = ctx.tokens.format
+    status = await pepper_status(ctx.store, fmt, now=ctx.tokens.clock())
+    if status.rotating:
+        advice = (
+            "no token needs the previous pepper: PATGATE_PEPPER_PREVIOUS can be dropped"
+            if status.previous == 0
+            else f"{status.previous} token(s) still need PATGATE_PEPPER_PREVIOUS: each "
+            "is re-indexed the next time it is used (or regenerate it)"
+        )
+    else:
+        advice = "no rotation in progress (PATGATE_PEPPER_PREVIOUS is not set)"
+    ctx.emit(
+        status.to_json(),
+        f"tokens: {status.tokens}; under the current pepper: {status.current}; "
+        f"under the previous pepper: {status.previous}; under neither: {status.other}\n" + advice,
+    )
+    return 0
+
+
 async def _migrate(ctx: Context, a: argparse.Namespace) -> int:
     from .migrate import migrate
 
@@ -372,6 +453,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
     p.set_defaults(action=_migrate)
+    pepper = sub.add_parser("pepper", help="pepper rotation: which tokens depend on which pepper")
+    pp = pepper.add_subparsers(dest="pepper_command", required=True)
+    p = pp.add_parser(
+        "status", help="count tokens still hashed with PATGATE_PEPPER_PREVIOUS (reads every token)"
+    )
+    p.set_defaults(action=_pepper_status)
 
     p = sub.add_parser("bootstrap", help="create the first org, admin user and admin token")
     p.add_argument("--org", help="organization id (PATGATE_DEFAULT_ORG)")
@@ -389,6 +476,12 @@ def register(sub: Any) -> None:
     p.add_argument("--scope", action="append", help="repeatable, e.g. threads:read")
     p.add_argument("--workspace", action="append", help="repeatable; default every workspace")
     p.add_argument("--type", choices=["personal", "service", "oauth"])
+    p.add_argument(
+        "--allow-ip",
+        action="append",
+        metavar="IP_OR_CIDR",
+        help="repeatable: the token works only from these addresses (up to 32)",
+    )
     _expiry_args(p)
     p.set_defaults(action=_create)
     p = t.add_parser("list", help="list tokens of a user, an org's own, or a whole org")
@@ -417,12 +510,31 @@ def register(sub: Any) -> None:
     p = t.add_parser("regenerate", help="new secret, same id/name/scopes; prints it once")
     p.add_argument("id")
     _expiry_args(p)
+    p.add_argument(
+        "--grace",
+        type=_seconds,
+        metavar="DURATION",
+        help="keep the old secret working this long (e.g. 1h, 7d; the org's maximum applies)",
+    )
     p.set_defaults(action=_regenerate)
-    p = t.add_parser("edit", help="change name, description or workspaces")
+    p = t.add_parser(
+        "end-grace", help="stop a regenerated token's previous secret now (its grace period)"
+    )
+    p.add_argument("id")
+    p.set_defaults(action=_end_grace)
+    p = t.add_parser("edit", help="change name, description, workspaces or allowed IPs")
     p.add_argument("id")
     p.add_argument("--name")
     p.add_argument("--description")
     p.add_argument("--workspace", action="append", help="repeatable; '*' for every one")
+    ips = p.add_mutually_exclusive_group()
+    ips.add_argument(
+        "--allow-ip",
+        action="append",
+        metavar="IP_OR_CIDR",
+        help="repeatable: replace the allowlist with these addresses (up to 32)",
+    )
+    ips.add_argument("--any-ip", action="store_true", help="remove the allowlist")
     p.set_defaults(action=_edit)
     p = t.add_parser("scopes", help="add, remove or clear scopes")
     p.add_argument("op", choices=["add", "remove", "clear"])
@@ -468,6 +580,12 @@ def register(sub: Any) -> None:
     p.add_argument("--name")
     p.add_argument("--token-limit", type=int)
     p.add_argument("--max-lifetime", help="preset (90d), seconds, or 'none'")
+    p.add_argument(
+        "--max-grace",
+        type=_seconds,
+        metavar="DURATION",
+        help="longest grace period of a regeneration (default 7d; 0 forbids one)",
+    )
     p.add_argument("--allow-never", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--member-scope", action="append", help="repeatable: scopes members may grant")
     p.add_argument("--admin-scope", action="append", help="repeatable: scopes admins may grant")

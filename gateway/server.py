@@ -144,6 +144,9 @@ def build_listeners(
         verifier=make_verifier(runtime),
         # Callers are resolved by the data plane's lookup path (read fresh, uncached).
         authenticator=runtime.authenticator,
+        tombstone_ttl=settings.tombstone_ttl,
+        credential_report_limit=settings.credential_report_limit,
+        credential_report_window=settings.credential_report_window,
     )
     admin = (create_admin_app(runtime, api), settings.admin_listen)
     if role in ("serve", "gateway"):

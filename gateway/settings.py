@@ -19,7 +19,7 @@ from typing import Any
 from patgate.middleware.config import DataPlaneConfig
 from patgate.middleware.errors import ConfigError
 
-__all__ = ["ENV_VARS", "FORWARD_AUTH_SOURCES", "Settings", "parse_hostport"]
+__all__ = ["ENV_VARS", "FILE_VARS", "FORWARD_AUTH_SOURCES", "Settings", "parse_hostport"]
 
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:
@@ -77,6 +77,9 @@ class Settings(DataPlaneConfig):
     upstream_connect_timeout: float = 5.0
     upstream_pool_size: int = 256
     default_token_limit: int = 10
+    #: leaked-credential reports (``POST /v1/credentials/revoke``) per client and window.
+    credential_report_limit: int = 10
+    credential_report_window: float = 60.0
     default_org: str = "default"
     workers: int = 1
     log_level: str = "info"
@@ -90,18 +93,30 @@ class Settings(DataPlaneConfig):
             raw = env.get(var)
             if raw is not None and raw != "":
                 values[attr] = parse(raw, var)
-        pepper_file = env.get("PATGATE_PEPPER_FILE")
-        if pepper_file and "pepper" not in values:
-            try:
-                values["pepper"] = Path(pepper_file).read_bytes().strip() or None
-            except OSError as exc:
-                raise ConfigError(f"PATGATE_PEPPER_FILE: cannot read {pepper_file}: {exc}") from exc
+        for var, attr in FILE_VARS.items():
+            path = env.get(var)
+            if path and attr not in values:
+                try:
+                    secret = Path(path).read_bytes().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{var}: cannot read {path}: {exc}") from exc
+                values[attr] = (
+                    _pepper_value(secret, var) if attr == "previous_pepper" else secret or None
+                )
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def _pepper_value(raw: bytes, name: str) -> bytes | None:
+    """A previous pepper: ``none`` means the previous digests had no pepper (a rotation
+    to a first pepper); empty means no rotation."""
+    if raw.strip().lower() == b"none":
+        return b""
+    return raw or None
 
 
 def _str(value: str, _name: str) -> str:
@@ -166,6 +181,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_NAMESPACE": ("namespace", lambda v, n: _namespace(v, n)),
     "PATGATE_TOKEN_PREFIX": ("token_prefix", _prefix),
     "PATGATE_PEPPER": ("pepper", lambda v, n: v.encode()),
+    "PATGATE_PEPPER_PREVIOUS": ("previous_pepper", lambda v, n: _pepper_value(v.encode(), n)),
     "PATGATE_DURABLE_WRITES": ("durable_writes", _bool),
     "PATGATE_DURABLE_REPLICAS": ("durable_replicas", lambda v, n: _replicas(v, n)),
     "PATGATE_REDIS_TIMEOUT": ("redis_timeout", lambda v, n: _number(v, n, float, 0.01)),
@@ -203,8 +219,29 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     ),
     "PATGATE_UPSTREAM_POOL_SIZE": ("upstream_pool_size", lambda v, n: _number(v, n, int, 1)),
     "PATGATE_EVENTS_MAXLEN": ("events_maxlen", lambda v, n: _number(v, n, int, 1000)),
+    "PATGATE_AUTH_FAILURE_LIMIT": ("auth_failure_limit", lambda v, n: _number(v, n, int, 0)),
+    "PATGATE_AUTH_FAILURE_WINDOW": (
+        "auth_failure_window",
+        lambda v, n: _number(v, n, float, 1),
+    ),
+    "PATGATE_TOMBSTONE_TTL": ("tombstone_ttl", lambda v, n: _number(v, n, float, 0)),
+    "PATGATE_CREDENTIAL_REPORT_LIMIT": (
+        "credential_report_limit",
+        lambda v, n: _number(v, n, int, 1),
+    ),
+    "PATGATE_CREDENTIAL_REPORT_WINDOW": (
+        "credential_report_window",
+        lambda v, n: _number(v, n, float, 1),
+    ),
     "PATGATE_DEFAULT_TOKEN_LIMIT": ("default_token_limit", lambda v, n: _number(v, n, int, 1)),
     "PATGATE_DEFAULT_ORG": ("default_org", _str),
     "PATGATE_WORKERS": ("workers", lambda v, n: _number(v, n, int, 1)),
     "PATGATE_LOG_LEVEL": ("log_level", _str),
+}
+
+#: variables naming a file to read a secret setting from (the value itself stays out of
+#: the environment); the variable without ``_FILE`` wins when both are set.
+FILE_VARS: dict[str, str] = {
+    "PATGATE_PEPPER_FILE": "pepper",
+    "PATGATE_PEPPER_PREVIOUS_FILE": "previous_pepper",
 }

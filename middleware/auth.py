@@ -2,14 +2,22 @@
 
 ::
 
+    blocked     only while a client is blocked: is this one?      → 429 (middleware.limits)
     route       policy.route(method, path): public or allowed CORS preflight → allow,
                 bad path → 400, TRACE/CONNECT no rule names → 405 (no lookup)
     credentials the one Bearer token (RFC 6750 §2.1)             → 401 bare / 400
     well_formed prefix, length, alphabet, CRC32: no Redis call    → 401 invalid_token
     digest      SHA-256 / HMAC of the secret
-    lookup      local cache → one EVALSHA on a miss               → 401 / 503
-    decide      revoked, expired (every hit), owner enabled, then the policy → 401 / 403
+    lookup      local cache → one EVALSHA on a miss (index, tombstone, previous
+                pepper: all in that one call)                    → 401 / 503
+    decide      revoked, expired (every hit), owner enabled, a previous secret's grace
+                period, then the policy                          → 401 / 403
+    allowlist   only for a token with allowed_ips: the client address → 403
     record      last-used (coalesced, flushed in the background)
+
+A refused token (:class:`InvalidToken`) is counted against its client for the failure
+limit and, when it is a dead secret (revoked, rotated, expired, deleted), trips the reuse
+tripwire (:mod:`middleware.tripwire`); both only in the refusal branch (issue 12).
 
 One lookup path serves every front door. :meth:`Authenticator.authenticate` (the
 middleware, forward-auth, ``POST /v1/verify``) and :meth:`Authenticator.identify` (the
@@ -41,23 +49,29 @@ from typing import Any, Protocol
 from patgate.policies.engine import Policy, RouteMatch, default_policy
 from patgate.policies.scopes import ScopeSet
 
+from .allowlist import IpAllowlist
 from .cache import Slot, TokenCache
 from .credentials import bearer_token
 from .errors import (
     AuthError,
+    ClientNotAllowed,
     InsufficientScope,
     InvalidRequest,
     InvalidToken,
     MethodNotAllowed,
+    PatgateError,
     StoreUnavailable,
+    TooManyFailures,
 )
-from .keys import partition_of_org
+from .keys import PREVIOUS_SUFFIX, partition_of_org
 from .lastused import LastUsedRecorder
+from .limits import FailureLimiter
 from .metrics import DECISION_REASONS, Metrics
-from .records import Identity, LastUsed, Org, Token, User
+from .records import Identity, LastUsed, Org, Previous, Token, Tombstone, User
 from .responses import ErrorResponses
-from .store import TokenStore
+from .store import Buried, StaleWrite, TokenStore
 from .tokenformat import TokenFormat
+from .tripwire import REUSE_EVENTS, Tripwire
 from .user import PatgateCredentials, PatgateUser
 from .validate import check_usable, identity_of
 
@@ -66,7 +80,20 @@ __all__ = ["Authenticator", "PolicySource", "Resolved"]
 Headers = list[tuple[bytes, bytes]]
 #: unknown and malformed tokens: one description for both (RFC 6750 §3, SPEC).
 _UNKNOWN = "invalid or unknown token"
+_ROTATED = "token rotated"
 _UA = b"user-agent"
+#: pepper re-index writes in flight at once (issue 12); more wait for a later request.
+_MAX_REINDEX = 32
+
+
+class _Dead(InvalidToken):
+    """A tombstoned digest: a deleted or rotated-out secret (the reuse tripwire's)."""
+
+    def __init__(self, stone: Tombstone) -> None:
+        deleted = stone.reason == "deleted"
+        # A deleted token answers exactly as an unknown one: it no longer exists.
+        super().__init__(_UNKNOWN if deleted else _ROTATED, reason=stone.reason)
+        self.stone = stone
 
 
 class PolicySource(Protocol):
@@ -91,29 +118,53 @@ class Resolved:
     compiled form — so ``@requires``, the policy and the identity headers all see the
     bounded set, computed once per cache fill rather than per request."""
 
-    __slots__ = ("credentials", "expires_at", "identity", "org", "owner", "partition", "scopes",
-                 "token", "usable", "user")  # fmt: skip
+    __slots__ = ("allowlist", "credentials", "expires_at", "grace_until", "identity", "org",
+                 "owner", "partition", "scopes", "token", "usable", "used_key", "user")  # fmt: skip
 
     def __init__(
-        self, token: Token, owner: User | None, now: float, org: Org | None = None
+        self,
+        token: Token,
+        owner: User | None,
+        now: float,
+        org: Org | None = None,
+        *,
+        previous: bool = False,
     ) -> None:
         self.token = token
         self.owner = owner
         self.org = org
         #: where the token's record lives (its org's partition): last-used goes there.
         self.partition = partition_of_org(token.org_id)
-        self.expires_at = token.expires_at
+        #: set when the secret presented is the token's previous one (issue 12, rotation
+        #: with overlap): it works until then, and is refused as rotated after.
+        self.grace_until: float | None = None
+        #: the last-used field this secret's uses go to (the previous secret has its own).
+        self.used_key = token.id
+        expires_at = token.expires_at
+        if previous and token.previous is not None:
+            self.grace_until = token.previous.until
+            self.used_key = token.id + PREVIOUS_SUFFIX
+            if expires_at is None or self.grace_until < expires_at:
+                expires_at = self.grace_until
+        self.expires_at = expires_at
+        self.allowlist = None if token.allowed_ips is None else IpAllowlist(token.allowed_ips)
         self.identity = identity_of(token, org, owner)
         try:
-            check_usable(token, owner, now)
+            self.check(now)
             self.usable = True
         except InvalidToken:
             # Cached too: a revoked token's next request is answered without Redis; the
-            # reason is recomputed by check_usable() on each hit.
+            # reason is recomputed by check() on each hit.
             self.usable = False
         self.scopes = ScopeSet.from_scopes(self.identity.scopes)
         self.credentials = PatgateCredentials(self.scopes)
         self.user = PatgateUser(self.identity)
+
+    def check(self, now: float) -> None:
+        """:func:`check_usable`, then the grace period of a previous secret."""
+        check_usable(self.token, self.owner, now)
+        if self.grace_until is not None and now >= self.grace_until:
+            raise InvalidToken(_ROTATED, reason="rotated")
 
 
 class _HeaderView(Mapping[str, str]):
@@ -169,6 +220,8 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         lookup_deadline: float | None = None,
+        limiter: FailureLimiter | None = None,
+        tripwire: Tripwire | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -176,12 +229,18 @@ class Authenticator:
         self.policies: PolicySource = _Fixed(policy) if isinstance(policy, Policy) else policy
         self.metrics = metrics
         self.recorder = recorder
+        self.limiter = limiter
+        #: the limiter's block table (empty: nobody blocked, the pre-check is skipped).
+        self._blocked = None if limiter is None else limiter.blocked_table
+        self.tripwire = tripwire
         self.responses = ErrorResponses(realm)
         self._client_ip = client_ip
         #: seconds for one whole store lookup (``DataPlaneConfig.redis_timeout``).
         self._deadline = lookup_deadline
         self._clock = clock
         self._monotonic = monotonic
+        #: pepper re-index writes in flight, by token id (issue 12).
+        self._reindexing: dict[str, asyncio.Task[None]] = {}
         # Labelled children resolved once: .labels() takes a lock and a dict lookup. In a
         # single process these are plain-number counters (middleware.metrics.LocalCounters).
         hot = metrics.hot
@@ -192,6 +251,7 @@ class Authenticator:
         self._hits = metrics.cache_hits
         self._misses = metrics.cache_misses
         self._lookup_errors = metrics.redis_errors.labels("lookup")
+        self._reindexed = metrics.pepper_reindexed
 
     @classmethod
     def uncached(
@@ -224,7 +284,14 @@ class Authenticator:
         # perf_counter_ns() pair would only add a third read per request.
         started = self._monotonic()
         reason = "ok"
+        resolved: Resolved | None = None
         try:
+            if self._blocked:
+                # Only while some client is blocked does a request look up its own.
+                assert self.limiter is not None
+                wait = self.limiter.retry_after(self._client_ip(scope))
+                if wait is not None:
+                    raise TooManyFailures(wait)
             match = self.route(method, raw_path)
             # A CORS preflight under ``preflight = "allow"`` is treated as public.
             if match.public or (
@@ -242,14 +309,24 @@ class Authenticator:
             else:
                 resolved = await self._miss(secret, digest, slot)
             now = self._clock()
-            identity = self.decide(resolved, match, headers, now)
+            self.decide(resolved, match, headers, now)
+            allowlist = resolved.allowlist
             recorder = self.recorder
-            if recorder is not None and recorder.due(identity.token_id, now):
+            if allowlist is not None:
+                client = self._client_ip(scope)
+                if not allowlist.permits(client):
+                    raise ClientNotAllowed()
+                if recorder is not None and recorder.due(resolved.used_key, now):
+                    used = LastUsed(now, method, match.path, client, _ua(headers))
+                    recorder.record(resolved.partition, resolved.used_key, used)
+            elif recorder is not None and recorder.due(resolved.used_key, now):
                 used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
-                recorder.record(resolved.partition, identity.token_id, used)
+                recorder.record(resolved.partition, resolved.used_key, used)
             return resolved
         except AuthError as exc:
             reason = exc.reason if exc.reason in self._decisions else "invalid_token"
+            if isinstance(exc, InvalidToken):
+                self._failed(exc, resolved, method, raw_path, headers, self._client_ip(scope))
             raise
         except StoreUnavailable:
             reason = "store_unavailable"
@@ -257,6 +334,41 @@ class Authenticator:
         finally:
             self._decisions[reason].inc()
             self._seconds.observe(self._monotonic() - started)
+
+    def _failed(
+        self,
+        exc: InvalidToken,
+        resolved: Resolved | None,
+        method: str,
+        path: str,
+        headers: Headers,
+        client: str | None,
+    ) -> None:
+        """A presented token did not authenticate: count it against the client (the
+        failure limit) and, for a dead secret, trip the reuse tripwire."""
+        if self.limiter is not None:
+            self.limiter.failed(client)
+        tripwire = self.tripwire
+        if tripwire is None or exc.reason not in REUSE_EVENTS:
+            return
+        if isinstance(exc, _Dead):
+            stone = exc.stone
+            token_id, org_id, user_id = stone.token_id, stone.org_id, stone.user_id
+        elif resolved is not None:
+            token = resolved.token
+            token_id, org_id, user_id = token.id, token.org_id, token.user_key and token.owner_id
+        else:
+            return
+        tripwire.presented(
+            exc.reason,
+            token_id=token_id,
+            org_id=org_id,
+            user_id=user_id,
+            method=method,
+            path=path.split("?", 1)[0],
+            ip=client,
+            user_agent=_ua(headers),
+        )
 
     # -- the steps, each usable on its own --------------------------------------------
 
@@ -302,12 +414,29 @@ class Authenticator:
         *,
         now: float | None = None,
         fresh: bool = False,
+        client: str | None = None,
+        method: str = "GET",
+        path: str = "/",
     ) -> Resolved:
         """Who is calling, with no route to decide: credentials → lookup → status
-        (revoked, expired, owner disabled: :class:`InvalidToken` with its reason). The
-        management API's caller resolution (``fresh=True``)."""
-        resolved = await self.resolve(bearer_token(headers), fresh=fresh)
-        check_usable(resolved.token, resolved.owner, self._clock() if now is None else now)
+        (revoked, expired, owner disabled: :class:`InvalidToken` with its reason) → the
+        token's IP allowlist against ``client``. The management API's caller resolution
+        (``fresh=True``), under the same failure limit and tripwire as the data plane."""
+        raw = list(headers)
+        limiter = self.limiter
+        if limiter is not None and limiter.blocking:
+            wait = limiter.retry_after(client)
+            if wait is not None:
+                raise TooManyFailures(wait)
+        resolved: Resolved | None = None
+        try:
+            resolved = await self.resolve(bearer_token(raw), fresh=fresh)
+            resolved.check(self._clock() if now is None else now)
+        except InvalidToken as exc:
+            self._failed(exc, resolved, method, path, raw, client)
+            raise
+        if resolved.allowlist is not None and not resolved.allowlist.permits(client):
+            raise ClientNotAllowed()
         return resolved
 
     async def _miss(
@@ -323,15 +452,18 @@ class Authenticator:
         epoch = cache.epoch
         if not fresh:
             self._misses.inc()
+        token_format = self.token_format
+        previous = token_format.previous_digest(secret)
+        partition = token_format.partition(secret)
         try:
             if self._deadline is None:
-                found = await self.store.lookup(digest, self.token_format.partition(secret))
+                found = await self.store.lookup(digest, partition, previous)
             else:
                 # One deadline for the whole lookup: redis-py's socket timeout applies per
                 # read, and a reconnect's handshake waits it out again, so a stopped or
                 # black-holed store would cost two timeouts (issue 9: ~1 s, not ~2 s).
                 async with asyncio.timeout(self._deadline):
-                    found = await self.store.lookup(digest, self.token_format.partition(secret))
+                    found = await self.store.lookup(digest, partition, previous)
         except StoreUnavailable:
             self._lookup_errors.inc()
             raise
@@ -342,13 +474,65 @@ class Authenticator:
             if not fresh:
                 cache.put_negative(digest, epoch, self._monotonic())
             raise InvalidToken(_UNKNOWN)
-        token = Token.decode(found[0])
-        owner = User.decode(found[1]) if found[1] is not None else None
-        org = Org.decode(found[2]) if found[2] is not None else None
-        resolved = Resolved(token, owner, self._clock(), org)
-        if not fresh:
+        if isinstance(found, Buried):
+            # Not cached: each presentation is reported (the tripwire limits the events).
+            raise _Dead(Tombstone.decode(found.tombstone))
+        token = Token.decode(found.record)
+        matched = previous if found.previous_pepper and previous is not None else digest
+        if matched == token.digest:
+            via_previous = False
+        elif token.previous is not None and matched == token.previous.digest:
+            via_previous = True
+        else:  # an index entry the record does not name: never written together
+            raise InvalidToken(_UNKNOWN)
+        owner = User.decode(found.user) if found.user is not None else None
+        org = Org.decode(found.org) if found.org is not None else None
+        resolved = Resolved(token, owner, self._clock(), org, previous=via_previous)
+        if found.previous_pepper:
+            # Found under the previous pepper: move it to the current one, atomically and
+            # off the request's path. Not cached meanwhile — invalidations name the
+            # record's digests, and this one is not among them yet.
+            self._reindex(token, matched, digest)
+        elif not fresh:
             cache.put(digest, resolved, token.user_key, epoch, self._monotonic())
         return resolved
+
+    def _reindex(self, token: Token, old: bytes, new: bytes) -> None:
+        if token.id in self._reindexing or len(self._reindexing) >= _MAX_REINDEX:
+            return
+        task = asyncio.create_task(self._reindex_one(token, old, new), name="patgate-reindex")
+        self._reindexing[token.id] = task
+        task.add_done_callback(lambda _t: self._reindexing.pop(token.id, None))
+
+    async def _reindex_one(self, token: Token, old: bytes, new: bytes) -> None:
+        """Re-index ``token`` from the previous pepper's digest ``old`` to the current
+        one's: one compare-and-set commit (a concurrent revoke or regenerate wins, and
+        the next presentation tries again)."""
+        pepper_id = self.token_format.pepper_id
+        if token.digest == old:
+            updated = token.evolve(digest=new, pepper_id=pepper_id)
+        else:
+            assert token.previous is not None
+            moved = Previous(new, token.previous.prefix, token.previous.until, pepper_id)
+            updated = token.evolve(previous=moved)
+        plan = self.store.plan(token.org_id)
+        plan.put_token(token, updated)
+        plan.invalidate_token(old)
+        plan.invalidate_token(new)
+        try:
+            await self.store.commit(plan)
+        except (StaleWrite, PatgateError, Exception):  # advisory: tried again next time
+            self._lookup_errors.inc()
+            return
+        self._reindexed.inc()
+
+    async def aclose(self) -> None:
+        """Let re-index writes in flight finish (tasks of :meth:`_reindex`)."""
+        tasks = list(self._reindexing.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.tripwire is not None:
+            await self.tripwire.aclose()
 
     def decide(
         self, resolved: Resolved, match: RouteMatch, headers: Headers, now: float
@@ -357,7 +541,7 @@ class Authenticator:
         identity = resolved.identity
         expires_at = resolved.expires_at
         if not resolved.usable or (expires_at is not None and now >= expires_at):
-            check_usable(resolved.token, resolved.owner, now)
+            resolved.check(now)
         if match.denied == "no_rule":
             raise InsufficientScope("no policy rule allows this request", reason="no_rule")
         decision = self.policies.current.authorize(

@@ -28,6 +28,9 @@ class DataPlaneConfig:
     namespace: str = "patgate"
     token_prefix: str = "pat"
     pepper: bytes | None = field(default=None, repr=False)
+    #: the pepper before ``pepper`` while tokens are re-indexed under it (issue 12);
+    #: ``b""`` (``PATGATE_PEPPER_PREVIOUS=none``): the previous digests had no pepper.
+    previous_pepper: bytes | None = field(default=None, repr=False)
     durable_writes: bool = True
     #: replicas a durable write waits for (``WAITAOF 1 <n>``); None: 1 when the primary
     #: has a replica, else 0 (issue 11: a failover must not lose a secret already shown).
@@ -46,6 +49,11 @@ class DataPlaneConfig:
     lastused_interval: float = 5.0
     lastused_max_pending: int = 100_000
     events_maxlen: int = 1_000_000
+    #: failed authentications per client and window before 429 (issue 12); 0: no limit.
+    auth_failure_limit: int = 50
+    auth_failure_window: float = 60.0
+    #: seconds a deleted or rotated-out secret's digest is remembered (reuse tripwire).
+    tombstone_ttl: float = 30 * 86_400.0
 
     def evolve(self, **changes: Any) -> Self:
         return replace(self, **changes)

@@ -8,6 +8,8 @@
     │   ├── InvalidRequest             400 invalid_request (e.g. two credentials)
     │   ├── InvalidToken               401 invalid_token
     │   ├── InsufficientScope          403 insufficient_scope, scope="..."
+    │   ├── ClientNotAllowed           403 insufficient_scope: outside the token's IP allowlist
+    │   ├── TooManyFailures            429 + Retry-After: too many failed authentications
     │   └── MethodNotAllowed           405 TRACE/CONNECT no rule names; Allow, no challenge
     ├── StoreUnavailable               503; Redis/Valkey could not be reached
     ├── UpstreamError                  the gateway's upstream failed; 502/504, fixed texts
@@ -22,7 +24,8 @@
     │   ├── Conflict                   409 name_taken (or another conflict code)
     │   ├── PayloadTooLarge            413 too_large
     │   ├── Unprocessable              422 unprocessable
-    │   └── LimitReached               429 limit_reached
+    │   ├── LimitReached               429 limit_reached
+    │   └── TooManyRequests            429 rate_limited, Retry-After (unauthenticated endpoints)
     └── ConfigError                    bad settings or policy file; the CLI exits 2
 
 Redis and HTTP client exceptions are wrapped at the boundary with ``raise ... from exc``
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "ClientNotAllowed",
     "ConfigError",
     "Conflict",
     "Forbidden",
@@ -50,6 +54,8 @@ __all__ = [
     "PayloadTooLarge",
     "ServiceError",
     "StoreUnavailable",
+    "TooManyFailures",
+    "TooManyRequests",
     "Unauthenticated",
     "Unprocessable",
     "UpstreamConnectError",
@@ -128,6 +134,33 @@ class InsufficientScope(AuthError):
     reason = "insufficient_scope"
 
 
+class ClientNotAllowed(AuthError):
+    """A valid token used from an address outside its IP allowlist (issue 12). RFC 6750's
+    403 code: the token lacks the privilege of being used from here."""
+
+    status_code = 403
+    error = "insufficient_scope"
+    reason = "ip_not_allowed"
+
+    def __init__(self) -> None:
+        super().__init__("the token may not be used from this address")
+
+
+class TooManyFailures(AuthError):
+    """Too many failed authentications from this client (issue 12): 429 with
+    ``Retry-After``, whatever the request carries, until the client's window passes."""
+
+    status_code = 429
+    error = None
+    reason = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed authentications from this address; retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
 class MethodNotAllowed(AuthError):
     """TRACE or CONNECT on a route whose rule does not name it (issue 9): refused before
     authentication. RFC 9110 §15.5.6: a 405 carries ``Allow``; it is no auth challenge."""
@@ -192,6 +225,11 @@ class ServiceError(PatgateError):
         if code is not None:
             self.code = code
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra response headers (none but ``Retry-After`` on a 429)."""
+        return []
+
 
 class ValidationFailed(ServiceError):
     status_code = 400
@@ -233,6 +271,21 @@ class Unprocessable(ServiceError):
 class LimitReached(ServiceError):
     status_code = 429
     code = "limit_reached"
+
+
+class TooManyRequests(ServiceError):
+    """A client over an unauthenticated endpoint's rate limit (leaked-credential reports)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"%d" % self.retry_after)]
 
 
 class ConfigError(PatgateError):

@@ -51,7 +51,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -117,8 +117,11 @@ class InvalidationSubscriber:
         # within the promotion time plus 2 s). Jitter keeps the retries apart.
         max_backoff: float = 0.5,
         sharded: bool | None = None,
+        on_block: Callable[[str, float], None] | None = None,
     ) -> None:
         self._client = client
+        #: ``b <client> <until>`` messages (the failed-auth limit, middleware.limits).
+        self.on_block = on_block
         self._channels = list(channels)
         self._cache = cache
         self._metrics = metrics
@@ -182,8 +185,13 @@ class InvalidationSubscriber:
         return self._connected.is_set()
 
     def apply(self, data: bytes, channel: bytes | None = None) -> str:
-        """Apply one message to the cache; returns its kind (token, owner or flush)."""
+        """Apply one message to the cache; returns its kind (token, owner, flush, block)."""
         msg = parse_message(data)
+        if msg.kind == "block":
+            # Not an invalidation: another process saw a client cross the failure limit.
+            if self.on_block is not None:
+                self.on_block(msg.owner, msg.until_ms / 1000)
+            return msg.kind
         if msg.kind == "token":
             self._cache.drop(msg.digest)
         elif msg.kind == "owner":

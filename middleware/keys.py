@@ -26,11 +26,16 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "PARTITIONS",
+    "PREVIOUS_SUFFIX",
     "Keys",
     "Keyspace",
+    "partition_of",
     "partition_of_id",
     "partition_of_org",
 ]
+
+#: the last-used field of a token's previous secret: ``<token id>~p`` (issue 12).
+PREVIOUS_SUFFIX = "~p"
 
 #: how many partitions a namespace has. Fixed forever: secrets and token ids carry a
 #: partition number, so changing it would move every key (``patgate migrate``).
@@ -42,6 +47,12 @@ _ID_PARTITION = re.compile(r"tok_([0-9a-f]{3})")
 def partition_of_org(org_id: str) -> int:
     """The partition an org's keys live in: the first 32 bits of SHA-256, mod 1,024."""
     return int.from_bytes(hashlib.sha256(org_id.encode()).digest()[:4], "big") % PARTITIONS
+
+
+def partition_of(text: str) -> int:
+    """The partition of any other per-thing key (a client's failure counter): the same
+    hash as :func:`partition_of_org`, so such keys spread over every primary too."""
+    return partition_of_org(text)
 
 
 def partition_of_id(token_id: str) -> int | None:
@@ -126,6 +137,25 @@ class Keys:
         the same hash tag: one slot on a Cluster). The COMMIT script INCRs it for every
         message it publishes; a subscriber that knows only its channel reads it with this."""
         return channel + ":pos"
+
+    def tombstone(self, digest: bytes) -> str:
+        """STRING with a TTL: what a deleted or rotated-out secret's digest was (issue 12,
+        reuse tripwire), so presenting it again is recognised. Read by ``LOOKUP`` only
+        when the index has no entry for the digest."""
+        return self.base + "tomb:" + digest.hex()
+
+    def failures(self, client: str) -> str:
+        """STRING with a TTL of one window: failed authentications from a client (an
+        address, or an IPv6 /64), summed over every process (middleware.limits)."""
+        return self.base + "fail:" + client
+
+    def reports(self, client: str) -> str:
+        """STRING with a TTL of one window: leaked-credential reports from a client."""
+        return self.base + "report:" + client
+
+    def reuse(self, token_id: str) -> str:
+        """STRING with a 60 s TTL: a reuse event for this token was written recently."""
+        return self.base + "reuse:" + token_id
 
     def owner_tokens(self, owner_key: str) -> str:
         """ZSET created-ms → token id, per owner (``u:<org>/<id>`` / ``o:<id>``)."""

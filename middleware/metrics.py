@@ -61,11 +61,15 @@ DECISION_REASONS = (
     "invalid_token",
     "expired",
     "revoked",
+    "rotated",
+    "deleted",
     "disabled",
     "no_permission",
     "insufficient_scope",
     "own",
     "workspace",
+    "ip_not_allowed",
+    "rate_limited",
     "bad_path",
     "method_not_allowed",
     "no_rule",
@@ -313,6 +317,38 @@ class Metrics:
             "patgate_policy_reloads_total",
             "Policy reload attempts by result (success, failure).",
             ["result"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "patgate_auth_failures_total",
+            "Failed authentications counted against their client (the failure limit).",
+            registry=r,
+        )
+        self.auth_failures_dropped = Counter(
+            "patgate_auth_failures_dropped_total",
+            "Failed authentications not counted because the per-process table was full.",
+            registry=r,
+        )
+        self.client_blocks = Counter(
+            "patgate_client_blocks_total",
+            "Clients blocked (429) after too many failed authentications.",
+            registry=r,
+        )
+        self.blocked_clients = Gauge(
+            "patgate_blocked_clients",
+            "Clients currently blocked by this process after too many failed authentications.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.token_reuse = Counter(
+            "patgate_token_reuse_total",
+            "Dead secrets presented again, by kind (revoked, rotated, expired, deleted).",
+            ["kind"],
+            registry=r,
+        )
+        self.pepper_reindexed = Counter(
+            "patgate_pepper_reindexed_total",
+            "Tokens re-indexed from the previous pepper's digest to the current one.",
             registry=r,
         )
         self.embedded_restarts = Counter(

@@ -23,18 +23,25 @@ from typing import Any, Literal
 import msgpack
 
 __all__ = [
+    "DEFAULT_MAX_GRACE",
     "Identity",
     "LastUsed",
     "Org",
     "OwnerKind",
+    "Previous",
     "Role",
     "Token",
     "TokenStatus",
     "TokenType",
+    "Tombstone",
+    "TombstoneReason",
     "User",
     "owner_key",
     "user_key",
 ]
+
+#: an org's default bound on a regeneration's grace period: 7 days (issue 12).
+DEFAULT_MAX_GRACE = 7 * 86_400.0
 
 OwnerKind = Literal["user", "org"]
 TokenType = Literal["personal", "service", "oauth"]
@@ -70,7 +77,7 @@ _KIND_TYPE: tuple[tuple[OwnerKind, TokenType], ...] = tuple(
 )
 #: fields every token record carries; the rest are trimmed when they hold their default.
 _REQUIRED = 10
-_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("", None, None, None, None, None)
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("",) + (None,) * 8
 
 
 def _ts(t: float) -> float:
@@ -128,6 +135,28 @@ class LastUsed:
 
 
 @dataclass(frozen=True, slots=True)
+class Previous:
+    """A regenerated token's previous secret (see :attr:`Token.previous`)."""
+
+    digest: bytes
+    prefix: str
+    #: the end of the grace period: the old secret works while ``now < until``.
+    until: float
+    #: which pepper made ``digest`` (as :attr:`Token.pepper_id`).
+    pepper_id: int | None = None
+
+    def encode(self) -> list[Any]:
+        values: list[Any] = [self.digest, self.prefix, _ts(self.until)]
+        if self.pepper_id is not None:
+            values.append(self.pepper_id)
+        return values
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Previous:
+        return cls(v[0], v[1], float(v[2]), v[3] if len(v) > 3 else None)
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     """A token's record of truth. ``digest`` is the stored hash, never the secret."""
 
@@ -150,7 +179,19 @@ class Token:
     updated_at: float = 0.0
     #: when the current secret was issued (creation or last regeneration).
     issued_at: float = 0.0
+    #: client addresses/networks the token may be used from (normalized,
+    #: :mod:`middleware.allowlist`); ``None`` = any address.
+    allowed_ips: tuple[str, ...] | None = None
+    #: the secret before the last regeneration while it keeps working (issue 12, rotation
+    #: with overlap): its digest, display prefix and the end of its grace period. Kept
+    #: after the grace ends, so the old secret is refused as "rotated" rather than unknown,
+    #: until the next regeneration or ``end_grace`` turns it into a tombstone.
+    previous: Previous | None = None
+    #: which pepper made ``digest`` (:attr:`TokenFormat.pepper_id`); None: no pepper.
+    pepper_id: int | None = None
     last_used: LastUsed | None = field(default=None, compare=False)
+    #: the previous secret's own last use (while ``previous`` is set).
+    previous_last_used: LastUsed | None = field(default=None, compare=False)
 
     def status(self, now: float) -> TokenStatus:
         """Computed on every read; expiry is never cached as a state."""
@@ -189,18 +230,24 @@ class Token:
             None if self.revoked_at is None else _ts(self.revoked_at),
             None if self.updated_at == created else _ts(self.updated_at),
             None if self.issued_at == created else _ts(self.issued_at),
+            None if self.allowed_ips is None else list(self.allowed_ips),
+            None if self.previous is None else self.previous.encode(),
+            self.pepper_id,
         ]
         while len(values) > _REQUIRED and values[-1] == _TRAILING_DEFAULTS[len(values) - 1]:
             values.pop()
         return _pack(values)
 
     @classmethod
-    def decode(cls, blob: bytes, last_used: bytes | None = None) -> Token:
+    def decode(
+        cls, blob: bytes, last_used: bytes | None = None, previous_used: bytes | None = None
+    ) -> Token:
         v = _unpack(blob)
         used = LastUsed.decode(last_used) if last_used else None
         if isinstance(v[2], str):
             return cls._decode_v1(v, used)
         v += _TRAILING_DEFAULTS[len(v) :]
+        ips, prev = v[16], v[17]
         kind, type_ = _KIND_TYPE[v[2]]
         created = float(v[6])
         ws = v[11]
@@ -222,7 +269,13 @@ class Token:
             digest=v[9],
             updated_at=created if v[14] is None else float(v[14]),
             issued_at=created if v[15] is None else float(v[15]),
+            allowed_ips=None if ips is None else tuple(ips),
+            previous=None if prev is None else Previous.decode(prev),
+            pepper_id=v[18],
             last_used=used,
+            previous_last_used=(
+                LastUsed.decode(previous_used) if previous_used and prev is not None else None
+            ),
         )
 
     @classmethod
@@ -273,7 +326,28 @@ class Token:
             "revoked_at": self.revoked_at,
             "prefix": self.prefix,
             "last_used": None if self.last_used is None else self.last_used.to_json(),
+            "allowed_ips": None if self.allowed_ips is None else list(self.allowed_ips),
+            "previous_secret": self._previous_json(now),
         }
+
+    def _previous_json(self, now: float) -> dict[str, Any] | None:
+        prev = self.previous
+        if prev is None:
+            return None
+        used = self.previous_last_used
+        return {
+            "prefix": prev.prefix,
+            "valid_until": prev.until,
+            "status": "active" if now < prev.until and self.status(now) == "active" else "rotated",
+            "last_used": None if used is None else used.to_json(),
+        }
+
+    def secret_digests(self) -> tuple[bytes, ...]:
+        """Every digest the index holds for this token: the current secret's, and the
+        previous one's while it is kept (each needs its cache entry dropped on a change)."""
+        if self.previous is None:
+            return (self.digest,)
+        return (self.digest, self.previous.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +444,8 @@ class Org:
     member_scopes: tuple[str, ...] = ()
     #: scopes admins may grant; bounds org-owned tokens too.
     admin_scopes: tuple[str, ...] = ("*",)
+    #: the longest grace period a regeneration may give the previous secret (issue 12).
+    max_grace_period: float = DEFAULT_MAX_GRACE
 
     def encode(self) -> bytes:
         values: list[Any] = [
@@ -382,11 +458,13 @@ class Org:
             self.updated_at,
             list(self.member_scopes),
             list(self.admin_scopes),
+            _ts(self.max_grace_period),
         ]
-        if self.admin_scopes == ("*",):
+        # Trailing defaults are dropped, so an org written before a field existed and one
+        # that keeps its default encode alike (the store's compare-and-set compares bytes).
+        defaults: list[Any] = [[], ["*"], _ts(DEFAULT_MAX_GRACE)]
+        while len(values) > 7 and values[-1] == defaults[len(values) - 8]:
             values.pop()
-            if not self.member_scopes:
-                values.pop()
         return _pack(values)
 
     @classmethod
@@ -394,7 +472,10 @@ class Org:
         v = _unpack(blob)
         member = tuple(v[7]) if len(v) > 7 else ()
         admin = tuple(v[8]) if len(v) > 8 else ("*",)
-        return replace(cls(*v[:7]), member_scopes=member, admin_scopes=admin)
+        grace = float(v[9]) if len(v) > 9 else DEFAULT_MAX_GRACE
+        return replace(
+            cls(*v[:7]), member_scopes=member, admin_scopes=admin, max_grace_period=grace
+        )
 
     def evolve(self, **changes: Any) -> Org:
         return replace(self, **changes)
@@ -408,9 +489,45 @@ class Org:
             "allow_never": self.allow_never,
             "member_scopes": list(self.member_scopes),
             "admin_scopes": list(self.admin_scopes),
+            "max_grace_period": self.max_grace_period,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+TombstoneReason = Literal["deleted", "rotated"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """What a secret that no longer opens anything was (issue 12, reuse tripwire): kept
+    under its digest for a while after the token is deleted or the secret rotated out,
+    so that presenting it again is recognised and reported to the owner."""
+
+    token_id: str
+    org_id: str
+    owner_kind: OwnerKind
+    owner_id: str
+    reason: TombstoneReason
+    at: float
+
+    @property
+    def user_id(self) -> str | None:
+        return self.owner_id if self.owner_kind == "user" else None
+
+    def encode(self) -> bytes:
+        return _pack(
+            [self.token_id, self.org_id, self.owner_kind, self.owner_id, self.reason, _ts(self.at)]
+        )
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Tombstone:
+        v = _unpack(blob)
+        return cls(v[0], v[1], v[2], v[3], v[4], float(v[5]))
+
+    @classmethod
+    def of(cls, token: Token, reason: TombstoneReason, at: float) -> Tombstone:
+        return cls(token.id, token.org_id, token.owner_kind, token.owner_id, reason, at)
 
 
 @dataclass(frozen=True, slots=True)

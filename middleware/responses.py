@@ -13,7 +13,10 @@ invalid_request        400     ``error="invalid_request"`` (two credentials, bad
 bad_path               400     ``error="invalid_request"``; body ``bad_path``
 invalid_token          401     ``error="invalid_token"`` — unknown *and* malformed
 revoked/expired/…      401     ``error="invalid_token"`` with a specific description
+                               (rotated: "token rotated"; deleted: as unknown)
 insufficient_scope     403     ``error="insufficient_scope", scope="…"``
+ip_not_allowed         403     ``error="insufficient_scope"``; body ``ip_not_allowed``
+rate_limited           429     no challenge; ``Retry-After: <s>`` (failed-auth limit)
 no_rule                403     ``error="insufficient_scope"``; body ``no_rule``
 method_not_allowed     405     no challenge; ``Allow`` (TRACE/CONNECT no rule names)
 store_unavailable      503     no challenge; ``Retry-After: 1``
@@ -43,6 +46,7 @@ from .errors import (
     PatgateError,
     ServiceError,
     StoreUnavailable,
+    TooManyFailures,
     UpstreamError,
 )
 
@@ -58,6 +62,8 @@ _BODY_CODE = {
     "expired": "invalid_token",
     "disabled": "invalid_token",
     "no_permission": "invalid_token",
+    "rotated": "invalid_token",
+    "deleted": "invalid_token",
 }
 _JSON = (b"content-type", b"application/json")
 
@@ -146,7 +152,7 @@ class ErrorResponses:
         if isinstance(exc, StoreUnavailable):
             return self.unavailable
         if isinstance(exc, ServiceError):
-            return json_error(exc.status_code, exc.code, exc.detail)
+            return json_error(exc.status_code, exc.code, exc.detail, exc.headers)
         if isinstance(exc, UpstreamError):
             kind = type(exc)
             prepared = self._upstream.get(kind)
@@ -164,6 +170,11 @@ class ErrorResponses:
         if isinstance(exc, MethodNotAllowed):
             # RFC 9110 §15.5.6: a 405 lists the methods in Allow; it is no auth challenge.
             extra = (b"allow", exc.allow.encode("latin-1"))
+        elif isinstance(exc, TooManyFailures):
+            # RFC 6585 §4: 429 may say when to retry; no challenge (credentials are not
+            # the problem). The description names the same seconds, so memoizing by it
+            # keeps one response per distinct wait.
+            extra = (b"retry-after", b"%d" % exc.retry_after)
         else:
             extra = (b"www-authenticate", exc.www_authenticate(self.realm).encode("latin-1"))
         return json_error(exc.status_code, code, detail, [extra])

@@ -58,9 +58,11 @@ from patgate.middleware.errors import ConfigError, StoreUnavailable
 from patgate.middleware.invalidation import InvalidationSubscriber
 from patgate.middleware.keys import Keyspace
 from patgate.middleware.lastused import LastUsedRecorder
+from patgate.middleware.limits import FailureLimiter
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
+from patgate.middleware.tripwire import Tripwire
 from patgate.policies.engine import Policy, default_policy
 from patgate.policies.errors import PolicyError
 from patgate.policies.reload import PolicyHolder
@@ -186,10 +188,24 @@ class Runtime(Generic[C]):
             durable_replicas=settings.durable_replicas,
             durable_timeout_ms=DURABLE_TIMEOUT_MS,
         )
-        self.token_format = TokenFormat(settings.token_prefix, settings.pepper)
+        try:
+            self.token_format = TokenFormat(
+                settings.token_prefix, settings.pepper, settings.previous_pepper
+            )
+        except ValueError as exc:
+            raise ConfigError(f"pepper: {exc}") from None
         self.cache: TokenCache[Resolved] = TokenCache(
             settings.cache_size, settings.cache_ttl, settings.negative_ttl, self.metrics
         )
+        #: the failed-authentication limit (issue 12), shared through the store.
+        self.limiter = FailureLimiter(
+            self.data_store,
+            self.metrics,
+            limit=settings.auth_failure_limit,
+            window=settings.auth_failure_window,
+        )
+        #: reports dead secrets presented again (issue 12).
+        self.tripwire = Tripwire(self.data_store, self.metrics)
         self.subscriber = InvalidationSubscriber.for_staleness(
             self._subscriber_redis,
             self.keyspace.channels,
@@ -197,6 +213,8 @@ class Runtime(Generic[C]):
             self.metrics,
             staleness=settings.invalidation_staleness,
         )
+        if self.limiter.enabled:
+            self.subscriber.on_block = self.limiter.block
         self.recorder = LastUsedRecorder(
             self.data_store,
             self.metrics,
@@ -215,6 +233,8 @@ class Runtime(Generic[C]):
             realm=settings.realm,
             client_ip=self.trusted.client_ip,
             lookup_deadline=settings.redis_timeout,
+            limiter=self.limiter if self.limiter.enabled else None,
+            tripwire=self.tripwire,
         )
         self._watch: asyncio.Task[None] | None = None
         self._users = 0
@@ -263,6 +283,7 @@ class Runtime(Generic[C]):
             await self._stop_embedded()
             raise
         self.recorder.start()
+        self.limiter.start()
         if isinstance(self.policies, PolicyHolder):
             self._watch = asyncio.create_task(
                 self.policies.watch(_POLICY_POLL), name="patgate-policy-watch"
@@ -303,6 +324,8 @@ class Runtime(Generic[C]):
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
         await self.recorder.aclose()
+        await self.limiter.aclose()
+        await self.authenticator.aclose()
         await self.subscriber.aclose()
         await self.redis.aclose()
         await self._write_redis.aclose()

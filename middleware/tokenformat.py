@@ -15,6 +15,13 @@ characters; ``patgate migrate`` leaves a forward in the partition they name.
 
 Only a SHA-256 digest (an HMAC-SHA256 when a pepper is configured) is
 ever stored; the secret itself exists only in the create/regenerate response.
+
+Pepper rotation (issue 12): with ``previous_pepper`` set, :meth:`TokenFormat.previous_digest`
+gives the digest the previous pepper made (``UNPEPPERED``: the previous hashing had no
+pepper at all). The lookup tries it only after the current digest found nothing, in the
+same script call, and the data plane then re-indexes the token under the current pepper.
+Each stored digest records which pepper made it (:attr:`TokenFormat.pepper_id`), so
+``patgate pepper status`` can count the tokens still depending on the previous one.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "ALPHABET",
     "RANDOM_LENGTH",
     "SECRET_PATTERN",
+    "UNPEPPERED",
     "TokenFormat",
     "hint_values",
     "partition_of_hint",
@@ -51,6 +59,18 @@ _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{1,15}")
 SECRET_PATTERN = r"\bpat_[0-9A-Za-z]{36}\b"
 _DIGITS = {c: i for i, c in enumerate(ALPHABET)}
 _HINT_VALUES = 62 * 62
+#: ``previous_pepper`` for a rotation from plain SHA-256 to a first pepper.
+UNPEPPERED = b""
+_PEPPER_ID_LABEL = b"patgate pepper id"
+
+
+def _pepper_id(pepper: bytes | None) -> int | None:
+    """A 16-bit fingerprint of a pepper (None: no pepper), stored beside each digest. An
+    HMAC under the pepper, so it says nothing about the pepper itself."""
+    if not pepper:
+        return None
+    mac = hmac.new(pepper, _PEPPER_ID_LABEL, hashlib.sha256).digest()
+    return int.from_bytes(mac[:2], "big")
 
 
 def hint_values(partition: int) -> list[int]:
@@ -97,6 +117,9 @@ class TokenFormat:
 
     prefix: str = "pat"
     pepper: bytes | None = None
+    #: the pepper before ``pepper`` during a rotation; None: no rotation, and
+    #: :data:`UNPEPPERED`: the previous digests were plain SHA-256.
+    previous_pepper: bytes | None = None
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.prefix):
@@ -104,6 +127,27 @@ class TokenFormat:
                 f"token prefix {self.prefix!r} must be 2-16 lowercase letters/digits, "
                 "starting with a letter"
             )
+        if self.pepper == b"":
+            object.__setattr__(self, "pepper", None)
+        if self.previous_pepper is not None:
+            if (self.previous_pepper or None) == self.pepper:
+                raise ValueError("the previous pepper is the current one: nothing to rotate")
+            if _pepper_id(self.previous_pepper) == _pepper_id(self.pepper):
+                raise ValueError("the two peppers share a fingerprint; choose another pepper")
+
+    @property
+    def pepper_id(self) -> int | None:
+        """Which pepper :meth:`digest` uses (a fingerprint; None: no pepper)."""
+        return _pepper_id(self.pepper)
+
+    @property
+    def previous_pepper_id(self) -> int | None:
+        """The previous pepper's fingerprint (None: no pepper, or no rotation)."""
+        return _pepper_id(self.previous_pepper)
+
+    @property
+    def rotating(self) -> bool:
+        return self.previous_pepper is not None
 
     @property
     def pattern(self) -> str:
@@ -143,11 +187,25 @@ class TokenFormat:
 
     def digest(self, secret: str) -> bytes:
         """The 32-byte value stored in the hash index; never the secret itself."""
+        # Inlined (not _hash): this runs on every request.
         data = secret.encode("ascii", "surrogateescape")
         if self.pepper is not None:
             return hmac.new(self.pepper, data, hashlib.sha256).digest()
         return _SHA256(data).digest()  # type: ignore[no-any-return]
 
+    def previous_digest(self, secret: str) -> bytes | None:
+        """The digest under the previous pepper, during a rotation; else None."""
+        if self.previous_pepper is None:
+            return None
+        return _hash(self.previous_pepper or None, secret)
+
     def display_prefix(self, secret: str) -> str:
         """What lists show to tell tokens apart, e.g. ``pat_3kF9``."""
         return secret[: len(self.prefix) + 1 + _DISPLAY_CHARS]
+
+
+def _hash(pepper: bytes | None, secret: str) -> bytes:
+    data = secret.encode("ascii", "surrogateescape")
+    if pepper is not None:
+        return hmac.new(pepper, data, hashlib.sha256).digest()
+    return _SHA256(data).digest()  # type: ignore[no-any-return]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from patgate.gateway.settings import ENV_VARS
+from patgate.gateway.settings import ENV_VARS, FILE_VARS
 from patgate.middleware.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_configuration_table_matches_settings() -> None:
     documented = _table_names("PATGATE_")
-    assert documented == set(ENV_VARS) | {"PATGATE_PEPPER_FILE"}
+    assert documented == set(ENV_VARS) | set(FILE_VARS)
 
 
 def test_metrics_table_matches_metrics() -> None:

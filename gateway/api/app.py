@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patgate.gateway.lifecycle import Directory, TokenService
+from patgate.gateway.lifecycle.tokens import DEFAULT_TOMBSTONE_TTL
 from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import AuthError, ServiceError, StoreUnavailable
 from patgate.middleware.responses import ErrorResponses, json_error
@@ -28,6 +29,7 @@ from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 
 from .auth import ActorResolver
+from .credentials import ReportLimit
 from .openapi import openapi_document
 from .routes import ManagementApi, Verifier
 
@@ -94,16 +96,20 @@ def create_api_app(
     verifier: Verifier | None = None,
     clock: Callable[[], float] = time.time,
     authenticator: Authenticator | None = None,
+    tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+    credential_report_limit: int = 10,
+    credential_report_window: float = 60.0,
 ) -> Starlette:
     """The management API over ``store``. ``authenticator`` (the runtime's, in
     ``patgate serve``) resolves callers through the data plane's lookup path, read fresh;
     by default an uncached one over ``store`` and ``token_format``."""
-    tokens = TokenService(store, token_format, clock=clock)
+    tokens = TokenService(store, token_format, clock=clock, tombstone_ttl=tombstone_ttl)
     directory = Directory(store, clock=clock, default_token_limit=default_token_limit)
     if authenticator is None:
         authenticator = Authenticator.uncached(store, token_format, realm=realm, clock=clock)
     resolver = ActorResolver(authenticator, client_ip=client_ip, clock=clock)
-    api = ManagementApi(tokens, directory, resolver, verifier=verifier)
+    reports = ReportLimit(store, limit=credential_report_limit, window=credential_report_window)
+    api = ManagementApi(tokens, directory, resolver, verifier=verifier, reports=reports)
     routes = api.routes()
     api.openapi = openapi_document(token_format)
     responses = ErrorResponses(realm, missing_credentials=_MISSING)

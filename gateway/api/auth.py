@@ -33,13 +33,20 @@ class ActorResolver:
         self.clock = clock
 
     async def __call__(self, request: Request) -> Actor:
+        ip = self.client_ip(request)
+        # The token's IP allowlist, the failed-authentication limit and the reuse
+        # tripwire apply here as on the data plane (issue 12), to the same client address.
         resolved = await self.authenticator.identify(
-            request.scope["headers"], now=self.clock(), fresh=True
+            request.scope["headers"],
+            now=self.clock(),
+            fresh=True,
+            client=ip,
+            method=request.method,
+            path=request.url.path,
         )
         # Effective scopes: a demoted admin's token can do no more than a member's now.
         identity = resolved.identity
         user = resolved.owner
-        ip = self.client_ip(request)
         ua = request.headers.get("user-agent")
         actor = Actor(
             kind=identity.owner_kind,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from patgate.gateway.lifecycle.expiry import MAX_LIFETIME, PRESETS
+from patgate.gateway.lifecycle.tokens import MAX_REPORTED
+from patgate.middleware.allowlist import MAX_ENTRIES
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.policies.scopes import ACTIONS, MAX_SCOPE_LENGTH, MAX_SCOPES
 from patgate.policies.scopes import PRESETS as SCOPE_PRESETS
@@ -30,14 +32,16 @@ _ERR = {
     for code, text in {
         "400": "Validation error; nothing changed",
         "401": "Missing, unknown, revoked or expired token (RFC 6750)",
-        "403": "The token lacks the scope or role for this operation, or a scope it asks "
-        "for is not grantable by its owner",
+        "403": "The token lacks the scope or role for this operation, a scope it asks "
+        "for is not grantable by its owner, or it is used from outside its IP allowlist "
+        "(ip_not_allowed)",
         "404": "No such resource (or not visible to this token)",
         "405": "Method not allowed on this path (see Allow)",
         "409": "Name already taken for this owner, or a concurrent change",
         "413": "Request body larger than 64 KiB; nothing read beyond it",
         "422": "Valid input the organization's policy does not allow",
-        "429": "Token limit reached for this owner",
+        "429": "Token limit reached for this owner (limit_reached), or too many failed "
+        "authentications or reports from this address (rate_limited, with Retry-After)",
         "503": "Token store unavailable",
     }.items()
 }
@@ -84,6 +88,20 @@ _WORKSPACES_OUT = {"type": "array", "items": {"type": "string", "minLength": 1}}
 #: names are trimmed, then 1-100 printable characters.
 _NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "\\S"}
 _TEXT = {"type": "string", "maxLength": 200}
+#: a token's IP allowlist on input (gateway.lifecycle.inputs.check_allowed_ips).
+_ALLOWED_IPS = {
+    "description": "addresses or CIDR networks (IPv4, IPv6) the token may be used from; "
+    "null: any address. Host bits must be zero; IPv4-mapped IPv6 is stored as IPv4",
+    "oneOf": [
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_ENTRIES,
+            "items": {"type": "string", "minLength": 1, "maxLength": 64},
+        },
+        {"type": "null"},
+    ],
+}
 
 
 def _op(
@@ -93,6 +111,7 @@ def _op(
     *,
     params: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
+    body_required: bool = True,
     public: bool = False,
 ) -> dict[str, Any]:
     status, response = ok
@@ -103,7 +122,11 @@ def _op(
     if params:
         op["parameters"] = params
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        # Not required where an empty body is a valid request (every field optional).
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": body}},
+        }
         op["responses"]["413"] = _ERR["413"]
     if public:
         op["security"] = []
@@ -196,6 +219,23 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "revoked_at": nullable_num,
         "prefix": {"type": "string", "description": "display prefix, e.g. pat_3kF9"},
         "last_used": last_used,
+        "allowed_ips": {"type": ["array", "null"], "items": {"type": "string"}},
+        "previous_secret": {
+            "description": "the secret before the last regeneration, while it is kept: it "
+            "works until valid_until (status active), then is refused as rotated",
+            "oneOf": [
+                _object(
+                    {
+                        "prefix": {"type": "string"},
+                        "valid_until": {"type": "number"},
+                        "status": {"enum": ["active", "rotated"]},
+                        "last_used": last_used,
+                    },
+                    ["prefix", "valid_until", "status", "last_used"],
+                ),
+                {"type": "null"},
+            ],
+        },
     }
     # null means "not given" for both (the default lifetime applies).
     expiry = {
@@ -239,6 +279,7 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "allow_never": {"type": "boolean"},
         "member_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "admin_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "max_grace_period": {"type": "number", "minimum": 0},
         "created_at": {"type": "number"},
         "updated_at": {"type": "number"},
     }
@@ -293,6 +334,7 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                     "the caller's org",
                 },
                 "type": {"enum": ["personal", "service", "oauth", None]},
+                "allowed_ips": _ALLOWED_IPS,
                 **expiry,
             },
             ["name"],
@@ -304,11 +346,34 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                     "description": {"type": ["string", "null"], "maxLength": 1000},
                     "scopes": _SCOPE_LIST,
                     "workspaces": {"oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}]},
+                    "allowed_ips": _ALLOWED_IPS,
                 }
             ),
             "minProperties": 1,
         },
-        "Regenerate": _object(expiry),
+        "Regenerate": _object(
+            {
+                **expiry,
+                "grace_period": {
+                    "type": ["number", "null"],
+                    "minimum": 0,
+                    "description": "seconds the old secret keeps working beside the new "
+                    "one (active tokens only; at most the org's max_grace_period)",
+                },
+            }
+        ),
+        "CredentialReport": _object(
+            {
+                "credentials": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_REPORTED,
+                    "items": {"type": "string"},
+                    "description": "leaked secrets, as found (e.g. by a secret scanner)",
+                }
+            },
+            ["credentials"],
+        ),
         "Scopes": _object({"scopes": {**_SCOPE_LIST, "minItems": 1}}, ["scopes"]),
         "User": _object(user_out, list(user_out)),
         "UserPage": _object({"items": {"type": "array", "items": _ref("User")}}, ["items"]),
@@ -364,6 +429,13 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                     "description": "scopes admins may grant; must cover the management "
                     "scopes (default [*])",
                 },
+                "max_grace_period": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 90 * 86_400,
+                    "description": "longest grace period of a regeneration, seconds "
+                    "(default 7 days; 0: none)",
+                },
             }
         ),
         "Event": _object(
@@ -394,6 +466,11 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                 "token": {"type": "string", "minLength": 1},
                 "method": {"type": "string", "minLength": 1},
                 "path": {"type": "string", "minLength": 1},
+                "ip": {
+                    "type": ["string", "null"],
+                    "description": "the described request's client address: what IP "
+                    "allowlists and the failed-authentication limit apply to",
+                },
                 "headers": {
                     "type": ["object", "null"],
                     "additionalProperties": {"type": "string"},
@@ -423,9 +500,10 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
     secret = _json(_ref("TokenWithSecret"), "The token and its secret, shown this once")
     # Every authenticated operation can answer 400 (two credentials, RFC 6750 §3.1), 401,
     # 403 and 503; edits add 404 and 409 (a concurrent change that kept losing).
-    read = "400 401 403 503"
-    one = "400 401 403 404 503"
-    edit = "400 401 403 404 409 503"
+    # 429: too many failed authentications from the caller's address (issue 12).
+    read = "400 401 403 429 503"
+    one = "400 401 403 404 429 503"
+    edit = "400 401 403 404 409 429 503"
     user_id = _path("id", "user id")
     org_id = _path("id", "organization id")
     scope = _path("scope", "the scope to remove", {"type": "string", "pattern": SCOPE_PATTERN})
@@ -495,9 +573,35 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
             "post": _op(
                 "New secret, same id/name/scopes, new expiry",
                 ("200", secret),
-                "400 401 403 404 409 422 503",
+                "400 401 403 404 409 422 429 503",
                 params=[_ID],
                 body=_ref("Regenerate"),
+                body_required=False,
+            )
+        },
+        "/v1/tokens/{id}/end-grace": {
+            "post": _op(
+                "End a regeneration's grace period now: the previous secret stops working "
+                "(idempotent)",
+                ("200", token),
+                edit,
+                params=[_ID],
+            )
+        },
+        "/v1/credentials/revoke": {
+            "post": _op(
+                "Report leaked secrets (no authentication): each existing one is revoked; "
+                "the answer is the same whether any exists. Rate limited per address",
+                (
+                    "202",
+                    _json(
+                        _object({"status": {"const": "accepted"}}, ["status"]),
+                        "accepted",
+                    ),
+                ),
+                "400 429 503",
+                body=_ref("CredentialReport"),
+                public=True,
             )
         },
         "/v1/admin/tokens": {
@@ -541,6 +645,7 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
                 edit,
                 params=[user_id],
                 body=_ref("UserPut"),
+                body_required=False,
             ),
             "delete": _op(
                 "Remove a user; their personal tokens are revoked",
@@ -562,6 +667,7 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
                 edit,
                 params=[org_id],
                 body=_ref("OrgPut"),
+                body_required=False,
             ),
         },
         "/v1/events": {

@@ -20,10 +20,12 @@ from patgate.gateway.lifecycle import (
     query_events,
 )
 from patgate.gateway.lifecycle.listing import Page
+from patgate.gateway.lifecycle.tokens import MAX_REPORTED
 from patgate.middleware.errors import PayloadTooLarge, ValidationFailed
 from patgate.middleware.records import Token, User
 
 from .auth import ActorResolver
+from .credentials import ReportLimit
 
 __all__ = ["ManagementApi", "Verifier"]
 
@@ -105,7 +107,9 @@ class ManagementApi:
         *,
         verifier: Verifier | None = None,
         openapi: dict[str, Any] | None = None,
+        reports: ReportLimit | None = None,
     ) -> None:
+        self.reports = reports
         self.tokens = tokens
         self.directory = directory
         self.resolve = resolve
@@ -156,6 +160,7 @@ class ManagementApi:
                 "expires_at",
                 "owner",
                 "type",
+                "allowed_ips",
             },
         )
         if "name" not in body:
@@ -183,6 +188,7 @@ class ManagementApi:
             expires_at=body.get("expires_at"),
             owner=owner,
             type=body.get("type"),
+            allowed_ips=body.get("allowed_ips"),
         )
         return JSONResponse(
             {"token": secret, **self._token(token)}, status_code=201, headers=_NO_STORE
@@ -240,14 +246,43 @@ class ManagementApi:
     async def regenerate(self, request: Request) -> Response:
         actor = await self.resolve(request)
         body = await _body(request)
-        _only(body, {"expiration", "expires_at"})
+        _only(body, {"expiration", "expires_at", "grace_period"})
         token, secret = await self.tokens.regenerate(
             actor,
             request.path_params["id"],
             expiration=_str_or_none(body, "expiration"),
             expires_at=body.get("expires_at"),
+            grace_period=body.get("grace_period"),
         )
         return JSONResponse({"token": secret, **self._token(token)}, headers=_NO_STORE)
+
+    async def end_grace(self, request: Request) -> Response:
+        actor = await self.resolve(request)
+        token = await self.tokens.end_grace(actor, request.path_params["id"])
+        return JSONResponse(self._token(token))
+
+    async def report_credentials(self, request: Request) -> Response:
+        """Leaked secrets, reported without authentication (GitHub's credential
+        revocation API): one answer whatever they are, so it tells nobody anything."""
+        if self.reports is None:
+            raise ValidationFailed("credential reports are not available on this listener")
+        ip = self.resolve.client_ip(request)
+        await self.reports.admit(ip)
+        body = await _body(request)
+        _only(body, {"credentials"})
+        credentials = body.get("credentials")
+        if (
+            not isinstance(credentials, list)
+            or not credentials
+            or not all(isinstance(c, str) for c in credentials)
+        ):
+            raise ValidationFailed("credentials: expected a non-empty list of token strings")
+        if len(credentials) > MAX_REPORTED:
+            raise ValidationFailed(f"credentials: at most {MAX_REPORTED} per request")
+        await self.tokens.revoke_reported(
+            credentials, ip=ip, user_agent=request.headers.get("user-agent")
+        )
+        return JSONResponse({"status": "accepted"}, status_code=202, headers=_NO_STORE)
 
     # -- admin ---------------------------------------------------------------------------
 
@@ -333,7 +368,7 @@ class ManagementApi:
         if self.verifier is None:
             raise ValidationFailed("verification is not available on this listener")
         body = await _body(request)
-        _only(body, {"token", "method", "path", "headers"})
+        _only(body, {"token", "method", "path", "headers", "ip"})
         for key in ("token", "method", "path"):
             if not isinstance(body.get(key), str) or not body[key]:
                 raise ValidationFailed(f"{key}: a non-empty string is required")
@@ -379,6 +414,8 @@ class ManagementApi:
             ("/v1/tokens/{id}/scopes/{scope}", "DELETE", self.remove_scope),
             ("/v1/tokens/{id}/revoke", "POST", self.revoke),
             ("/v1/tokens/{id}/regenerate", "POST", self.regenerate),
+            ("/v1/tokens/{id}/end-grace", "POST", self.end_grace),
+            ("/v1/credentials/revoke", "POST", self.report_credentials),
             ("/v1/admin/tokens", "GET", self.admin_list),
             ("/v1/admin/tokens/{id}/revoke", "POST", self.admin_revoke),
             ("/v1/users", "GET", self.list_users),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from patgate.gateway.lifecycle import Actor
+from patgate.middleware.allowlist import parse_address
 from patgate.middleware.errors import AuthError, StoreUnavailable, ValidationFailed
 from patgate.middleware.runtime import Runtime
 
@@ -14,7 +15,9 @@ __all__ = ["make_verifier"]
 
 
 def make_verifier(runtime: Runtime[Any]) -> Any:
-    """``POST /v1/verify``: the data plane's decision for a non-ASGI caller."""
+    """``POST /v1/verify``: the data plane's decision for a non-ASGI caller. ``ip`` is
+    the described request's client address: what a token's IP allowlist and the failed-
+    authentication limit apply to (without it, a token with an allowlist is refused)."""
 
     async def verify(body: dict[str, Any], actor: Actor) -> dict[str, Any]:
         token, method, path = body.get("token"), body.get("method"), body.get("path")
@@ -22,6 +25,9 @@ def make_verifier(runtime: Runtime[Any]) -> Any:
             raise ValidationFailed("token, method and path: strings required")
         if not (token and method and path):
             raise ValidationFailed("token, method and path: must not be empty")
+        ip = body.get("ip")
+        if ip is not None and (not isinstance(ip, str) or parse_address(ip) is None):
+            raise ValidationFailed("ip: expected the client's IP address")
         extra = body.get("headers") or {}
         if not isinstance(extra, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
@@ -35,7 +41,7 @@ def make_verifier(runtime: Runtime[Any]) -> Any:
         ]
         try:
             resolved = await runtime.authenticator.authenticate(
-                method.upper(), path, headers, {"client": None}
+                method.upper(), path, headers, {"client": None if ip is None else (ip, 0)}
             )
         except AuthError as exc:
             return {

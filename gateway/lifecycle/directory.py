@@ -42,7 +42,10 @@ _ORG_FIELDS = {
     "allow_never",
     "member_scopes",
     "admin_scopes",
+    "max_grace_period",
 }
+#: the longest grace period an org may allow a regenerated token's previous secret.
+_MAX_GRACE_LIMIT = 90 * 86_400
 #: changes that alter what a user's tokens may do: every cache drops them at once.
 _USER_POWER = ("enabled", "can_manage_tokens", "role", "workspaces", "grantable_scopes")
 
@@ -131,6 +134,15 @@ class Directory:
                 if "max_lifetime" in body
                 else base.max_lifetime
             )
+            grace = body.get("max_grace_period", base.max_grace_period)
+            if (
+                isinstance(grace, bool)
+                or not isinstance(grace, int | float)
+                or not 0 <= grace <= _MAX_GRACE_LIMIT
+            ):
+                raise ValidationFailed(
+                    f"max_grace_period: expected seconds from 0 to {_MAX_GRACE_LIMIT} (90 days)"
+                )
             member_scopes = _grant_list(body, "member_scopes", base.member_scopes)
             _no_admin_only(member_scopes, "member_scopes")
             admin_scopes = _grant_list(body, "admin_scopes", base.admin_scopes)
@@ -150,6 +162,7 @@ class Directory:
                 allow_never=_bool(body, "allow_never", base.allow_never),
                 member_scopes=member_scopes,
                 admin_scopes=admin_scopes,
+                max_grace_period=float(grace),
                 updated_at=now,
             )
             if new == old:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from patgate.middleware.allowlist import normalize_allowlist
 from patgate.middleware.errors import ValidationFailed
 from patgate.middleware.records import TokenType
 from patgate.policies.scopes import validate_scopes
 
 __all__ = [
+    "check_allowed_ips",
     "check_description",
+    "check_grace_period",
     "check_id",
     "check_name",
     "check_scopes",
@@ -96,3 +99,33 @@ def check_token_type(value: Any, default: TokenType) -> TokenType:
         if value == t:
             return t
     raise ValidationFailed(f"type: expected one of {', '.join(_TOKEN_TYPES)}")
+
+
+def check_allowed_ips(value: Any) -> tuple[str, ...] | None:
+    """``None`` (any address) or a list of up to 32 addresses/CIDRs, normalized
+    (:func:`patgate.middleware.allowlist.normalize_allowlist`)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValidationFailed("allowed_ips: expected a list of IP addresses or CIDRs, or null")
+    try:
+        return normalize_allowlist(value)
+    except ValueError as exc:
+        raise ValidationFailed(f"allowed_ips: {exc}") from None
+
+
+def check_grace_period(value: Any, maximum: float) -> float:
+    """Seconds the previous secret keeps working after a regeneration: 0 (none) up to
+    the org's ``max_grace_period``."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed("grace_period: expected a number of seconds")
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValidationFailed("grace_period: must be 0 or more seconds")
+    if seconds > maximum:
+        raise ValidationFailed(
+            f"grace_period: at most {maximum:g} seconds (the organization's max_grace_period)"
+        )
+    return seconds

@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from patgate.middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from patgate.middleware.records import Org, OwnerKind, Token, TokenType, User
-from patgate.middleware.store import Plan, TokenStore, retry_stale
+from patgate.middleware.records import (
+    Org,
+    OwnerKind,
+    Previous,
+    Token,
+    TokenType,
+    Tombstone,
+    TombstoneReason,
+    User,
+)
+from patgate.middleware.store import Found, Plan, TokenStore, retry_stale
 from patgate.middleware.store.retry import DEFAULT_ATTEMPTS
 from patgate.middleware.tokenformat import TokenFormat
 
@@ -26,15 +35,26 @@ from .actor import Actor
 from .audit import event_json
 from .expiry import resolve_expiry
 from .granting import Bounds, actor_bounds, check_scopes, check_workspaces, owner_bounds
-from .inputs import check_description, check_id, check_name, check_token_type
+from .inputs import (
+    check_allowed_ips,
+    check_description,
+    check_grace_period,
+    check_id,
+    check_name,
+    check_token_type,
+)
 from .inputs import check_scopes as parse_scopes
 from .inputs import check_workspaces as _check_workspaces
 from .listing import Filters, Page, scan, scan_org
 
-__all__ = ["DEFAULT_LIFETIME", "Owner", "TokenService"]
+__all__ = ["DEFAULT_LIFETIME", "DEFAULT_TOMBSTONE_TTL", "MAX_REPORTED", "Owner", "TokenService"]
 
 #: lifetime when a create names no expiry (GitHub's default for fine-grained PATs).
 DEFAULT_LIFETIME = 30 * 86_400.0
+#: how long a deleted or rotated-out secret is recognised (``PATGATE_TOMBSTONE_TTL``).
+DEFAULT_TOMBSTONE_TTL = 30 * 86_400.0
+#: secrets one leaked-credential report may carry (GitHub's credential revocation API).
+MAX_REPORTED = 1000
 _DELETE_BATCH = 10_000
 _TOKEN_RACE = "the token changed concurrently too often; try again"
 _TOKENS_RACE = "tokens changed concurrently too often; try again"
@@ -63,10 +83,12 @@ class TokenService:
         token_format: TokenFormat,
         *,
         clock: Callable[[], float] = time.time,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
     ) -> None:
         self.store = store
         self.format = token_format
         self.clock = clock
+        self.tombstone_ttl = tombstone_ttl
 
     # -- access rules --------------------------------------------------------------------
 
@@ -115,11 +137,37 @@ class TokenService:
             new, kind, data = result
             plan = self.store.plan(new.org_id)
             plan.put_token(old, new)
-            self._finish(plan, actor, new, kind, now, data, old.digest)
+            self._bury_dropped(plan, old, new, now)
+            regenerated_with_grace = new.previous is not None and new.previous is not old.previous
+            if regenerated_with_grace:
+                # The old secret's uses so far are its own from now on, shown beside the
+                # new secret's (issue 12).
+                used = None if old.last_used is None else old.last_used.encode()
+                plan.move_last_used(new.id, used)
+            self._finish(plan, actor, new, kind, now, data, old.secret_digests())
             await self.store.commit(plan, durable=durable)
-            return old, new.evolve(last_used=old.last_used)
+            if regenerated_with_grace:
+                # The new secret starts unused (its entry was just moved away).
+                return old, new.evolve(last_used=None, previous_last_used=old.last_used)
+            if new.previous is None:
+                return old, new.evolve(last_used=old.last_used)
+            return old, new.evolve(
+                last_used=old.last_used, previous_last_used=old.previous_last_used
+            )
 
         return await retry_stale(attempt, message=_TOKEN_RACE)
+
+    def _bury_dropped(self, plan: Plan, old: Token, new: Token, now: float) -> None:
+        """Tombstone every secret ``old`` answered to that ``new`` no longer does (a
+        rotation out), so presenting it again is recognised (issue 12, reuse tripwire)."""
+        kept = new.secret_digests()
+        for digest in old.secret_digests():
+            if digest not in kept:
+                plan.tombstone(digest, Tombstone.of(old, "rotated", now), self.tombstone_ttl)
+
+    def _bury(self, plan: Plan, token: Token, reason: TombstoneReason, now: float) -> None:
+        for digest in token.secret_digests():
+            plan.tombstone(digest, Tombstone.of(token, reason, now), self.tombstone_ttl)
 
     @staticmethod
     def _finish(
@@ -129,9 +177,9 @@ class TokenService:
         kind: str,
         now: float,
         data: dict[str, Any],
-        digest: bytes | None,
+        digests: Iterable[bytes] = (),
     ) -> None:
-        if digest is not None:
+        for digest in digests:
             plan.invalidate_token(digest)
         plan.audit(
             event_json(
@@ -159,9 +207,11 @@ class TokenService:
         expires_at: Any = None,
         owner: Owner | None = None,
         type: Any = None,
+        allowed_ips: Any = None,
     ) -> tuple[Token, str]:
         """A new token and its secret — the only time the secret is returned."""
         name = check_name(name)
+        allowed = check_allowed_ips(allowed_ips)
         description = check_description(description)
         scope_tuple = parse_scopes(scopes)
         ws = _check_workspaces(workspaces)
@@ -220,6 +270,8 @@ class TokenService:
             digest=self.format.digest(secret),
             updated_at=now,
             issued_at=now,
+            allowed_ips=allowed,
+            pepper_id=self.format.pepper_id,
         )
         plan = self.store.plan(org_id)
         plan.put_token(None, token, limit=org.token_limit)
@@ -229,8 +281,12 @@ class TokenService:
             token,
             "token.created",
             now,
-            {"name": name, "scopes": list(scope_tuple), "expires_at": expiry},
-            None,
+            {
+                "name": name,
+                "scopes": list(scope_tuple),
+                "expires_at": expiry,
+                "allowed_ips": None if allowed is None else list(allowed),
+            },
         )
         await self.store.commit(plan, durable=True)
         return token, secret
@@ -305,7 +361,7 @@ class TokenService:
 
     async def update(self, actor: Actor, token_id: str, changes: dict[str, Any]) -> Token:
         """PATCH: any of name, description, scopes, workspaces; unknown fields are errors."""
-        allowed = {"name", "description", "scopes", "workspaces"}
+        allowed = {"name", "description", "scopes", "workspaces", "allowed_ips"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValidationFailed(f"cannot change {', '.join(sorted(unknown))}")
@@ -320,6 +376,8 @@ class TokenService:
             values["scopes"] = parse_scopes(changes["scopes"])
         if "workspaces" in changes:
             values["workspaces"] = _check_workspaces(changes["workspaces"])
+        if "allowed_ips" in changes:
+            values["allowed_ips"] = check_allowed_ips(changes["allowed_ips"])
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
             if "scopes" in values or "workspaces" in values:
@@ -377,11 +435,17 @@ class TokenService:
 
     async def revoke(self, actor: Actor, token_id: str) -> Token:
         """Idempotent: revoking a revoked token changes nothing and succeeds."""
+        return await self._revoke(actor, token_id, {})
 
+    async def _revoke(
+        self, actor: Actor, token_id: str, data: dict[str, Any], *, digest: bytes | None = None
+    ) -> Token:
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]] | None:
             if old.revoked_at is not None:
                 return None
-            return old.evolve(revoked_at=now, updated_at=now), "token.revoked", {}
+            if digest is not None and old.digest != digest:
+                return None  # regenerated meanwhile: the reported secret is dead already
+            return old.evolve(revoked_at=now, updated_at=now), "token.revoked", data
 
         return (await self._change(actor, token_id, "revoke", mutate))[1]
 
@@ -392,10 +456,15 @@ class TokenService:
         *,
         expiration: str | None = None,
         expires_at: Any = None,
+        grace_period: Any = None,
     ) -> tuple[Token, str]:
         """New secret, same id/name/scopes; works on active, revoked and expired tokens.
 
-        With no expiry given the new secret gets the same lifetime the old one had."""
+        With no expiry given the new secret gets the same lifetime the old one had. With
+        ``grace_period`` (seconds, at most the org's ``max_grace_period``) an active
+        token's old secret keeps working that long beside the new one, then is refused as
+        rotated (issue 12); without one it stops at once. A secret kept from an earlier
+        regeneration is replaced either way: at most two secrets per token."""
         secrets_made: list[str] = []
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
@@ -406,6 +475,12 @@ class TokenService:
             org, bounds = await self._bounds(actor, old)
             if org is None:
                 raise NotFound(f"organization {old.org_id} not found")
+            grace = check_grace_period(grace_period, org.max_grace_period)
+            if grace and old.status(now) != "active":
+                raise ValidationFailed(
+                    f"grace_period: the token is {old.status(now)}; only an active token's "
+                    "secret can keep working"
+                )
             # A new secret re-issues the token's power: it must still be grantable
             # (e.g. after the owner was demoted, remove the scopes first).
             check_scopes(bounds, old.scopes)
@@ -414,6 +489,13 @@ class TokenService:
             expiry = resolve_expiry(
                 expiration=expiration, expires_at=expires_at, default=previous, org=org, now=now
             )
+            kept = None
+            if grace:
+                # Never past the old secret's own expiry: a grace only overlaps it.
+                until = now + grace
+                if old.expires_at is not None:
+                    until = min(until, old.expires_at)
+                kept = Previous(old.digest, old.prefix, until, old.pepper_id)
             new = old.evolve(
                 digest=self.format.digest(secret),
                 prefix=self.format.display_prefix(secret),
@@ -421,12 +503,95 @@ class TokenService:
                 revoked_at=None,
                 issued_at=now,
                 updated_at=now,
+                previous=kept,
+                pepper_id=self.format.pepper_id,
             )
-            return new, "token.regenerated", {"expires_at": expiry}
+            data: dict[str, Any] = {"expires_at": expiry}
+            if kept is not None:
+                data["grace_period"] = grace
+                data["previous_valid_until"] = kept.until
+            return new, "token.regenerated", data
 
         old, new = await self._change(actor, token_id, "write", mutate, durable=True)
         await self.store.drop_forwards(old, keep_id=True)
         return new, secrets_made[-1]
+
+    async def end_grace(
+        self,
+        actor: Actor,
+        token_id: str,
+        *,
+        reason: str | None = None,
+        digest: bytes | None = None,
+    ) -> Token:
+        """End a regeneration's grace period now: the previous secret stops working at
+        once and is refused as rotated. Idempotent: with no previous secret, nothing
+        changes. ``digest``: only if the previous secret is still that one (a report
+        racing a regeneration must not end another secret's grace)."""
+
+        async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]] | None:
+            if old.previous is None:
+                return None
+            if digest is not None and old.previous.digest != digest:
+                return None
+            data: dict[str, Any] = {
+                "prefix": old.previous.prefix,
+                "was_valid_until": old.previous.until,
+            }
+            if reason is not None:
+                data["reason"] = reason
+            return old.evolve(previous=None, updated_at=now), "token.grace_ended", data
+
+        return (await self._change(actor, token_id, "write", mutate))[1]
+
+    async def revoke_reported(
+        self, secrets: list[str], *, ip: str | None, user_agent: str | None
+    ) -> int:
+        """Leaked-credential reports (``POST /v1/credentials/revoke``, like GitHub's):
+        revoke each token whose current secret is among ``secrets``; a previous secret
+        still in its grace period has that grace ended instead. Unknown, malformed and
+        already dead secrets are skipped. Returns how many tokens changed — for logs and
+        tests only: the API answers the same whatever the count."""
+        actor = Actor(
+            kind="system",
+            id="credential-report",
+            org_id=None,
+            role="admin",
+            ip=ip,
+            user_agent=user_agent,
+        )
+        changed = 0
+        for secret in dict.fromkeys(secrets):
+            if not self.format.is_well_formed(secret):
+                continue
+            digest = self.format.digest(secret)
+            found = await self.store.lookup(
+                digest, self.format.partition(secret), self.format.previous_digest(secret)
+            )
+            if not isinstance(found, Found):
+                continue
+            token = Token.decode(found.record)
+            matched = self.format.previous_digest(secret) if found.previous_pepper else digest
+            now = self.clock()
+            if matched == token.digest:
+                if token.status(now) == "active":
+                    await self._revoke(
+                        actor, token.id, {"reason": "reported_leaked"}, digest=token.digest
+                    )
+                    changed += 1
+            elif (
+                token.previous is not None
+                and matched == token.previous.digest
+                and now < token.previous.until
+                and token.status(now) == "active"
+            ):
+                # Only a grace still running is ended: a previous secret past it (kept
+                # to answer "rotated"), or of a revoked or expired token, is dead already.
+                await self.end_grace(
+                    actor, token.id, reason="reported_leaked", digest=token.previous.digest
+                )
+                changed += 1
+        return changed
 
     async def delete(self, actor: Actor, token_id: str) -> None:
         async def attempt() -> Token:
@@ -469,7 +634,14 @@ class TokenService:
         plan = self.store.plan(tokens[0].org_id)
         for token in tokens:
             plan.delete_token(token)
+            self._bury(plan, token, "deleted", now)
             self._finish(
-                plan, actor, token, "token.deleted", now, {"name": token.name}, token.digest
+                plan,
+                actor,
+                token,
+                "token.deleted",
+                now,
+                {"name": token.name},
+                token.secret_digests(),
             )
         await self.store.commit(plan)

@@ -15,8 +15,17 @@ retry       :func:`retry_stale`: the one compare-and-set retry loop, jittered ba
 
 from __future__ import annotations
 
-from .client import PlanBatch, StaleWrite, TokenStore, redis_errors_wrapped
+from .client import Buried, Found, PlanBatch, StaleWrite, TokenStore, redis_errors_wrapped
 from .plan import Plan
 from .retry import retry_stale
 
-__all__ = ["Plan", "PlanBatch", "StaleWrite", "TokenStore", "redis_errors_wrapped", "retry_stale"]
+__all__ = [
+    "Buried",
+    "Found",
+    "Plan",
+    "PlanBatch",
+    "StaleWrite",
+    "TokenStore",
+    "redis_errors_wrapped",
+    "retry_stale",
+]

@@ -23,21 +23,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.exceptions as redis_errors
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
 
 from patgate.middleware.connect import StoreClient
 from patgate.middleware.errors import Conflict, LimitReached, PatgateError, StoreUnavailable
-from patgate.middleware.keys import PARTITIONS, Keys, Keyspace, partition_of_id, partition_of_org
+from patgate.middleware.keys import (
+    PARTITIONS,
+    PREVIOUS_SUFFIX,
+    Keys,
+    Keyspace,
+    partition_of_id,
+    partition_of_org,
+)
 from patgate.middleware.records import LastUsed, Org, Token, User, user_key
 from patgate.middleware.tokenformat import partition_of_hint
 
 from . import scripts
 from .plan import Plan
 
-__all__ = ["PlanBatch", "StaleWrite", "TokenStore", "has_sharded_pubsub", "redis_errors_wrapped"]
+__all__ = [
+    "Buried",
+    "Found",
+    "PlanBatch",
+    "StaleWrite",
+    "TokenStore",
+    "has_sharded_pubsub",
+    "redis_errors_wrapped",
+]
 
 #: attempts of a replicated commit on a Cluster (MOVED, ASK, TRYAGAIN each cost one) and
 #: the pause after a TRYAGAIN: up to ~1 s for a migrating slot's keys to come together.
@@ -51,6 +66,23 @@ _NO_AOF = (
     "the store has AOF (appendonly) disabled, so a new secret could be lost: "
     "enable appendonly or set PATGATE_DURABLE_WRITES=false"
 )
+
+
+class Found(NamedTuple):
+    """What :meth:`TokenStore.lookup` found for a digest: the records, and whether it was
+    the previous pepper's digest that matched (the token then wants re-indexing)."""
+
+    record: bytes
+    user: bytes | None
+    org: bytes | None
+    previous_pepper: bool = False
+
+
+class Buried(NamedTuple):
+    """A digest with no token but a tombstone (a deleted or rotated-out secret)."""
+
+    tombstone: bytes
+    previous_pepper: bool = False
 
 
 class StaleWrite(PatgateError):
@@ -134,6 +166,8 @@ class TokenStore:
         self._forward = client.register_script(scripts.FORWARD)
         self._touch = client.register_script(scripts.TOUCH)
         self._pages = client.register_script(scripts.PAGES)
+        self._count = client.register_script(scripts.COUNT)
+        self._reuse = client.register_script(scripts.REUSE)
         parts = keyspace.partitions
         #: the LOOKUP script's keys per partition, built once (the cache-miss path).
         self._lookup_keys = [[k.index, k.tokens, k.users, k.orgs] for k in parts]
@@ -320,24 +354,80 @@ class TokenStore:
     # -- data plane ----------------------------------------------------------------------
 
     async def lookup(
-        self, digest: bytes, partition: int
-    ) -> tuple[bytes, bytes | None, bytes | None] | None:
+        self, digest: bytes, partition: int, previous: bytes | None = None
+    ) -> Found | Buried | None:
         """Token record, owner user record and org record for a digest, in one round trip
         to the partition the secret's hint names (two for a token ``patgate migrate``
-        moved to its org's partition, until it is regenerated)."""
+        moved to its org's partition, until it is regenerated). During a pepper rotation
+        ``previous`` is the previous pepper's digest, tried in the same call only after
+        ``digest`` found nothing; a dead secret's tombstone comes back as :class:`Buried`."""
+        target = partition
         with redis_errors_wrapped():
-            found = await self._lookup(keys=self._lookup_keys[partition], args=[digest])
-            if found and len(found) == 2:
-                target = _forwarded(found[1])
-                if target is None:
+            for hop in range(2):
+                found = await self._lookup(
+                    keys=self._lookup_script_keys(target, digest, previous),
+                    args=[digest] if previous is None else [digest, previous],
+                )
+                if not found:
                     return None
-                found = await self._lookup(keys=self._lookup_keys[target], args=[digest])
-                if found and len(found) == 2:
-                    return None  # a forward to a forward: never written, so not a token
-        if not found:
-            return None
-        record, user, org = found
-        return record, (user or None), (org or None)
+                head = found[0]
+                if head in (b">", ">"):
+                    forwarded = _forwarded(found[1])
+                    if forwarded is None or hop:
+                        return None  # malformed, or a forward to a forward: never written
+                    target = forwarded
+                    continue
+                via_previous = found[-1] in (b"p", "p")
+                if head in (b"t", "t"):
+                    return Buried(found[1], via_previous)
+                record, user, org = found[0], found[1], found[2]
+                return Found(record, user or None, org or None, via_previous)
+        return None
+
+    def _lookup_script_keys(
+        self, partition: int, digest: bytes, previous: bytes | None
+    ) -> list[str]:
+        k = self.keyspace.partitions[partition]
+        keys = [*self._lookup_keys[partition], k.tombstone(digest)]
+        if previous is not None:
+            keys.append(k.tombstone(previous))
+        return keys
+
+    async def add_counts(
+        self,
+        partition: int,
+        names: Sequence[tuple[str, str, int]],
+        *,
+        limit: int,
+        window_ms: int,
+        announce: bool,
+    ) -> list[tuple[int, int]]:
+        """Add to windowed counters of one partition: ``(key, name, increment)`` each.
+        Returns ``(count, ms left in its window)`` per counter; with ``announce``, a
+        counter crossing ``limit`` publishes ``b <name> <until>`` to every process."""
+        k = self.keyspace.partitions[partition]
+        args: list[Any] = [limit, window_ms]
+        if announce:
+            args += [k.channel, await self._publish_command()]
+        else:
+            args += ["", "PUBLISH"]
+        for _key, name, delta in names:
+            args += [name, delta]
+        with redis_errors_wrapped():
+            replies = await self._count(keys=[key for key, _, _ in names], args=args)
+        return [(int(n), int(left)) for n, left in replies]
+
+    async def reuse_event(
+        self, partition: int, token_id: str, event: str, *, every_ms: int = 60_000
+    ) -> bool:
+        """Append a reuse event to the partition's audit stream unless one for this
+        token was written in the last ``every_ms`` (by any process). True if written."""
+        k = self.keyspace.partitions[partition]
+        with redis_errors_wrapped():
+            written = await self._reuse(
+                keys=[k.reuse(token_id), k.events], args=[every_ms, event, self._events_maxlen]
+            )
+        return bool(written)
 
     async def touch(self, batch: Sequence[tuple[int, str, LastUsed]]) -> int:
         """Store last-used entries ``(partition, token id, used)`` for tokens that still
@@ -384,7 +474,7 @@ class TokenStore:
             if not found:
                 return None
             if found[0] not in (b">", ">"):
-                return Token.decode(found[0], found[1] or None)
+                return Token.decode(found[0], found[1] or None, found[2] or None)
             target = _forwarded(found[1])
             if target is None:
                 return None
@@ -399,9 +489,14 @@ class TokenStore:
         with redis_errors_wrapped():
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hmget(k.tokens, list(ids))
-                pipe.hmget(k.last_used, list(ids))
+                pipe.hmget(k.last_used, [*ids, *(i + PREVIOUS_SUFFIX for i in ids)])
                 records, used = await pipe.execute()
-        tokens = [Token.decode(r, u) for r, u in zip(records, used, strict=True) if r is not None]
+        n = len(ids)
+        tokens = [
+            Token.decode(r, u, p)
+            for r, u, p in zip(records, used[:n], used[n:], strict=True)
+            if r is not None
+        ]
         return [t for t in tokens if t.org_id == org_id]
 
     async def token_page(

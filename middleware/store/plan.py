@@ -10,6 +10,8 @@ message         written by                                  every process drops
 ``t <hex>``     :meth:`Plan.invalidate_token`               the cached answer for the digest
 ``u <org/id>``  :meth:`Plan.invalidate_user`                the cached tokens of that user
 ``o <org>``     :meth:`Plan.invalidate_org`                 everything (a full flush)
+``b <c> <ms>``  the ``COUNT`` script (failed-auth limit)     nothing; blocks client ``c``
+                                                            until ``ms`` (epoch millis)
 ==============  ==========================================  ================================
 
 Each goes out on the channel of the partition the plan writes (``Keys.channel``).
@@ -28,10 +30,11 @@ from typing import Any, Literal, NamedTuple
 
 import msgpack
 
-from patgate.middleware.keys import Keys, partition_of_org
-from patgate.middleware.records import Org, Token, User
+from patgate.middleware.keys import PREVIOUS_SUFFIX, Keys, partition_of_org
+from patgate.middleware.records import Org, Token, Tombstone, User
 
 __all__ = [
+    "BLOCK_PREFIX",
     "TOKEN_PREFIX",
     "USER_PREFIX",
     "Invalidation",
@@ -47,6 +50,7 @@ __all__ = [
 #: :mod:`patgate.middleware.invalidation` reads; any other message is a full flush.
 TOKEN_PREFIX = "t "
 USER_PREFIX = "u "
+BLOCK_PREFIX = "b "
 
 
 def token_message(digest: bytes) -> str:
@@ -73,18 +77,21 @@ def stamp(message: str, position: int, committed_us: int) -> str:
 class Invalidation(NamedTuple):
     """One parsed invalidation message."""
 
-    kind: Literal["token", "owner", "flush"]
+    kind: Literal["token", "owner", "flush", "block"]
     #: the token digest (``token``), else empty.
     digest: bytes = b""
-    #: the user key ``<org>/<id>`` (``owner``), else empty.
+    #: the user key ``<org>/<id>`` (``owner``), or the blocked client (``block``).
     owner: str = ""
     #: the stamp, None on an unstamped message.
     position: int | None = None
     committed_us: int | None = None
+    #: ``block``: until when, in milliseconds since the epoch (server clock).
+    until_ms: int = 0
 
 
 _TOKEN = TOKEN_PREFIX.encode()
 _USER = USER_PREFIX.encode()
+_BLOCK = BLOCK_PREFIX.encode()
 
 
 def _split_stamp(data: bytes) -> tuple[bytes, int | None, int | None]:
@@ -98,6 +105,13 @@ def _split_stamp(data: bytes) -> tuple[bytes, int | None, int | None]:
 
 def parse_message(data: bytes) -> Invalidation:
     """Read one message from the channel: stamped or not; malformed ones are a flush."""
+    if data.startswith(_BLOCK):
+        # Never stamped (the COUNT script publishes it, not COMMIT): not an invalidation.
+        parts = data.split(b" ")
+        if len(parts) == 3 and parts[1] and parts[2].isdigit():
+            client = parts[1].decode("ascii", "replace")
+            return Invalidation("block", b"", client, None, None, int(parts[2]))
+        return Invalidation("flush")
     body, position, committed_us = _split_stamp(data)
     if body.startswith(_TOKEN):
         try:
@@ -142,6 +156,8 @@ class Plan:
     srem: list[list[Any]] = field(default_factory=list)
     #: ``[set, member, key]``: SREM once ``key`` is gone (checked after every other write).
     prune: list[list[Any]] = field(default_factory=list)
+    #: ``[key, value, ttl ms]``: SET with a TTL (tombstones).
+    setex: list[list[Any]] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
     #: audit events (JSON), appended to the stream in order.
     events: list[str] = field(default_factory=list)
@@ -187,10 +203,19 @@ class Plan:
             if old_name is not None:
                 self.srem.append(old_name)
             self.sadd.append(new_name)
-        if old is None or old.digest != new.digest:
-            if old is not None:
-                self.hdel.append([k.index, old.digest])
-            self.hset.append([k.index, new.digest, _index_value(new)])
+        # Index entries: one per digest the token answers to (its current secret, and its
+        # previous one during a grace period), moved when a regeneration or a pepper
+        # re-index changes them.
+        before = () if old is None else old.secret_digests()
+        after = new.secret_digests()
+        for digest in before:
+            if digest not in after:
+                self.hdel.append([k.index, digest])
+        for digest in after:
+            if digest not in before:
+                self.hset.append([k.index, digest, _index_value(new)])
+        if old is not None and old.previous is not None and new.previous is None:
+            self.hdel.append([k.last_used, old.id + PREVIOUS_SUFFIX])
         if old is None:
             own = k.owner_tokens(new.owner_key)
             if limit is not None:
@@ -203,13 +228,33 @@ class Plan:
         k = self._here(old.org_id)
         self.expect(k.tokens, old.id, old.encode())
         self.hdel.append([k.tokens, old.id])
-        self.hdel.append([k.index, old.digest])
+        for digest in old.secret_digests():
+            self.hdel.append([k.index, digest])
         self.hdel.append([k.last_used, old.id])
+        # Always: a late last-used flush may have left one after the grace was ended.
+        self.hdel.append([k.last_used, old.id + PREVIOUS_SUFFIX])
         self.srem.append([k.owner_names(old.owner_key), k.name_member(old.name)])
         own = k.owner_tokens(old.owner_key)
         self.zrem.append([own, old.id])
         # The owner stays listed in the org's admin view while it holds any token.
         self.prune.append([k.org_owners(old.org_id), old.owner_key, own])
+
+    def tombstone(self, digest: bytes, stone: Tombstone, ttl: float) -> None:
+        """Remember for ``ttl`` seconds what the secret with ``digest`` was, once the
+        index no longer holds it (a delete, a rotation out): the reuse tripwire."""
+        if ttl > 0:
+            self._here(stone.org_id)
+            self.setex.append([self.keys.tombstone(digest), stone.encode(), int(ttl * 1000)])
+
+    def move_last_used(self, token_id: str, used: bytes | None) -> None:
+        """A regeneration with a grace period: the token's last use so far becomes its
+        previous secret's, and the new secret starts unused."""
+        k = self.keys
+        self.hdel.append([k.last_used, token_id])
+        # HDELs run before HSETs in COMMIT: an older previous secret's entry goes either way.
+        self.hdel.append([k.last_used, token_id + PREVIOUS_SUFFIX])
+        if used is not None:
+            self.hset.append([k.last_used, token_id + PREVIOUS_SUFFIX, used])
 
     # -- users and orgs ------------------------------------------------------------------
 
@@ -244,6 +289,7 @@ class Plan:
                 ("sa", self.sadd),
                 ("sr", self.srem),
                 ("sp", self.prune),
+                ("sx", self.setex),
                 ("p", self.publish),
                 ("e", self.events),
             )

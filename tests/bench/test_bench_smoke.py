@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from bench._wrk import _python_load, parse_wrk
+from bench.attack import Attacker, attack_throughput
+from bench.attack import main as attack_main
 from bench.env import bench_env
 from bench.nginx import find_nginx
 from bench.report import BEGIN, END, update_doc
@@ -74,6 +77,51 @@ def test_python_load_fallback_serves_requests() -> None:
 
 
 @pytest.mark.slow
+def test_attacker_is_paced_and_stops_by_itself() -> None:
+    with uvicorn_server("bare_app", {}) as bare:
+        attacker = Attacker(bare.url + "/items", rate=100, seconds=1.0)
+        started = time.monotonic()
+        attacker.start()
+        attacker._thread.join(10)  # not told to stop: it ends by itself
+        elapsed = time.monotonic() - started
+        assert not attacker._thread.is_alive()
+    counts = attacker.counts
+    assert counts.sent <= attacker.max_requests == 100
+    assert counts.sent >= 80  # paced at 100/s for a second
+    assert counts.statuses == {200: counts.sent}
+    assert counts.errors == 0
+    assert elapsed < 3
+
+
+@pytest.mark.slow
+def test_attack_bench_counts_401_until_blocked_then_429(capsys: pytest.CaptureFixture[str]) -> None:
+    with bench_env(many=1, revocable=1) as env:
+        r = attack_throughput(env, duration=1, rounds=1, warmup=0, rate=200, limit=5, window=30)
+    assert (r.limit, r.window) == (5, 30.0)
+    assert r.quiet.ok
+    assert r.attacked.ok
+    assert r.quiet.rps > 0
+    assert r.attacked.rps > 0
+    statuses = r.attack.statuses
+    assert set(statuses) == {401, 429}
+    # The process blocks on its own count at the 5th failure; a few requests already in
+    # flight on the attacker's 8 connections may still be answered 401.
+    assert 5 <= statuses[401] <= 5 + 8
+    assert statuses[401] + statuses[429] == r.attack.sent <= 200 * 3
+    assert r.quiet.cpu_us > 0
+    assert r.attacked.cpu_us > 0
+
+    assert attack_main(["--duration", "1", "--rounds", "1", "--warmup", "0", "--rate", "200",
+                        "--limit", "5"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| without attacker |" in out
+    assert "| with attacker |" in out
+    assert "401 " in out
+    assert "429 " in out
+    assert "ratio with/without attacker" in out
+
+
+@pytest.mark.slow
 def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
     args = parse_args([
         "--duration", "1", "--rounds", "1", "--warmup", "0", "--iterations", "2000",
@@ -100,6 +148,16 @@ def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
         assert 0 < measured.p50_ms <= measured.p99_ms
     assert set(r.insitu) == {"middleware", "gateway"}
 
+    # The attack row: a paced, bounded attacker, 401s until it is blocked, then 429s.
+    assert r.attack is not None
+    assert r.attack.quiet.ok, r.attack.quiet
+    assert r.attack.attacked.ok, r.attack.attacked
+    assert r.attack.rate == 1000
+    assert 0 < r.attack.attack.sent <= 1000 * (1 + 2)
+    assert set(r.attack.attack.statuses) <= {401, 429}
+    assert r.attack.attack.statuses[401] >= 1
+    assert r.attack.attack.statuses[429] >= 1
+
     assert r.revocation is not None
     assert r.revocation.rounds == 2
     assert r.revocation.missed == 0
@@ -119,6 +177,7 @@ def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
 
     table = rows(r)
     assert {row.name for row in table} >= {"bare Starlette app", "cache-miss Redis round trips"}
+    assert any("bad tokens/s" in row.name for row in table)
     text = report(r, args)
     assert "| row | req/s | p50 | p99 |" in text
     assert "Machine:" in text

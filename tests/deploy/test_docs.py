@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from patgate.gateway.settings import ENV_VARS
+from patgate.gateway.settings import ENV_VARS, FILE_VARS
 from tests.deploy._support import PROMETHEUS_DIR, REPO, load_yaml, metric_families
 
 DOC = REPO / "docs" / "deploy.md"
@@ -44,4 +44,4 @@ def test_alert_table_lists_every_alert() -> None:
 def test_every_setting_named_exists() -> None:
     named = set(re.findall(r"\bPATGATE_[A-Z_]+\b", DOC.read_text()))
     assert named
-    assert named <= set(ENV_VARS) | {"PATGATE_PEPPER_FILE"}
+    assert named <= set(ENV_VARS) | set(FILE_VARS)

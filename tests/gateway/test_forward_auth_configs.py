@@ -282,3 +282,26 @@ async def test_public_route_never_carries_client_identity_headers(
         assert response.status_code == 200, response.text
         headers = response.json()["headers"]
         assert not [n for n in headers if re.match(r"x[-_.]?patgate", n)], headers
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "traefik"])
+async def test_a_blocked_client_gets_429_with_retry_after_through_the_proxy(
+    settings: Settings, tmp_path: Path, proxy: str
+) -> None:
+    """The failed-authentication limit (issue 12) through each documented proxy: nginx
+    would turn the subrequest's 429 into a 500; the documented error_page maps it back."""
+    _skip_without(proxy)
+    limited = settings.evolve(auth_failure_limit=3, auth_failure_window=30)
+    async with _stack(limited, tmp_path, proxy, proxy) as (client, runtime, seen):
+        await add_user(runtime.store, "u1")
+        token = await issue(runtime.store, runtime.token_format, scopes=("threads:read",))
+        bad = {"Authorization": "Bearer " + runtime.token_format.generate()}
+        statuses = [(await client.get("/threads/7", headers=bad)).status_code for _ in range(3)]
+        assert statuses == [401, 401, 401]
+        blocked = await client.get(
+            "/threads/7", headers={"Authorization": f"Bearer {token.secret}"}
+        )
+        assert blocked.status_code == 429, blocked.text
+        assert 1 <= int(blocked.headers["retry-after"]) <= 30
+        assert blocked.json()["error"] == "rate_limited"
+        assert seen.upstream == []

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from patgate.gateway.settings import ENV_VARS, Settings, parse_hostport
+from patgate.gateway.settings import ENV_VARS, FILE_VARS, Settings, parse_hostport
 from patgate.middleware.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_parse_hostport_error_names_the_flag() -> None:
 def test_readme_table_documents_every_variable_with_its_default() -> None:
     readme = (ROOT / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(PATGATE_[A-Z_]+)` \| ([^|]+) \|", readme, re.MULTILINE))
-    assert set(rows) == {*ENV_VARS, "PATGATE_PEPPER_FILE"}
+    assert set(rows) == {*ENV_VARS, *FILE_VARS}
     defaults = Settings()
     for var, (attr, parse) in ENV_VARS.items():
         shown = rows[var].strip()

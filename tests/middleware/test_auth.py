@@ -33,7 +33,7 @@ from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import LastUsed
 from patgate.middleware.runtime import redis_client as make_client
-from patgate.middleware.store import TokenStore
+from patgate.middleware.store import Buried, Found, TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.middleware.user import PatgateUser, ScopeList
 from patgate.policies.scopes import ScopeSet
@@ -60,12 +60,12 @@ class CountingStore(TokenStore):
         self.during_lookup: Callable[[], None] | None = None
 
     async def lookup(
-        self, digest: bytes, partition: int
-    ) -> tuple[bytes, bytes | None, bytes | None] | None:
+        self, digest: bytes, partition: int, previous: bytes | None = None
+    ) -> Found | Buried | None:
         self.lookups += 1
         if self.during_lookup is not None:
             self.during_lookup()
-        return await super().lookup(digest, partition)
+        return await super().lookup(digest, partition, previous)
 
 
 class Rig:

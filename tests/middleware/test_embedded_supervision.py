@@ -92,6 +92,8 @@ async def _serve(tmp_path: Path) -> AsyncIterator[_Serve]:
         "PATGATE_LISTEN": f"127.0.0.1:{gw_port}",
         "PATGATE_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         "PATGATE_LASTUSED_INTERVAL": "60",
+        # 503s and retries with one token from one address: not a failure-limit test.
+        "PATGATE_AUTH_FAILURE_LIMIT": "0",
     }
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from patgate.gateway.api import create_api_app
 from patgate.gateway.lifecycle import Actor, Directory, Owner, TokenService, bootstrap
 from patgate.middleware.records import Token
-from patgate.middleware.store import TokenStore
+from patgate.middleware.store import Found, TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from tests.gateway._clock import T0, Clock
 from tests.middleware._tokens import MEMBER_SCOPES
@@ -66,7 +66,7 @@ class Api:
 
     async def resolves(self, secret: str) -> Token | None:
         found = await self.store.lookup(self.fmt.digest(secret), self.fmt.partition(secret))
-        return None if found is None else Token.decode(found[0])
+        return Token.decode(found.record) if isinstance(found, Found) else None
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ from patgate.gateway.lifecycle import Actor
 from patgate.middleware.auth import Authenticator, Resolved
 from patgate.middleware.cache import TokenCache
 from patgate.middleware.metrics import Metrics
-from patgate.middleware.store import TokenStore
+from patgate.middleware.store import Buried, Found, TokenStore
 from patgate.policies.engine import default_policy
 from tests.gateway.api._world import Api
 
@@ -27,10 +27,10 @@ class _Counting(TokenStore):
     lookups = 0
 
     async def lookup(
-        self, digest: bytes, partition: int
-    ) -> tuple[bytes, bytes | None, bytes | None] | None:
+        self, digest: bytes, partition: int, previous: bytes | None = None
+    ) -> Found | Buried | None:
         self.lookups += 1
-        return await super().lookup(digest, partition)
+        return await super().lookup(digest, partition, previous)
 
 
 @pytest.fixture

@@ -307,8 +307,28 @@ async def test_a_scripted_session_matches_the_document(store: TokenStore) -> Non
         await call("DELETE", f"/v1/tokens/{tid}/scopes/y:read", "alice")
         await call("DELETE", f"/v1/tokens/{tid}/scopes/y:read", "alice", expect=404)
         await call("DELETE", f"/v1/tokens/{tid}/scopes", "alice")
+        await call(
+            "PATCH", f"/v1/tokens/{tid}", "alice", json={"allowed_ips": ["10.0.0.0/8", "::1"]}
+        )
+        await call(
+            "PATCH", f"/v1/tokens/{tid}", "alice", expect=400, json={"allowed_ips": ["10.0.0.1/8"]}
+        )
+        rotated = await call(
+            "POST", f"/v1/tokens/{tid}/regenerate", "alice", json={"grace_period": 3600}
+        )
+        assert rotated["previous_secret"]["status"] == "active"
+        ended = await call("POST", f"/v1/tokens/{tid}/end-grace", "alice")
+        assert ended["previous_secret"] is None
         await call("POST", f"/v1/tokens/{tid}/revoke", "alice")
         await call("POST", f"/v1/tokens/{tid}/regenerate", "alice", json={"expiration": "1d"})
+        await call(
+            "POST",
+            "/v1/credentials/revoke",
+            None,
+            202,
+            json={"credentials": [TokenFormat().generate()]},
+        )
+        await call("POST", "/v1/credentials/revoke", None, 400, json={"credentials": []})
         await call("POST", f"/v1/admin/tokens/{tid}/revoke")
         await call("GET", "/v1/admin/tokens", params={"q": "alice"})
         await call("GET", "/v1/admin/tokens", "alice", expect=403)

@@ -13,7 +13,7 @@ from typing import Any
 from patgate.gateway.lifecycle import Actor, Directory, TokenService
 from patgate.middleware.errors import InvalidToken
 from patgate.middleware.records import Org, Token, User
-from patgate.middleware.store import TokenStore
+from patgate.middleware.store import Found, TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.middleware.validate import usable_identity
 from patgate.policies.scopes import MANAGEMENT_SCOPES
@@ -63,12 +63,12 @@ class World:
     async def resolves(self, secret: str) -> Token | None:
         """What the data plane would find for ``secret`` (None: unknown)."""
         found = await self.store.lookup(self.fmt.digest(secret), self.fmt.partition(secret))
-        return None if found is None else Token.decode(found[0])
+        return Token.decode(found.record) if isinstance(found, Found) else None
 
     async def reason(self, secret: str) -> str | None:
         """None if the secret authenticates, else the data plane's reason."""
         found = await self.store.lookup(self.fmt.digest(secret), self.fmt.partition(secret))
-        if found is None:
+        if not isinstance(found, Found):
             return "unknown"
         user = None if found[1] is None else User.decode(found[1])
         org = None if found[2] is None else Org.decode(found[2])

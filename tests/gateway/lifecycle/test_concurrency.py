@@ -11,7 +11,7 @@ import pytest
 from patgate.gateway.lifecycle import Actor, TokenService
 from patgate.middleware.errors import Conflict, LimitReached, NotFound
 from patgate.middleware.records import Token
-from patgate.middleware.store import TokenStore
+from patgate.middleware.store import Buried, Found, TokenStore
 from tests.gateway.lifecycle._world import make_world
 
 OWN = frozenset({"tokens:read:own", "tokens:write:own"})
@@ -119,10 +119,13 @@ async def test_concurrent_regenerates_leave_exactly_one_working_secret(
     results = await asyncio.gather(*(tokens.regenerate(ALICE, token.id) for _ in range(5)))
     fmt = tokens.format
     working = [
-        s for _, s in results if await store.lookup(fmt.digest(s), fmt.partition(s)) is not None
+        s
+        for _, s in results
+        if isinstance(await store.lookup(fmt.digest(s), fmt.partition(s)), Found)
     ]
     assert len(working) == 1
-    assert await store.lookup(fmt.digest(first), fmt.partition(first)) is None
+    # The first secret is gone from the index; its tombstone remains (reuse tripwire).
+    assert isinstance(await store.lookup(fmt.digest(first), fmt.partition(first)), Buried)
     assert await store.client.hlen(store.keys_for("acme").index) == 1
     final = await store.get_token(token.id)
     assert final is not None
@@ -142,7 +145,8 @@ async def test_delete_racing_an_update_leaves_no_orphans(
     assert results[1] is None
     assert isinstance(results[0], Token | NotFound)
     assert await store.get_token(token.id) is None
-    assert await store.lookup(tokens.format.digest(secret), tokens.format.partition(secret)) is None
+    gone = await store.lookup(tokens.format.digest(secret), tokens.format.partition(secret))
+    assert isinstance(gone, Buried)
     for key in (store.keys_for("acme").tokens, store.keys_for("acme").index):
         assert await store.client.hlen(key) == 0, key
     assert await store.client.exists(store.keys_for("acme").owner_names("u:acme/alice")) == 0
