@@ -158,6 +158,10 @@ class Context:
                 value = f"{value:.0f} s ({human_duration(value)})"
             elif isinstance(value, list):
                 value = " ".join(str(v) for v in value)
+            elif isinstance(value, dict):  # roles: name → scopes
+                value = "; ".join(
+                    f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in value.items()
+                )
             rows.append([key, value])
         return rows
 

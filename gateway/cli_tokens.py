@@ -12,7 +12,7 @@ from patgate.middleware.records import Token, User, owner_key
 
 from .cli_context import Context
 from .lifecycle import EventQuery, Filters, Owner, bootstrap, query_events
-from .lifecycle.listing import MAX_LIMIT, Page, scan
+from .lifecycle.listing import ALL_STATUSES, MAX_LIMIT, Page, scan
 from .pepper import pepper_status
 
 __all__ = ["register"]
@@ -46,6 +46,7 @@ def _show(ctx: Context, token: Token) -> None:
             ["owner", f"{token.owner_kind}:{token.owner_id}"],
             ["org", token.org_id],
             ["type", token.type],
+            ["role", token.role or "-"],
             ["status", token.status(now)],
             ["scopes", " ".join(token.scopes)],
             ["workspaces", "*" if token.workspaces is None else " ".join(token.workspaces)],
@@ -108,17 +109,19 @@ def _page(ctx: Context, page: Page) -> None:
             t.id,
             t.name,
             t.prefix,
+            t.type,
             f"{t.owner_kind}:{t.owner_id}",
+            t.role or "-",
             t.status(now),
             " ".join(t.scopes),
+            ctx.when(t.created_at),
             ctx.when(t.expires_at),
             ctx.when(None if t.last_used is None else t.last_used.at),
         ]
         for t in page.items
     ]
-    ctx.table(
-        data, rows, ["ID", "NAME", "PREFIX", "OWNER", "STATUS", "SCOPES", "EXPIRES", "LAST USED"]
-    )
+    headers = ["ID", "NAME", "PREFIX", "TYPE", "OWNER", "ROLE", "STATUS", "SCOPES", "CREATED"]
+    ctx.table(data, rows, [*headers, "EXPIRES", "LAST USED"])
     if page.next_cursor and not ctx.json_output:
         print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
 
@@ -171,28 +174,68 @@ async def _create(ctx: Context, a: argparse.Namespace) -> int:
         ctx.actor,
         name=a.name,
         description=a.description,
-        scopes=a.scope or [],
+        # No --scope: the org's default scopes, unless --role or --restrict says more.
+        scopes=a.scope,
         workspaces=a.workspace or None,
         expiration=a.expiration,
         expires_at=a.expires_at,
         owner=_owner(ctx, a),
         type=a.type,
         allowed_ips=a.allow_ip,
+        role=a.role,
+        restricted=_restricted(a.restrict),
     )
     _reveal(ctx, token, secret)
     return 0
 
 
+def _restricted(values: list[str] | None) -> dict[str, list[str]] | None:
+    """``--restrict threads=read,list --restrict files=read`` → per-resource operations."""
+    if not values:
+        return None
+    out: dict[str, list[str]] = {}
+    for value in values:
+        resource, sep, ops = value.partition("=")
+        if not sep or not resource:
+            raise ValidationFailed(
+                f"--restrict {value!r}: expected RESOURCE=op,op (e.g. threads=read,list)"
+            )
+        out.setdefault(resource, []).extend(o for o in ops.split(",") if o)
+    return out
+
+
+def _role_defs(values: list[str] | None) -> dict[str, list[str]] | None:
+    """``--define-role "Developer=threads:*,files:read"`` (repeatable) → the org's roles."""
+    if values is None:
+        return None
+    roles: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, scopes = value.partition("=")
+        if not sep:
+            raise ValidationFailed(f"--define-role {value!r}: expected NAME=scope,scope")
+        roles[name] = [s for s in scopes.split(",") if s]
+    return roles
+
+
 async def _list(ctx: Context, a: argparse.Namespace) -> int:
-    f = Filters.parse(status=a.status, q=a.q, type=a.type, limit=a.limit, cursor=a.cursor)
-    if a.user or (a.org and not a.all):
+    whole_org = not (a.user or (a.org and not a.all))
+    f = Filters.parse(
+        status=a.status,
+        q=a.q,
+        type=a.type,
+        limit=a.limit,
+        cursor=a.cursor,
+        # The org listing (the admin view) shows active tokens unless --status says.
+        default_status="active" if whole_org else None,
+    )
+    if whole_org:
+        org = a.org or ctx.settings.default_org
+        _page(ctx, await ctx.tokens.list_org(ctx.actor, org, f))
+    else:
         owner = _owner(ctx, a)
         org = owner.org_id or owner.id
         own = owner_key(owner.kind, owner.id, org)
         _page(ctx, await scan(ctx.store, org, own, f, ctx.tokens.clock()))
-    else:
-        org = a.org or ctx.settings.default_org
-        _page(ctx, await ctx.tokens.list_org(ctx.actor, org, f))
     return 0
 
 
@@ -209,6 +252,10 @@ async def _edit(ctx: Context, a: argparse.Namespace) -> int:
         changes["description"] = a.description
     if a.workspace is not None:
         changes["workspaces"] = "*" if a.workspace == ["*"] else a.workspace
+    if a.no_role:
+        changes["role"] = None
+    elif a.role is not None:
+        changes["role"] = a.role
     if a.any_ip:
         changes["allowed_ips"] = None
     elif a.allow_ip is not None:
@@ -347,6 +394,10 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
             "member_scopes": a.member_scope,
             "admin_scopes": a.admin_scope,
             "max_grace_period": a.max_grace,
+            "default_can_manage_tokens": a.default_can_manage_tokens,
+            "scopes_required": a.scopes_required,
+            "roles": _role_defs(a.define_role),
+            "resources": a.resource,
         }.items()
         if v is not None
     }
@@ -356,6 +407,10 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
             if a.max_lifetime == "none"
             else (float(a.max_lifetime) if a.max_lifetime.isdigit() else a.max_lifetime)
         )
+    if a.no_default_scopes:
+        body["default_scopes"] = None
+    elif a.default_scope is not None:
+        body["default_scopes"] = a.default_scope
     org = await ctx.directory.put_org(ctx.actor, a.id, body)
     ctx.table(org.to_json(), ctx.record_rows(org.to_json()), ["field", "value"])
     return 0
@@ -473,7 +528,19 @@ def register(sub: Any) -> None:
     _owner_args(p)
     p.add_argument("--name", required=True)
     p.add_argument("--description")
-    p.add_argument("--scope", action="append", help="repeatable, e.g. threads:read")
+    power = p.add_mutually_exclusive_group()
+    power.add_argument(
+        "--scope",
+        action="append",
+        help="repeatable, e.g. threads:read; none given: the org's default scopes",
+    )
+    power.add_argument(
+        "--restrict",
+        action="append",
+        metavar="RESOURCE=OPS",
+        help="repeatable, instead of --scope: per resource, e.g. threads=read,list",
+    )
+    p.add_argument("--role", help="one of the org's roles (its scopes count as the token's)")
     p.add_argument("--workspace", action="append", help="repeatable; default every workspace")
     p.add_argument("--type", choices=["personal", "service", "oauth"])
     p.add_argument(
@@ -487,7 +554,11 @@ def register(sub: Any) -> None:
     p = t.add_parser("list", help="list tokens of a user, an org's own, or a whole org")
     _owner_args(p)
     p.add_argument("--all", action="store_true", help="with --org: every token in the org")
-    p.add_argument("--status", choices=["active", "expired", "revoked"])
+    p.add_argument(
+        "--status",
+        choices=["active", "expired", "revoked", ALL_STATUSES],
+        help="default: every status, but active in the org listing (--all)",
+    )
     p.add_argument("--q", help="match name (or owner in an org listing)")
     p.add_argument("--type", choices=["personal", "service", "oauth"])
     p.add_argument("--limit", type=int, default=50)
@@ -522,10 +593,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("id")
     p.set_defaults(action=_end_grace)
-    p = t.add_parser("edit", help="change name, description, workspaces or allowed IPs")
+    p = t.add_parser("edit", help="change name, description, role, workspaces or allowed IPs")
     p.add_argument("id")
     p.add_argument("--name")
     p.add_argument("--description")
+    roles = p.add_mutually_exclusive_group()
+    roles.add_argument("--role", help="give the token one of the org's roles")
+    roles.add_argument("--no-role", action="store_true", help="take the token's role away")
     p.add_argument("--workspace", action="append", help="repeatable; '*' for every one")
     ips = p.add_mutually_exclusive_group()
     ips.add_argument(
@@ -588,6 +662,40 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--allow-never", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--member-scope", action="append", help="repeatable: scopes members may grant")
+    p.add_argument(
+        "--default-can-manage-tokens",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether new users get the token permission (default yes)",
+    )
+    defaults = p.add_mutually_exclusive_group()
+    defaults.add_argument(
+        "--default-scope",
+        action="append",
+        help="repeatable: the scopes of a token created without any",
+    )
+    defaults.add_argument(
+        "--no-default-scopes",
+        action="store_true",
+        help="back to the default: all the creator may grant (less the admin-only scopes)",
+    )
+    p.add_argument(
+        "--scopes-required",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="every token must name its scopes, restricted operations or a role",
+    )
+    p.add_argument(
+        "--define-role",
+        action="append",
+        metavar="NAME=SCOPES",
+        help='repeatable, replaces every role: e.g. "Developer=threads:*,files:read"',
+    )
+    p.add_argument(
+        "--resource",
+        action="append",
+        help="repeatable, replaces the catalogue: the API's resources for restricted tokens",
+    )
     p.add_argument("--admin-scope", action="append", help="repeatable: scopes admins may grant")
     p.set_defaults(action=_org_put)
     p = o.add_parser("show", help="show an organization")

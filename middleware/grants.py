@@ -16,6 +16,11 @@ What a user may grant::
 
 Org-owned tokens are created by admins only, so their bound is ``org.admin_scopes``.
 A missing org record counts as an org with the defaults; a missing user grants nothing.
+
+A token with a role (issue 13) holds the role's scopes as the org defines them *now*,
+beside its own: ``(token.scopes + org.roles[token.role]) ∩ grantable``. Editing a role
+flushes every cache (``o <org>``), so it takes effect as fast as a revoke; a role the org
+no longer has adds nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from patgate.policies.scopes import SELF_SERVICE_SCOPES, intersect, is_admin_onl
 
 from .records import Org, Token, User
 
-__all__ = ["effective", "grantable", "grantable_workspaces", "ungranted_workspaces"]
+__all__ = [
+    "effective",
+    "grantable",
+    "grantable_workspaces",
+    "role_scopes",
+    "ungranted_workspaces",
+]
 
 
 def grantable(org: Org | None, user: User | None, *, org_owned: bool = False) -> tuple[str, ...]:
@@ -65,12 +76,26 @@ def ungranted_workspaces(
     return [w for w in wanted if w not in allowed]
 
 
+def role_scopes(org: Org | None, role: str | None) -> tuple[str, ...]:
+    """The scopes a role stands for in ``org`` now (none for no role, or one it lacks)."""
+    if role is None or org is None:
+        return ()
+    scopes = org.roles.get(role)
+    if scopes is not None:
+        return scopes
+    # Role names are case-insensitive: a role the org re-spelled ("Developer" →
+    # "developer") is still the token's role.
+    folded = role.casefold()
+    return next((s for name, s in org.roles.items() if name.casefold() == folded), ())
+
+
 def effective(
     token: Token, org: Org | None, user: User | None
 ) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """(scopes, workspaces) the token may use right now; workspaces ``None`` = all."""
     org_owned = token.owner_kind == "org"
-    scopes = intersect(token.scopes, grantable(org, user, org_owned=org_owned))
+    held = token.scopes + role_scopes(org, token.role) if token.role else token.scopes
+    scopes = intersect(held, grantable(org, user, org_owned=org_owned))
     bound = None if org_owned else grantable_workspaces(user)
     if bound is None:
         return scopes, token.workspaces

@@ -77,7 +77,7 @@ _KIND_TYPE: tuple[tuple[OwnerKind, TokenType], ...] = tuple(
 )
 #: fields every token record carries; the rest are trimmed when they hold their default.
 _REQUIRED = 10
-_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("",) + (None,) * 8
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("",) + (None,) * 9
 
 
 def _ts(t: float) -> float:
@@ -189,6 +189,9 @@ class Token:
     previous: Previous | None = None
     #: which pepper made ``digest`` (:attr:`TokenFormat.pepper_id`); None: no pepper.
     pepper_id: int | None = None
+    #: one of the org's named roles (:attr:`Org.roles`): its scopes count as the
+    #: token's own, as the org defines them *now* (issue 13). None: no role.
+    role: str | None = None
     last_used: LastUsed | None = field(default=None, compare=False)
     #: the previous secret's own last use (while ``previous`` is set).
     previous_last_used: LastUsed | None = field(default=None, compare=False)
@@ -233,6 +236,7 @@ class Token:
             None if self.allowed_ips is None else list(self.allowed_ips),
             None if self.previous is None else self.previous.encode(),
             self.pepper_id,
+            self.role,
         ]
         while len(values) > _REQUIRED and values[-1] == _TRAILING_DEFAULTS[len(values) - 1]:
             values.pop()
@@ -272,6 +276,7 @@ class Token:
             allowed_ips=None if ips is None else tuple(ips),
             previous=None if prev is None else Previous.decode(prev),
             pepper_id=v[18],
+            role=v[19],
             last_used=used,
             previous_last_used=(
                 LastUsed.decode(previous_used) if previous_used and prev is not None else None
@@ -328,6 +333,7 @@ class Token:
             "last_used": None if self.last_used is None else self.last_used.to_json(),
             "allowed_ips": None if self.allowed_ips is None else list(self.allowed_ips),
             "previous_secret": self._previous_json(now),
+            "role": self.role,
         }
 
     def _previous_json(self, now: float) -> dict[str, Any] | None:
@@ -446,6 +452,19 @@ class Org:
     admin_scopes: tuple[str, ...] = ("*",)
     #: the longest grace period a regeneration may give the previous secret (issue 12).
     max_grace_period: float = DEFAULT_MAX_GRACE
+    #: whether users created without an explicit ``can_manage_tokens`` get the token
+    #: permission (issue 13: the org's "permission switch").
+    default_can_manage_tokens: bool = True
+    #: the scopes of a token created without scopes: None = all its creator may grant
+    #: (but the admin-only management scopes); else these (issue 13).
+    default_scopes: tuple[str, ...] | None = None
+    #: whether a token must name its scopes (or a role): no default at all.
+    scopes_required: bool = False
+    #: named roles: role name → scopes (e.g. Developer, Admin). A token with a role has
+    #: the role's scopes as the org defines them now.
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the resources of the org's API, for restricted tokens (per-resource operations).
+    resources: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         values: list[Any] = [
@@ -459,10 +478,15 @@ class Org:
             list(self.member_scopes),
             list(self.admin_scopes),
             _ts(self.max_grace_period),
+            self.default_can_manage_tokens,
+            None if self.default_scopes is None else list(self.default_scopes),
+            self.scopes_required,
+            {name: list(scopes) for name, scopes in sorted(self.roles.items())},
+            list(self.resources),
         ]
         # Trailing defaults are dropped, so an org written before a field existed and one
         # that keeps its default encode alike (the store's compare-and-set compares bytes).
-        defaults: list[Any] = [[], ["*"], _ts(DEFAULT_MAX_GRACE)]
+        defaults: list[Any] = [[], ["*"], _ts(DEFAULT_MAX_GRACE), True, None, False, {}, []]
         while len(values) > 7 and values[-1] == defaults[len(values) - 8]:
             values.pop()
         return _pack(values)
@@ -470,11 +494,18 @@ class Org:
     @classmethod
     def decode(cls, blob: bytes) -> Org:
         v = _unpack(blob)
-        member = tuple(v[7]) if len(v) > 7 else ()
-        admin = tuple(v[8]) if len(v) > 8 else ("*",)
-        grace = float(v[9]) if len(v) > 9 else DEFAULT_MAX_GRACE
+        # Fields 7.. as encode() trims them: pad an older or trimmed record back.
+        v += [[], ["*"], DEFAULT_MAX_GRACE, True, None, False, {}, []][max(0, len(v) - 7) :]
         return replace(
-            cls(*v[:7]), member_scopes=member, admin_scopes=admin, max_grace_period=grace
+            cls(*v[:7]),
+            member_scopes=tuple(v[7]),
+            admin_scopes=tuple(v[8]),
+            max_grace_period=float(v[9]),
+            default_can_manage_tokens=bool(v[10]),
+            default_scopes=None if v[11] is None else tuple(v[11]),
+            scopes_required=bool(v[12]),
+            roles={str(k): tuple(s) for k, s in v[13].items()},
+            resources=tuple(v[14]),
         )
 
     def evolve(self, **changes: Any) -> Org:
@@ -490,6 +521,11 @@ class Org:
             "member_scopes": list(self.member_scopes),
             "admin_scopes": list(self.admin_scopes),
             "max_grace_period": self.max_grace_period,
+            "default_can_manage_tokens": self.default_can_manage_tokens,
+            "default_scopes": None if self.default_scopes is None else list(self.default_scopes),
+            "scopes_required": self.scopes_required,
+            "roles": {name: list(scopes) for name, scopes in sorted(self.roles.items())},
+            "resources": list(self.resources),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

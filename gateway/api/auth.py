@@ -3,7 +3,8 @@
 The caller is found by the data plane's own lookup path
 (:meth:`~patgate.middleware.auth.Authenticator.identify`: credentials → lookup → status),
 read *fresh*: past the cache, one Redis read per call, so a just-revoked admin token or a
-just-demoted admin can do nothing more. It is not a hot path.
+just-demoted admin can do nothing more. It is not a hot path. The caller token's use is
+recorded as its last use, as the data plane records it (issue 13).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import replace
 from starlette.requests import Request
 
 from patgate.gateway.lifecycle import Actor
-from patgate.middleware.auth import Authenticator
+from patgate.middleware.auth import Authenticator, Resolved
+from patgate.middleware.records import LastUsed
 
 __all__ = ["ActorResolver"]
 
@@ -33,21 +35,22 @@ class ActorResolver:
         self.clock = clock
 
     async def __call__(self, request: Request) -> Actor:
-        ip = self.client_ip(request)
+        ip, now = self.client_ip(request), self.clock()
         # The token's IP allowlist, the failed-authentication limit and the reuse
         # tripwire apply here as on the data plane (issue 12), to the same client address.
         resolved = await self.authenticator.identify(
             request.scope["headers"],
-            now=self.clock(),
+            now=now,
             fresh=True,
             client=ip,
             method=request.method,
             path=request.url.path,
         )
+        ua = request.headers.get("user-agent")
+        self._record(resolved, request, now, ip, ua)
         # Effective scopes: a demoted admin's token can do no more than a member's now.
         identity = resolved.identity
         user = resolved.owner
-        ua = request.headers.get("user-agent")
         actor = Actor(
             kind=identity.owner_kind,
             id=identity.owner_id,
@@ -65,3 +68,21 @@ class ActorResolver:
         if (end_ip or end_ua) and actor.is_admin("users:admin"):
             actor = replace(actor, ip=end_ip or ip, user_agent=end_ua or ua)
         return actor
+
+    def _record(
+        self, resolved: Resolved, request: Request, now: float, ip: str | None, ua: str | None
+    ) -> None:
+        """The caller token's last use, as the data plane records it (issue 13): through
+        the authenticator's recorder (the runtime's in ``patgate serve``; none, nothing
+        recorded, when the API runs on an uncached authenticator), coalesced per secret —
+        a previous secret in its grace period under its own ``used_key`` — and never
+        awaited: ``due`` and ``record`` are dict operations, the write is the recorder's
+        next flush. The path is the one called, without the query string; the address is
+        the client's (through trusted proxies), not an ``X-End-User-IP`` — that is the
+        audit trail's, this is where the token itself was used."""
+        recorder = self.authenticator.recorder
+        if recorder is None:
+            return
+        if recorder.due(resolved.used_key, now):
+            used = LastUsed(now, request.method, request.url.path, ip, ua)
+            recorder.record(resolved.partition, resolved.used_key, used)

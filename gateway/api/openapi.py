@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from patgate.gateway.lifecycle.expiry import MAX_LIFETIME, PRESETS
+from patgate.gateway.lifecycle.shaping import RESTRICTED_OPERATIONS
 from patgate.gateway.lifecycle.tokens import MAX_REPORTED
 from patgate.middleware.allowlist import MAX_ENTRIES
 from patgate.middleware.tokenformat import TokenFormat
@@ -154,9 +155,14 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _ID = _path("id", "token id (stable across regeneration)")
+_STATUSES = ["active", "expired", "revoked", "all"]
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (50)")
 _LIST = [
-    _query("status", {"enum": ["active", "expired", "revoked"]}, "filter by computed status"),
+    _query(
+        "status",
+        {"enum": _STATUSES},
+        "filter by computed status (default: every status; all: every status)",
+    ),
     _query(
         "q",
         {"type": "string", "maxLength": 200},
@@ -220,6 +226,10 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "prefix": {"type": "string", "description": "display prefix, e.g. pat_3kF9"},
         "last_used": last_used,
         "allowed_ips": {"type": ["array", "null"], "items": {"type": "string"}},
+        "role": {
+            "type": ["string", "null"],
+            "description": "one of the org's roles: its scopes count as the token's own",
+        },
         "previous_secret": {
             "description": "the secret before the last regeneration, while it is kept: it "
             "works until valid_until (status active), then is refused as rotated",
@@ -280,6 +290,14 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "member_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "admin_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "max_grace_period": {"type": "number", "minimum": 0},
+        "default_can_manage_tokens": {"type": "boolean"},
+        "default_scopes": {"type": ["array", "null"], "items": {"type": "string"}},
+        "scopes_required": {"type": "boolean"},
+        "roles": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "resources": {"type": "array", "items": {"type": "string"}},
         "created_at": {"type": "number"},
         "updated_at": {"type": "number"},
     }
@@ -317,7 +335,6 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
             {
                 "name": _NAME,
                 "description": {"type": ["string", "null"], "maxLength": 1000},
-                "scopes": _SCOPE_LIST,
                 "workspaces": {"oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}]},
                 "owner": {
                     "oneOf": [
@@ -335,6 +352,26 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                 },
                 "type": {"enum": ["personal", "service", "oauth", None]},
                 "allowed_ips": _ALLOWED_IPS,
+                "scopes": {
+                    "oneOf": [_SCOPE_LIST, {"type": "null"}],
+                    "description": "the token's scopes; omitted or null: the org's "
+                    "default_scopes (by default all the creator may grant, less "
+                    "tokens:admin and users:admin), unless role or restricted is given",
+                },
+                "role": {
+                    "type": ["string", "null"],
+                    "maxLength": 40,
+                    "description": "one of the org's roles (case-insensitive)",
+                },
+                "restricted": {
+                    "type": ["object", "null"],
+                    "description": "per resource of the org's catalogue, the operations "
+                    "the token gets; instead of scopes",
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"enum": list(RESTRICTED_OPERATIONS)},
+                    },
+                },
                 **expiry,
             },
             ["name"],
@@ -347,6 +384,7 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                     "scopes": _SCOPE_LIST,
                     "workspaces": {"oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}]},
                     "allowed_ips": _ALLOWED_IPS,
+                    "role": {"type": ["string", "null"], "maxLength": 40},
                 }
             ),
             "minProperties": 1,
@@ -435,6 +473,34 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
                     "maximum": 90 * 86_400,
                     "description": "longest grace period of a regeneration, seconds "
                     "(default 7 days; 0: none)",
+                },
+                "default_can_manage_tokens": {
+                    "type": "boolean",
+                    "description": "whether new users get the token permission (default "
+                    "true); admins grant or withdraw it per user",
+                },
+                "default_scopes": {
+                    "oneOf": [_SCOPE_LIST, {"type": "null"}],
+                    "description": "scopes of a token created without any; null: all the "
+                    "creator may grant, less tokens:admin and users:admin",
+                },
+                "scopes_required": {
+                    "type": "boolean",
+                    "description": "every token must name its scopes, restricted "
+                    "operations or a role",
+                },
+                "roles": {
+                    "type": "object",
+                    "additionalProperties": _SCOPE_LIST,
+                    "description": "named scope sets, e.g. Developer, Admin (at most 32; "
+                    "names of 1-40 letters, digits, space, _ . -, starting with a letter, "
+                    "case-insensitive); editing one changes every token with it at once",
+                },
+                "resources": {
+                    "type": "array",
+                    "maxItems": 200,
+                    "items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"},
+                    "description": "the API's resources, for restricted tokens",
                 },
             }
         ),
@@ -606,11 +672,17 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
         },
         "/v1/admin/tokens": {
             "get": _op(
-                "Every token in the organization (tokens:admin)",
+                "Every token in the organization (tokens:admin); active ones unless "
+                "?status= says otherwise",
                 ("200", _json(_ref("TokenPage"), "page")),
                 read,
                 params=[
-                    *_LIST,
+                    _query(
+                        "status",
+                        {"enum": _STATUSES},
+                        "computed status: active (the default), expired, revoked, or all",
+                    ),
+                    *_LIST[1:],
                     _query(
                         "org_id",
                         {"type": "string", "pattern": ID_PATTERN},
@@ -672,11 +744,19 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
         },
         "/v1/events": {
             "get": _op(
-                "Audit log, newest first",
+                "Audit log, newest first: the organization's for an admin (tokens:admin "
+                "and the admin role); for any other caller with tokens:read:own, only the "
+                "events of the caller's own tokens (reuse-tripwire events included). A page "
+                "may hold fewer than limit items, even none, with a next_cursor: follow it.",
                 ("200", _json(_ref("EventPage"), "events")),
                 read,
                 params=[
-                    _query("token_id", {"type": "string"}, "events of one token"),
+                    _query(
+                        "token_id",
+                        {"type": "string"},
+                        "events of one token (in a member's view only their own tokens match; "
+                        "any other id returns an empty page, as an unknown one does)",
+                    ),
                     _query("actor", {"type": "string"}, "events by one actor id"),
                     _query("type", {"type": "string"}, "event type, e.g. token.revoked"),
                     _LIMIT,

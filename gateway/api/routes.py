@@ -22,7 +22,7 @@ from patgate.gateway.lifecycle import (
 from patgate.gateway.lifecycle.listing import Page
 from patgate.gateway.lifecycle.tokens import MAX_REPORTED
 from patgate.middleware.errors import PayloadTooLarge, ValidationFailed
-from patgate.middleware.records import Token, User
+from patgate.middleware.records import Token, TokenStatus, User
 
 from .auth import ActorResolver
 from .credentials import ReportLimit
@@ -134,7 +134,7 @@ class ManagementApi:
         return {"items": items, "next_cursor": page.next_cursor}
 
     @staticmethod
-    def _filters(request: Request) -> Filters:
+    def _filters(request: Request, *, default_status: TokenStatus | None = None) -> Filters:
         q = request.query_params
         return Filters.parse(
             status=q.get("status"),
@@ -142,6 +142,7 @@ class ManagementApi:
             type=q.get("type"),
             limit=q.get("limit"),
             cursor=q.get("cursor"),
+            default_status=default_status,
         )
 
     # -- tokens --------------------------------------------------------------------------
@@ -161,6 +162,8 @@ class ManagementApi:
                 "owner",
                 "type",
                 "allowed_ips",
+                "role",
+                "restricted",
             },
         )
         if "name" not in body:
@@ -182,13 +185,17 @@ class ManagementApi:
             actor,
             name=body["name"],
             description=body.get("description"),
-            scopes=body.get("scopes", []),
+            # Omitted (or null): the org's default scopes (issue 13), unless a role or
+            # restricted says what the token may do.
+            scopes=body.get("scopes"),
             workspaces=body.get("workspaces"),
             expiration=_str_or_none(body, "expiration"),
             expires_at=body.get("expires_at"),
             owner=owner,
             type=body.get("type"),
             allowed_ips=body.get("allowed_ips"),
+            role=body.get("role"),
+            restricted=body.get("restricted"),
         )
         return JSONResponse(
             {"token": secret, **self._token(token)}, status_code=201, headers=_NO_STORE
@@ -291,7 +298,10 @@ class ManagementApi:
         org_id = request.query_params.get("org_id", actor.org_id)
         if org_id is None:
             raise ValidationFailed("org_id: required")
-        page = await self.tokens.list_org(actor, org_id, self._filters(request))
+        # The admin table shows the active tokens unless a status is asked for
+        # (``?status=revoked|expired``, ``?status=all`` for every one), issue 13.
+        filters = self._filters(request, default_status="active")
+        page = await self.tokens.list_org(actor, org_id, filters)
         return JSONResponse(self._page(page))
 
     async def admin_revoke(self, request: Request) -> Response:
@@ -345,8 +355,17 @@ class ManagementApi:
     # -- events, verify, meta ------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
+        """The org's audit log for an admin (``tokens:admin`` and the admin role); for
+        anyone else with ``tokens:read:own``, only the events of the caller's own tokens
+        (issue 13). The query's filters narrow that view and never widen it: another
+        user's token id matches nothing, exactly like an unknown one, so the answer does
+        not tell a member which ids exist."""
         actor = await self.resolve(request)
-        actor.require_admin("tokens:admin")
+        owner = None
+        if not actor.is_admin("tokens:admin"):
+            actor.require("tokens:read", own=True)
+            assert actor.owner_kind is not None  # the operator is an admin
+            owner = (actor.owner_kind, actor.id)
         q = request.query_params
         limit = Filters.parse(limit=q.get("limit")).limit
         if actor.org_id is None:  # API callers are tokens, and every token has an org
@@ -358,6 +377,7 @@ class ManagementApi:
             type=q.get("type"),
             limit=limit,
             cursor=q.get("cursor"),
+            owner=owner,
         )
         items, cursor = await query_events(self.tokens.store, query)
         return JSONResponse({"items": items, "next_cursor": cursor})

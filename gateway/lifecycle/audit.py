@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from patgate.middleware.errors import ValidationFailed
+from patgate.middleware.records import OwnerKind
 from patgate.middleware.store import TokenStore
 
 from .actor import Actor
@@ -99,14 +100,31 @@ class EventQuery:
     type: str | None = None
     limit: int = 50
     cursor: str | None = None
+    #: only the events of tokens this owner holds (a member's own audit trail, issue 13):
+    #: ``("user", <id>)`` — token events whose ``user_id`` is that user, the reuse
+    #: tripwire's included; ``("org", <org id>)`` — token events of org-owned tokens
+    #: (``user_id`` null). None: every event of the org (an admin, the operator). The
+    #: other filters only narrow it further.
+    owner: tuple[OwnerKind, str] | None = None
 
     def matches(self, event: dict[str, Any]) -> bool:
         return (
             event.get("org_id") == self.org_id
+            and (self.owner is None or _owned(event, *self.owner))
             and (self.token_id is None or event.get("token_id") == self.token_id)
             and (self.actor is None or event.get("actor", {}).get("id") == self.actor)
             and (self.type is None or event.get("type") == self.type)
         )
+
+
+def _owned(event: dict[str, Any], kind: OwnerKind, owner_id: str) -> bool:
+    """Whether ``event`` is about a token of this owner. Token events carry the token's
+    ``user_id`` when a user owns it and null for an org-owned one; events about users or
+    the org itself (no ``token_id``) are nobody's token events."""
+    if event.get("token_id") is None:
+        return False
+    user_id = event.get("user_id")
+    return user_id is None if kind == "org" else user_id == owner_id
 
 
 async def query_events(store: TokenStore, q: EventQuery) -> tuple[list[dict[str, Any]], str | None]:

@@ -8,6 +8,7 @@ org-owned tokens they created survive and keep ``created_by``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,59 @@ _ORG_FIELDS = {
     "member_scopes",
     "admin_scopes",
     "max_grace_period",
+    "default_can_manage_tokens",
+    "default_scopes",
+    "scopes_required",
+    "roles",
+    "resources",
 }
+#: no leading or trailing space: "Dev" and "Dev " would look like one role.
+_ROLE_NAME = re.compile(r"[A-Za-z](?:[A-Za-z0-9 _.-]{0,38}[A-Za-z0-9_.-])?")
+_RESOURCE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_MAX_ROLES = 32
+_MAX_RESOURCES = 200
+
+
+def _roles(body: dict[str, Any], default: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """``{"Developer": ["threads:*"], ...}``: named scope sets (issue 13)."""
+    if "roles" not in body:
+        return default
+    raw = body["roles"]
+    if not isinstance(raw, dict):
+        raise ValidationFailed("roles: expected an object of role name → scopes")
+    if len(raw) > _MAX_ROLES:
+        raise ValidationFailed(f"roles: at most {_MAX_ROLES}")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, scopes in raw.items():
+        if not _ROLE_NAME.fullmatch(name):
+            raise ValidationFailed(
+                f"roles: {name[:40]!r} is not a role name (1-40 letters, digits, space, _ . -, "
+                "starting with a letter)"
+            )
+        if name.casefold() in {n.casefold() for n in out}:
+            raise ValidationFailed(f"roles: {name!r} twice (role names are case-insensitive)")
+        out[name] = check_scopes(scopes, f"roles.{name}")
+    return out
+
+
+def _resources(body: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    """The org's API resources, for restricted tokens (issue 13)."""
+    if "resources" not in body:
+        return default
+    raw = body["resources"]
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise ValidationFailed("resources: expected a list of resource names")
+    if len(raw) > _MAX_RESOURCES:
+        raise ValidationFailed(f"resources: at most {_MAX_RESOURCES}")
+    for r in raw:
+        if not _RESOURCE.fullmatch(r):
+            raise ValidationFailed(
+                f"resources: {r[:64]!r} is not a resource name (lowercase letters, digits, "
+                "_ and -, starting with a letter)"
+            )
+    return tuple(dict.fromkeys(raw))
+
+
 #: the longest grace period an org may allow a regenerated token's previous secret.
 _MAX_GRACE_LIMIT = 90 * 86_400
 #: changes that alter what a user's tokens may do: every cache drops them at once.
@@ -155,6 +208,18 @@ class Directory:
             org_name = _text(body, "name", base.name)
             if not org_name.strip():
                 raise ValidationFailed("name: an organization needs a non-blank name")
+            default_scopes = base.default_scopes
+            if "default_scopes" in body:
+                raw = body["default_scopes"]
+                default_scopes = None if raw is None else check_scopes(raw, "default_scopes")
+                bad = [s for s in default_scopes or () if is_admin_only(s)]
+                if bad:
+                    # Admin-only scopes are only ever granted by naming them (issue 13).
+                    raise ValidationFailed(
+                        f"default_scopes: {', '.join(bad)} would give every new token "
+                        f"{' or '.join(ADMIN_ONLY_SCOPES)}; name those when needed instead"
+                    )
+            roles = _roles(body, base.roles)
             new = base.evolve(
                 name=org_name,
                 token_limit=limit,
@@ -163,16 +228,26 @@ class Directory:
                 member_scopes=member_scopes,
                 admin_scopes=admin_scopes,
                 max_grace_period=float(grace),
+                default_can_manage_tokens=_bool(
+                    body, "default_can_manage_tokens", base.default_can_manage_tokens
+                ),
+                default_scopes=default_scopes,
+                scopes_required=_bool(body, "scopes_required", base.scopes_required),
+                roles=roles,
+                resources=_resources(body, base.resources),
                 updated_at=now,
             )
             if new == old:
                 return new
             plan = self.store.plan(org_id)
             plan.put_org(old, new)
-            if old is not None and (old.member_scopes, old.admin_scopes) != (
+            if old is not None and (old.member_scopes, old.admin_scopes, old.roles) != (
                 member_scopes,
                 admin_scopes,
+                roles,
             ):
+                # What tokens may do changed (a catalogue or a role): every cache flushes,
+                # as fast as a revoke reaches them (issue 13: roles).
                 plan.invalidate_org(org_id)
             plan.audit(
                 event_json(
@@ -240,7 +315,16 @@ class Directory:
                 org = await self.store.get_org(org_id)
                 if org is None:
                     raise NotFound(f"organization {org_id} not found")
-                base = User(id=user_id, org_id=org_id, email="", name="", created_at=now)
+                base = User(
+                    id=user_id,
+                    org_id=org_id,
+                    email="",
+                    name="",
+                    created_at=now,
+                    # The org's permission switch (issue 13): whether new users may
+                    # manage tokens until an admin says otherwise.
+                    can_manage_tokens=org.default_can_manage_tokens,
+                )
             else:
                 base = old
             role = body.get("role", base.role)

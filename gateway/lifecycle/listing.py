@@ -13,9 +13,11 @@ from patgate.middleware.errors import ValidationFailed
 from patgate.middleware.records import Token, TokenStatus, TokenType, User
 from patgate.middleware.store import TokenStore
 
-__all__ = ["Filters", "Page", "decode_cursor", "encode_cursor", "scan", "scan_org"]
+__all__ = ["ALL_STATUSES", "Filters", "Page", "decode_cursor", "encode_cursor", "scan", "scan_org"]
 
 _STATUSES: tuple[TokenStatus, ...] = ("active", "expired", "revoked")
+#: ``?status=all``: tokens of every status (the admin view shows active ones by default).
+ALL_STATUSES = "all"
 _TYPES: tuple[TokenType, ...] = ("personal", "service", "oauth")
 _CHUNK = 200
 # One page request reads at most this many tokens before answering with a cursor, so a
@@ -69,10 +71,18 @@ class Filters:
         type: str | None = None,
         limit: str | int | None = None,
         cursor: str | None = None,
+        default_status: TokenStatus | None = None,
     ) -> Filters:
+        """Query parameters to filters, each checked (bad input is a 400). ``status``
+        ``all`` is every status; no ``status`` is ``default_status`` — every status too,
+        except in a view that shows fewer by default (the admin view: ``active``)."""
         st = next((s for s in _STATUSES if s == status), None)
-        if status is not None and st is None:
-            raise ValidationFailed(f"status: expected one of {', '.join(_STATUSES)}")
+        if status is None:
+            st = default_status
+        elif status != ALL_STATUSES and st is None:
+            raise ValidationFailed(
+                f"status: expected one of {', '.join(_STATUSES)} or {ALL_STATUSES}"
+            )
         tt = next((t for t in _TYPES if t == type), None)
         if type is not None and tt is None:
             raise ValidationFailed(f"type: expected one of {', '.join(_TYPES)}")

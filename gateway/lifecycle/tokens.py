@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from patgate.middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from patgate.middleware.grants import role_scopes
 from patgate.middleware.records import (
     Org,
     OwnerKind,
@@ -46,6 +47,7 @@ from .inputs import (
 from .inputs import check_scopes as parse_scopes
 from .inputs import check_workspaces as _check_workspaces
 from .listing import Filters, Page, scan, scan_org
+from .shaping import default_scopes, resolve_role, restricted_scopes
 
 __all__ = ["DEFAULT_LIFETIME", "DEFAULT_TOMBSTONE_TTL", "MAX_REPORTED", "Owner", "TokenService"]
 
@@ -201,19 +203,26 @@ class TokenService:
         *,
         name: Any,
         description: Any = None,
-        scopes: Iterable[str] = (),
+        scopes: Iterable[str] | None = None,
         workspaces: Any = None,
         expiration: str | None = None,
         expires_at: Any = None,
         owner: Owner | None = None,
         type: Any = None,
         allowed_ips: Any = None,
+        role: Any = None,
+        restricted: Any = None,
     ) -> tuple[Token, str]:
-        """A new token and its secret — the only time the secret is returned."""
+        """A new token and its secret — the only time the secret is returned.
+
+        Its scopes: ``scopes`` as listed, or ``restricted`` per resource, or, with
+        neither, the org's default (:mod:`.shaping`); a ``role`` adds the role's."""
         name = check_name(name)
         allowed = check_allowed_ips(allowed_ips)
         description = check_description(description)
-        scope_tuple = parse_scopes(scopes)
+        if scopes is not None and restricted is not None:
+            raise ValidationFailed("scopes, restricted: give one of them, not both")
+        listed = None if scopes is None else parse_scopes(scopes)
         ws = _check_workspaces(workspaces)
         owner = await self._resolve_owner(actor, owner)
         token_type: TokenType = check_token_type(
@@ -231,7 +240,17 @@ class TokenService:
             # not hold); an explicit "*" is still refused below.
             ws = user.workspaces
         bounds = [owner_bounds(org, owner.kind, user), await self._actor_bounds(actor, org, user)]
-        check_scopes(bounds, scope_tuple)
+        role_name = resolve_role(org, role)
+        if listed is not None:
+            scope_tuple = listed
+        elif restricted is not None:
+            scope_tuple = restricted_scopes(org, restricted)
+        elif role_name is not None:
+            scope_tuple = ()
+        else:
+            scope_tuple = default_scopes(org, bounds)
+        # The role's scopes count as the token's: nobody mints more than they may grant.
+        check_scopes(bounds, scope_tuple + role_scopes(org, role_name))
         check_workspaces(bounds, ws)
         now = self.clock()
         # A create that names no expiry gets the default, shortened to the org's maximum:
@@ -272,6 +291,7 @@ class TokenService:
             issued_at=now,
             allowed_ips=allowed,
             pepper_id=self.format.pepper_id,
+            role=role_name,
         )
         plan = self.store.plan(org_id)
         plan.put_token(None, token, limit=org.token_limit)
@@ -286,6 +306,7 @@ class TokenService:
                 "scopes": list(scope_tuple),
                 "expires_at": expiry,
                 "allowed_ips": None if allowed is None else list(allowed),
+                "role": role_name,
             },
         )
         await self.store.commit(plan, durable=True)
@@ -361,7 +382,7 @@ class TokenService:
 
     async def update(self, actor: Actor, token_id: str, changes: dict[str, Any]) -> Token:
         """PATCH: any of name, description, scopes, workspaces; unknown fields are errors."""
-        allowed = {"name", "description", "scopes", "workspaces", "allowed_ips"}
+        allowed = {"name", "description", "scopes", "workspaces", "allowed_ips", "role"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValidationFailed(f"cannot change {', '.join(sorted(unknown))}")
@@ -380,12 +401,17 @@ class TokenService:
             values["allowed_ips"] = check_allowed_ips(changes["allowed_ips"])
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
-            if "scopes" in values or "workspaces" in values:
-                _, bounds = await self._bounds(actor, old)
+            values.pop("role", None)
+            if "scopes" in values or "workspaces" in values or "role" in changes:
+                org, bounds = await self._bounds(actor, old)
                 if "scopes" in values:
                     check_scopes(bounds, values["scopes"])
                 if "workspaces" in values:
                     check_workspaces(bounds, values["workspaces"])
+                if "role" in changes:
+                    role_name = resolve_role(org or Org(id=old.org_id, name=""), changes["role"])
+                    check_scopes(bounds, role_scopes(org, role_name))
+                    values["role"] = role_name
             kind = "token.scopes_changed" if set(values) == {"scopes"} else "token.updated"
             data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
             if "workspaces" in data and data["workspaces"] is None:
@@ -483,7 +509,7 @@ class TokenService:
                 )
             # A new secret re-issues the token's power: it must still be grantable
             # (e.g. after the owner was demoted, remove the scopes first).
-            check_scopes(bounds, old.scopes)
+            check_scopes(bounds, old.scopes + role_scopes(org, old.role))
             check_workspaces(bounds, old.workspaces)
             previous = None if old.expires_at is None else old.expires_at - old.issued_at
             expiry = resolve_expiry(

@@ -73,7 +73,7 @@ def api() -> Policy:
         ("GET", "/v1/me", ("tokens:read:own",), True, "me"),
         ("GET", "/v1/openapi.json", (), True, "openapi"),
         ("GET", "/v1/events", ("tokens:admin",), True, "audit-events"),
-        ("GET", "/v1/events", ("tokens:read:own",), False, "audit-events"),
+        ("GET", "/v1/events", ("tokens:read:own",), True, "audit-events"),
         ("GET", "/v1/other", ("all",), False, DEFAULT_RULE),
         ("GET", "/v1/admin/tokens", ("all",), True, "admin"),
         ("GET", "/v1/tokens", ("restricted",), True, "tokens-read"),

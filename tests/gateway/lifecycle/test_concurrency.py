@@ -80,7 +80,7 @@ async def test_concurrent_patch_and_revoke_are_both_applied(
 
 @pytest.mark.anyio
 async def test_concurrent_scope_adds_lose_nothing(tokens: TokenService, store: TokenStore) -> None:
-    token, _ = await tokens.create(ALICE, name="t")
+    token, _ = await tokens.create(ALICE, name="t", scopes=[])
     await asyncio.gather(*(tokens.add_scopes(ALICE, token.id, [f"r{i}:read"]) for i in range(6)))
     final = await store.get_token(token.id)
     assert final is not None
@@ -95,7 +95,7 @@ async def test_heavy_contention_fails_loudly_never_silently(
 ) -> None:
     # More writers than CAS retries: some may give up with 409 "conflict", but every
     # reported success is in the record and nothing else is.
-    token, _ = await tokens.create(ALICE, name="t")
+    token, _ = await tokens.create(ALICE, name="t", scopes=[])
     results = await asyncio.gather(
         *(tokens.add_scopes(ALICE, token.id, [f"r{i}:read"]) for i in range(20)),
         return_exceptions=True,
