@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from patgate.gateway.cli import main
 from patgate.gateway.cli_context import human_time
-from patgate.gateway.settings import ENV_VARS
+from patgate.gateway.settings import ENV_VARS, FILE_VARS
 from patgate.middleware.keys import Keyspace
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Cli:
     def __init__(self, url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.url, self.namespace = url, namespace
         self.base = ["--redis-url", url, "--namespace", namespace]
         self.capsys = capsys
 
@@ -53,12 +54,26 @@ class Cli:
         return lines[0]
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in [*ENV_VARS, "PATGATE_PEPPER_FILE"]:
+def clear_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PATGATE_ setting of the caller's; ``acme`` as the CLI's default org."""
+    for var in [*ENV_VARS, *FILE_VARS]:
         monkeypatch.delenv(var, raising=False)
     # The org the CLI means when none is named (user ids are scoped per org).
     monkeypatch.setenv("PATGATE_DEFAULT_ORG", "acme")
+
+
+def boot_acme(cli: Cli) -> str:
+    """Bootstrap org ``acme`` (its admin's secret is returned) with member alice."""
+    out, _ = cli.run("bootstrap", "--org", "acme")
+    # What members may grant (issue 9: nothing until the org says so).
+    cli.run("orgs", "put", "acme", "--member-scope", "threads:*", "--member-scope", "*:read")
+    cli.run("users", "put", "alice", "--org", "acme", "--email", "alice@acme.io", "--name", "Alice")
+    return out.strip()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_settings(monkeypatch)
 
 
 @pytest.fixture
@@ -70,11 +85,7 @@ def cli(
 
 @pytest.fixture
 def booted(cli: Cli) -> str:
-    out, _ = cli.run("bootstrap", "--org", "acme")
-    # What members may grant (issue 9: nothing until the org says so).
-    cli.run("orgs", "put", "acme", "--member-scope", "threads:*", "--member-scope", "*:read")
-    cli.run("users", "put", "alice", "--org", "acme", "--email", "alice@acme.io", "--name", "Alice")
-    return out.strip()
+    return boot_acme(cli)
 
 
 def test_bootstrap_prints_the_secret_once(cli: Cli) -> None:

@@ -5,24 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from patgate.gateway.settings import ENV_VARS
 from tests.gateway.test_cli import Cli
-
-
-@pytest.fixture
-def cli(valkey_url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(valkey_url, namespace, capsys)
-
-
-@pytest.fixture
-def booted(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for var in [*ENV_VARS, "PATGATE_PEPPER_FILE"]:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PATGATE_DEFAULT_ORG", "acme")
-    cli.run("bootstrap", "--org", "acme")
-    cli.run("orgs", "put", "acme", "--member-scope", "threads:*", "--member-scope", "*:read")
-    cli.run("users", "put", "alice", "--org", "acme", "--email", "alice@acme.io", "--name", "Alice")
-    return cli
 
 
 def _create(cli: Cli, *flags: str) -> dict[str, object]:
@@ -32,41 +15,41 @@ def _create(cli: Cli, *flags: str) -> dict[str, object]:
     return created
 
 
-def test_create_with_allow_ip(booted: Cli) -> None:
+def test_create_with_allow_ip(acme_cli: Cli) -> None:
     created = _create(
-        booted, "--allow-ip", "203.0.113.0/24", "--allow-ip", "2001:DB8::1", "--allow-ip",
+        acme_cli, "--allow-ip", "203.0.113.0/24", "--allow-ip", "2001:DB8::1", "--allow-ip",
         "::ffff:203.0.113.7",
     )  # fmt: skip
     assert created["allowed_ips"] == ["203.0.113.0/24", "2001:db8::1", "203.0.113.7"]
     tid = str(created["id"])
-    assert booted.json("tokens", "show", tid)["allowed_ips"] == created["allowed_ips"]
-    out, _ = booted.run("tokens", "show", tid)
+    assert acme_cli.json("tokens", "show", tid)["allowed_ips"] == created["allowed_ips"]
+    out, _ = acme_cli.run("tokens", "show", tid)
     line = next(row for row in out.splitlines() if row.startswith("allowed ips"))
     assert line.split()[2:] == ["203.0.113.0/24", "2001:db8::1", "203.0.113.7"]
 
 
-def test_create_without_allow_ip_is_any_address(booted: Cli) -> None:
-    created = _create(booted)
+def test_create_without_allow_ip_is_any_address(acme_cli: Cli) -> None:
+    created = _create(acme_cli)
     assert created["allowed_ips"] is None
-    out, _ = booted.run("tokens", "show", str(created["id"]))
+    out, _ = acme_cli.run("tokens", "show", str(created["id"]))
     line = next(row for row in out.splitlines() if row.startswith("allowed ips"))
     assert line.split()[2:] == ["any"]
 
 
-def test_edit_replaces_then_any_ip_clears(booted: Cli) -> None:
-    tid = str(_create(booted, "--allow-ip", "203.0.113.0/24")["id"])
-    edited = booted.json(
+def test_edit_replaces_then_any_ip_clears(acme_cli: Cli) -> None:
+    tid = str(_create(acme_cli, "--allow-ip", "203.0.113.0/24")["id"])
+    edited = acme_cli.json(
         "tokens", "edit", tid, "--allow-ip", "198.51.100.1/32", "--allow-ip", "2001:db8::/32"
     )
     assert edited["allowed_ips"] == ["198.51.100.1", "2001:db8::/32"]  # replaced, not added
     # an edit of something else keeps it
-    assert booted.json("tokens", "edit", tid, "--name", "ci-2")["allowed_ips"] == [
+    assert acme_cli.json("tokens", "edit", tid, "--name", "ci-2")["allowed_ips"] == [
         "198.51.100.1",
         "2001:db8::/32",
     ]
-    cleared = booted.json("tokens", "edit", tid, "--any-ip")
+    cleared = acme_cli.json("tokens", "edit", tid, "--any-ip")
     assert cleared["allowed_ips"] is None
-    assert booted.json("tokens", "show", tid)["allowed_ips"] is None
+    assert acme_cli.json("tokens", "show", tid)["allowed_ips"] is None
 
 
 @pytest.mark.parametrize(
@@ -78,32 +61,34 @@ def test_edit_replaces_then_any_ip_clears(booted: Cli) -> None:
     ],
 )
 def test_invalid_entries_are_refused_and_change_nothing(
-    booted: Cli, flags: list[str], message: str
+    acme_cli: Cli, flags: list[str], message: str
 ) -> None:
-    line = booted.fails("tokens", "create", "--user", "alice", "--name", "bad", *flags)
+    line = acme_cli.fails("tokens", "create", "--user", "alice", "--name", "bad", *flags)
     assert "allowed_ips: " in line
     assert message in line
-    assert [t["name"] for t in booted.json("tokens", "list", "--user", "alice")["items"]] == []
+    assert [t["name"] for t in acme_cli.json("tokens", "list", "--user", "alice")["items"]] == []
 
-    tid = str(_create(booted, "--allow-ip", "203.0.113.0/24")["id"])
-    line = booted.fails("tokens", "edit", tid, *flags)
+    tid = str(_create(acme_cli, "--allow-ip", "203.0.113.0/24")["id"])
+    line = acme_cli.fails("tokens", "edit", tid, *flags)
     assert message in line
-    assert booted.json("tokens", "show", tid)["allowed_ips"] == ["203.0.113.0/24"]
+    assert acme_cli.json("tokens", "show", tid)["allowed_ips"] == ["203.0.113.0/24"]
 
 
-def test_too_many_entries(booted: Cli) -> None:
+def test_too_many_entries(acme_cli: Cli) -> None:
     flags = [arg for n in range(1, 34) for arg in ("--allow-ip", f"10.0.0.{n}")]
-    assert "at most 32 entries" in booted.fails(
+    assert "at most 32 entries" in acme_cli.fails(
         "tokens", "create", "--user", "alice", "--name", "bad", *flags
     )
-    created = _create(booted, *flags[:64])  # 32 is fine
+    created = _create(acme_cli, *flags[:64])  # 32 is fine
     assert created["allowed_ips"] == [f"10.0.0.{n}" for n in range(1, 33)]
 
 
-def test_allow_ip_and_any_ip_are_exclusive(booted: Cli, capsys: pytest.CaptureFixture[str]) -> None:
-    tid = str(_create(booted, "--allow-ip", "203.0.113.0/24")["id"])
+def test_allow_ip_and_any_ip_are_exclusive(
+    acme_cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tid = str(_create(acme_cli, "--allow-ip", "203.0.113.0/24")["id"])
     with pytest.raises(SystemExit) as info:
-        booted.run("tokens", "edit", tid, "--allow-ip", "10.0.0.1", "--any-ip")
+        acme_cli.run("tokens", "edit", tid, "--allow-ip", "10.0.0.1", "--any-ip")
     assert info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
-    assert booted.json("tokens", "show", tid)["allowed_ips"] == ["203.0.113.0/24"]
+    assert acme_cli.json("tokens", "show", tid)["allowed_ips"] == ["203.0.113.0/24"]

@@ -12,29 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from patgate.gateway.cli_context import human_time
-from patgate.gateway.settings import ENV_VARS
 from patgate.middleware.keys import Keyspace, partition_of_org
 from patgate.middleware.lastused import LastUsedRecorder
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import LastUsed
 from patgate.middleware.store import TokenStore
 from tests.gateway.test_cli import Cli
-
-
-@pytest.fixture
-def cli(valkey_url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(valkey_url, namespace, capsys)
-
-
-@pytest.fixture
-def booted(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for var in [*ENV_VARS, "PATGATE_PEPPER_FILE"]:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PATGATE_DEFAULT_ORG", "acme")
-    cli.run("bootstrap", "--org", "acme")
-    cli.run("orgs", "put", "acme", "--member-scope", "threads:*", "--member-scope", "*:read")
-    cli.run("users", "put", "alice", "--org", "acme", "--email", "alice@acme.io", "--name", "Alice")
-    return cli
 
 
 def _table(out: str) -> list[dict[str, str]]:
@@ -64,8 +47,8 @@ def _touch(url: str, namespace: str, token_id: str, used: LastUsed) -> None:
     asyncio.run(run())
 
 
-def test_the_org_listing_defaults_to_active(booted: Cli) -> None:
-    cli = booted
+def test_the_org_listing_defaults_to_active(acme_cli: Cli) -> None:
+    cli = acme_cli
     cli.json("tokens", "create", "--user", "alice", "--name", "ci", "--scope", "threads:read")
     cli.json("tokens", "create", "--org", "acme", "--name", "sync")
     old = cli.json("tokens", "create", "--user", "alice", "--name", "old")
@@ -90,9 +73,9 @@ def test_the_org_listing_defaults_to_active(booted: Cli) -> None:
 
 
 def test_the_org_listing_shows_type_owner_role_created_and_last_used(
-    booted: Cli, valkey_url: str, namespace: str
+    acme_cli: Cli, valkey_url: str, namespace: str
 ) -> None:
-    cli = booted
+    cli = acme_cli
     ci = cli.json("tokens", "create", "--user", "alice", "--name", "ci", "--type", "oauth")
     cli.json("tokens", "create", "--org", "acme", "--name", "sync")
     at = time.time() - 3 * 3600

@@ -9,26 +9,9 @@ from typing import Any
 
 import pytest
 
-from patgate.gateway.settings import ENV_VARS
 from tests.gateway.test_cli import Cli
 
 MEMBER = ["threads:*", "*:read"]
-
-
-@pytest.fixture
-def cli(valkey_url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(valkey_url, namespace, capsys)
-
-
-@pytest.fixture
-def booted(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for var in [*ENV_VARS, "PATGATE_PEPPER_FILE"]:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PATGATE_DEFAULT_ORG", "acme")
-    cli.run("bootstrap", "--org", "acme")
-    cli.run("orgs", "put", "acme", "--member-scope", MEMBER[0], "--member-scope", MEMBER[1])
-    cli.run("users", "put", "alice", "--org", "acme", "--email", "alice@acme.io", "--name", "Alice")
-    return cli
 
 
 def _create(cli: Cli, *flags: str, name: str = "ci") -> dict[str, Any]:
@@ -38,33 +21,33 @@ def _create(cli: Cli, *flags: str, name: str = "ci") -> dict[str, Any]:
     return created
 
 
-def test_create_without_scope_gets_the_default(booted: Cli) -> None:
-    created = _create(booted)
+def test_create_without_scope_gets_the_default(acme_cli: Cli) -> None:
+    created = _create(acme_cli)
     assert set(created["scopes"]) == {*MEMBER, "tokens:read:own", "tokens:write:own"}
     assert created["role"] is None
     # the operator creating for an admin: all the admin may grant, less admin-only
-    mine = booted.json("tokens", "create", "--user", "admin", "--name", "x")
+    mine = acme_cli.json("tokens", "create", "--user", "admin", "--name", "x")
     assert "tokens:admin" not in mine["scopes"]
     assert "users:admin" not in mine["scopes"]
     assert "*" not in mine["scopes"]
     assert "*:read" in mine["scopes"]
-    org = booted.json("orgs", "put", "acme", "--default-scope", "threads:read")
+    org = acme_cli.json("orgs", "put", "acme", "--default-scope", "threads:read")
     assert org["default_scopes"] == ["threads:read"]
-    assert _create(booted, name="d2")["scopes"] == ["threads:read"]
-    assert booted.json("orgs", "put", "acme", "--no-default-scopes")["default_scopes"] is None
-    assert len(_create(booted, name="d3")["scopes"]) == 4
+    assert _create(acme_cli, name="d2")["scopes"] == ["threads:read"]
+    assert acme_cli.json("orgs", "put", "acme", "--no-default-scopes")["default_scopes"] is None
+    assert len(_create(acme_cli, name="d3")["scopes"]) == 4
 
 
-def test_scopes_required(booted: Cli) -> None:
-    assert booted.json("orgs", "put", "acme", "--scopes-required")["scopes_required"] is True
-    assert "scopes" in booted.fails("tokens", "create", "--user", "alice", "--name", "x")
-    assert _create(booted, "--scope", "threads:read")["scopes"] == ["threads:read"]
-    org = booted.json("orgs", "put", "acme", "--no-scopes-required")
+def test_scopes_required(acme_cli: Cli) -> None:
+    assert acme_cli.json("orgs", "put", "acme", "--scopes-required")["scopes_required"] is True
+    assert "scopes" in acme_cli.fails("tokens", "create", "--user", "alice", "--name", "x")
+    assert _create(acme_cli, "--scope", "threads:read")["scopes"] == ["threads:read"]
+    org = acme_cli.json("orgs", "put", "acme", "--no-scopes-required")
     assert org["scopes_required"] is False
 
 
-def test_roles_create_and_edit(booted: Cli) -> None:
-    org = booted.json(
+def test_roles_create_and_edit(acme_cli: Cli) -> None:
+    org = acme_cli.json(
         "orgs",
         "put",
         "acme",
@@ -74,51 +57,51 @@ def test_roles_create_and_edit(booted: Cli) -> None:
         "Admin=tokens:admin",
     )
     assert org["roles"] == {"Admin": ["tokens:admin"], "Developer": ["files:read", "threads:*"]}
-    created = _create(booted, "--role", "developer")
+    created = _create(acme_cli, "--role", "developer")
     assert (created["role"], created["scopes"]) == ("Developer", [])
     tid = created["id"]
-    assert booted.json("tokens", "show", tid)["role"] == "Developer"
-    out, _ = booted.run("tokens", "show", tid)
+    assert acme_cli.json("tokens", "show", tid)["role"] == "Developer"
+    out, _ = acme_cli.run("tokens", "show", tid)
     assert any(line.split() == ["role", "Developer"] for line in out.splitlines()), out
-    out, _ = booted.run("tokens", "list", "--user", "alice")
+    out, _ = acme_cli.run("tokens", "list", "--user", "alice")
     header, rows = out.splitlines()[0].split(), out.splitlines()[2:]
     assert "ROLE" in header
     assert any(tid in row and "Developer" in row.split() for row in rows), out
-    assert booted.json("tokens", "edit", tid, "--no-role")["role"] is None
-    assert booted.json("tokens", "edit", tid, "--role", "DEVELOPER")["role"] == "Developer"
+    assert acme_cli.json("tokens", "edit", tid, "--no-role")["role"] is None
+    assert acme_cli.json("tokens", "edit", tid, "--role", "DEVELOPER")["role"] == "Developer"
     # beyond alice's grant; unknown
-    assert "not grantable" in booted.fails("tokens", "edit", tid, "--role", "Admin")
-    assert "not a role" in booted.fails("tokens", "edit", tid, "--role", "Nope")
+    assert "not grantable" in acme_cli.fails("tokens", "edit", tid, "--role", "Admin")
+    assert "not a role" in acme_cli.fails("tokens", "edit", tid, "--role", "Nope")
     flags = ("tokens", "create", "--user", "alice", "--name", "y")
-    assert "not grantable" in booted.fails(*flags, "--role", "Admin")
-    assert "not a role" in booted.fails(*flags, "--role", "Nope")
+    assert "not grantable" in acme_cli.fails(*flags, "--role", "Admin")
+    assert "not a role" in acme_cli.fails(*flags, "--role", "Nope")
     # role + scopes
-    both = _create(booted, "--role", "Developer", "--scope", "threads:read", name="both")
+    both = _create(acme_cli, "--role", "Developer", "--scope", "threads:read", name="both")
     assert (both["role"], both["scopes"]) == ("Developer", ["threads:read"])
     # --define-role replaces every role
-    org = booted.json("orgs", "put", "acme", "--define-role", "Reader=*:read")
+    org = acme_cli.json("orgs", "put", "acme", "--define-role", "Reader=*:read")
     assert org["roles"] == {"Reader": ["*:read"]}
 
 
-def test_restricted(booted: Cli) -> None:
+def test_restricted(acme_cli: Cli) -> None:
     flags = ("tokens", "create", "--user", "alice", "--name", "r")
-    line = booted.fails(*flags, "--restrict", "threads=read")
+    line = acme_cli.fails(*flags, "--restrict", "threads=read")
     assert "defines no resources" in line
-    org = booted.json("orgs", "put", "acme", "--resource", "threads", "--resource", "files")
+    org = acme_cli.json("orgs", "put", "acme", "--resource", "threads", "--resource", "files")
     assert org["resources"] == ["threads", "files"]
-    created = _create(booted, "--restrict", "threads=read,list", "--restrict", "files=read")
+    created = _create(acme_cli, "--restrict", "threads=read,list", "--restrict", "files=read")
     assert sorted(created["scopes"]) == ["files:read", "threads:list", "threads:read"]
-    assert "not one of the organization's resources" in booted.fails(
+    assert "not one of the organization's resources" in acme_cli.fails(
         *flags, "--restrict", "orders=read"
     )
-    assert "is not one of" in booted.fails(*flags, "--restrict", "threads=admin")
-    assert "RESOURCE=op" in booted.fails(*flags, "--restrict", "threads")
+    assert "is not one of" in acme_cli.fails(*flags, "--restrict", "threads=admin")
+    assert "RESOURCE=op" in acme_cli.fails(*flags, "--restrict", "threads")
     # --restrict and --scope are exclusive (usage error)
     with pytest.raises(SystemExit) as usage:
-        booted.run(*flags, "--restrict", "threads=read", "--scope", "threads:read")
+        acme_cli.run(*flags, "--restrict", "threads=read", "--scope", "threads:read")
     assert usage.value.code == 2
     # grant-checked: members may not grant files:delete
-    assert "not grantable" in booted.fails(*flags, "--restrict", "files=delete")
+    assert "not grantable" in acme_cli.fails(*flags, "--restrict", "files=delete")
 
 
 @pytest.mark.parametrize(
@@ -133,26 +116,26 @@ def test_restricted(booted: Cli) -> None:
     ],
 )
 def test_bad_org_settings_are_one_line_and_change_nothing(
-    booted: Cli, argv: list[str], needle: str
+    acme_cli: Cli, argv: list[str], needle: str
 ) -> None:
-    booted.run("orgs", "put", "acme", "--define-role", "Keep=threads:read", "--resource", "keep")
-    before = booted.json("orgs", "show", "acme")
-    assert needle in booted.fails("orgs", "put", "acme", *argv)
-    assert booted.json("orgs", "show", "acme") == before
+    acme_cli.run("orgs", "put", "acme", "--define-role", "Keep=threads:read", "--resource", "keep")
+    before = acme_cli.json("orgs", "show", "acme")
+    assert needle in acme_cli.fails("orgs", "put", "acme", *argv)
+    assert acme_cli.json("orgs", "show", "acme") == before
 
 
-def test_permission_switch(booted: Cli) -> None:
-    org = booted.json("orgs", "put", "acme", "--no-default-can-manage-tokens")
+def test_permission_switch(acme_cli: Cli) -> None:
+    org = acme_cli.json("orgs", "put", "acme", "--no-default-can-manage-tokens")
     assert org["default_can_manage_tokens"] is False
-    user = booted.json("users", "put", "carol", "--org", "acme", "--email", "c@acme.io")
+    user = acme_cli.json("users", "put", "carol", "--org", "acme", "--email", "c@acme.io")
     assert user["can_manage_tokens"] is False
     flags = ("tokens", "create", "--user", "carol", "--name", "c")
-    assert "may not hold tokens" in booted.fails(*flags)
-    dan = booted.json(
+    assert "may not hold tokens" in acme_cli.fails(*flags)
+    dan = acme_cli.json(
         "users", "put", "dan", "--org", "acme", "--email", "d@acme.io", "--can-manage-tokens"
     )
     assert dan["can_manage_tokens"] is True
-    assert booted.json("users", "put", "carol", "--can-manage-tokens")["can_manage_tokens"]
-    assert booted.json(*flags, "--scope", "threads:read")["scopes"] == ["threads:read"]
-    org = booted.json("orgs", "put", "acme", "--default-can-manage-tokens")
+    assert acme_cli.json("users", "put", "carol", "--can-manage-tokens")["can_manage_tokens"]
+    assert acme_cli.json(*flags, "--scope", "threads:read")["scopes"] == ["threads:read"]
+    org = acme_cli.json("orgs", "put", "acme", "--default-can-manage-tokens")
     assert org["default_can_manage_tokens"] is True

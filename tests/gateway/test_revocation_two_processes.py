@@ -105,24 +105,30 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+def gateway_env(url: str, namespace: str, upstream_port: int, **extra: str) -> dict[str, str]:
+    """The environment of a ``patgate gateway`` process on ``url`` in front of the upstream."""
+    env = {
+        **os.environ,
+        "PATGATE_REDIS_URL": url,
+        "PATGATE_NAMESPACE": namespace,
+        "PATGATE_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+        "PATGATE_LASTUSED_INTERVAL": "60",
+        "PYTHONPATH": str(_ROOT),
+        **extra,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
 async def test_revoked_token_rejected_by_the_other_process_within_50ms(
     valkey_url: str, namespace: str, store: TokenStore
 ) -> None:
     fmt = TokenFormat()
     await add_user(store, "u1")
     async with serve(ok_upstream, lifespan="off") as upstream_port:
-        env = {
-            **os.environ,
-            "PATGATE_REDIS_URL": valkey_url,
-            "PATGATE_NAMESPACE": namespace,
-            "PATGATE_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-            "PATGATE_LASTUSED_INTERVAL": "60",
-            # Revoked tokens are presented from one address on purpose: no 429s for that
-            # (the failed-authentication limit has tests of its own).
-            "PATGATE_AUTH_FAILURE_LIMIT": "0",
-            "PYTHONPATH": str(_ROOT),
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        # Revoked tokens are presented from one address on purpose: no 429s for that
+        # (the failed-authentication limit has tests of its own).
+        env = gateway_env(valkey_url, namespace, upstream_port, PATGATE_AUTH_FAILURE_LIMIT="0")
         async with _gateway_process(env) as first, _gateway_process(env) as other:
             latencies: list[float] = []
             committed: list[float] = []

@@ -9,47 +9,28 @@ a secret does on the data plane is checked with a real Authenticator on the same
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from patgate.gateway.cli import main
-from patgate.gateway.settings import ENV_VARS, FILE_VARS, Settings
+from patgate.gateway.settings import Settings
 from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import ConfigError, InvalidToken
 from patgate.middleware.keys import Keyspace
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import UNPEPPERED, TokenFormat
+from tests.gateway.test_cli import Cli as BaseCli
+from tests.gateway.test_cli import clear_settings
 from tests.middleware._plane import data_plane, until
 
 HOUR = 3600.0
 
 
-class Cli:
-    def __init__(self, url: str, namespace: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.url, self.namespace = url, namespace
-        self.base = ["--redis-url", url, "--namespace", namespace]
-        self.capsys = capsys
-
-    def run(self, *argv: str, code: int = 0) -> tuple[str, str]:
-        self.capsys.readouterr()
-        got = main([*self.base, *argv])
-        out, err = self.capsys.readouterr()
-        assert got == code, (argv, out, err)
-        return out, err
-
-    def json(self, *argv: str) -> Any:
-        out, _ = self.run("--json", *argv)
-        return json.loads(out)
-
-    def fails(self, *argv: str, code: int = 1) -> str:
-        out, err = self.run(*argv, code=code)
-        assert out == ""
-        return err
+class Cli(BaseCli):
+    """tests/gateway/test_cli.py's CLI driver, plus what a secret does on the data plane."""
 
     def answer(self, secret: str, fmt: TokenFormat | None = None) -> str | None:
         """None if the data plane (format ``fmt``) accepts ``secret``, else why not;
@@ -73,16 +54,13 @@ class Cli:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in [*ENV_VARS, *FILE_VARS]:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PATGATE_DEFAULT_ORG", "acme")
-
-
-@pytest.fixture
 def cli(
-    valkey_url: str, namespace: str, capsys: pytest.CaptureFixture[str], clean_env: None
+    valkey_url: str,
+    namespace: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Cli:
+    clear_settings(monkeypatch)
     return Cli(valkey_url, namespace, capsys)
 
 

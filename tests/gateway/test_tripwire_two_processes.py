@@ -7,7 +7,6 @@ secret presented to both writes one ``token.reuse_after_revoke`` event — the s
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from patgate.gateway.lifecycle import EventQuery, query_events
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
-from tests.gateway.test_revocation_two_processes import _ROOT, _gateway_process
+from tests.gateway.test_revocation_two_processes import _gateway_process, gateway_env
 from tests.middleware._servers import ok_upstream, serve
 from tests.middleware._tokens import add_user, issue, revoke
 
@@ -43,15 +42,7 @@ async def test_one_reuse_event_across_two_gateway_processes(
     fmt = TokenFormat()
     await add_user(store, "u1")
     async with serve(ok_upstream, lifespan="off") as upstream_port:
-        env = {
-            **os.environ,
-            "PATGATE_REDIS_URL": valkey_url,
-            "PATGATE_NAMESPACE": namespace,
-            "PATGATE_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-            "PATGATE_LASTUSED_INTERVAL": "60",
-            "PYTHONPATH": str(_ROOT),
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = gateway_env(valkey_url, namespace, upstream_port)
         async with _gateway_process(env) as first, _gateway_process(env) as other:
             token = await revoke(store, await issue(store, fmt, scopes=("*",)))
             auth = {"Authorization": f"Bearer {token.secret}", "User-Agent": "reuser/1"}
