@@ -288,10 +288,7 @@ class Authenticator:
         try:
             if self._blocked:
                 # Only while some client is blocked does a request look up its own.
-                assert self.limiter is not None
-                wait = self.limiter.retry_after(self._client_ip(scope))
-                if wait is not None:
-                    raise TooManyFailures(wait)
+                self._refuse_blocked(self._client_ip(scope))
             match = self.route(method, raw_path)
             # A CORS preflight under ``preflight = "allow"`` is treated as public.
             if match.public or (
@@ -334,6 +331,13 @@ class Authenticator:
         finally:
             self._decisions[reason].inc()
             self._seconds.observe(self._monotonic() - started)
+
+    def _refuse_blocked(self, client: str | None) -> None:
+        """:class:`TooManyFailures` if ``client`` is blocked (the failure limit)."""
+        assert self.limiter is not None  # a block table only comes with a limiter
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            raise TooManyFailures(wait)
 
     def _failed(
         self,
@@ -423,11 +427,8 @@ class Authenticator:
         token's IP allowlist against ``client``. The management API's caller resolution
         (``fresh=True``), under the same failure limit and tripwire as the data plane."""
         raw = list(headers)
-        limiter = self.limiter
-        if limiter is not None and limiter.blocking:
-            wait = limiter.retry_after(client)
-            if wait is not None:
-                raise TooManyFailures(wait)
+        if self._blocked:
+            self._refuse_blocked(client)
         resolved: Resolved | None = None
         try:
             resolved = await self.resolve(bearer_token(raw), fresh=fresh)

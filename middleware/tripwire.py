@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from .errors import PatgateError
 from .keys import partition_of_org
 from .metrics import Metrics
 from .store import TokenStore
+from .store.plan import audit_event
 
 __all__ = ["REUSE_EVENTS", "Tripwire"]
 
@@ -97,8 +97,19 @@ class Tripwire:
         if len(self._tasks) >= _MAX_IN_FLIGHT:
             self._errors.inc()
             return
-        event = _event(REUSE_EVENTS[kind], now, token_id, org_id, user_id, method, path, ip,
-                       user_agent)  # fmt: skip
+        # The anonymous client that presented the secret is the actor (nobody is
+        # authenticated here).
+        event = audit_event(
+            REUSE_EVENTS[kind],
+            now,
+            org_id=org_id,
+            actor={"type": "client", "id": ip or "unknown", "token_id": None},
+            ip=ip,
+            user_agent=user_agent,
+            token_id=token_id,
+            user_id=user_id,
+            data={"method": method, "path": path},
+        )
         task = asyncio.create_task(self._write(org_id, token_id, event), name="patgate-reuse")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -119,33 +130,3 @@ class Tripwire:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_WAIT):
                     await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _event(
-    kind: str,
-    now: float,
-    token_id: str,
-    org_id: str,
-    user_id: str | None,
-    method: str,
-    path: str,
-    ip: str | None,
-    user_agent: str | None,
-) -> str:
-    # The audit event shape of gateway.lifecycle.audit.event_json; the actor is the
-    # anonymous client that presented the secret (nobody is authenticated here).
-    return json.dumps(
-        {
-            "type": kind,
-            "at": now,
-            "org_id": org_id,
-            "actor": {"type": "client", "id": ip or "unknown", "token_id": None},
-            "ip": ip,
-            "user_agent": user_agent,
-            "token_id": token_id,
-            "user_id": user_id,
-            "data": {"method": method, "path": path},
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    )

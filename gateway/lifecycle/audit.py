@@ -15,6 +15,7 @@ from typing import Any
 from patgate.middleware.errors import ValidationFailed
 from patgate.middleware.records import OwnerKind
 from patgate.middleware.store import TokenStore
+from patgate.middleware.store.plan import audit_event
 
 from .actor import Actor
 
@@ -73,20 +74,16 @@ def event_json(
     data: dict[str, Any] | None = None,
 ) -> str:
     assert kind in EVENT_TYPES, kind
-    return json.dumps(
-        {
-            "type": kind,
-            "at": now,
-            "org_id": org_id,
-            "actor": {"type": actor.kind, "id": actor.id, "token_id": actor.token_id},
-            "ip": actor.ip,
-            "user_agent": actor.user_agent,
-            "token_id": token_id,
-            "user_id": user_id,
-            "data": data or {},
-        },
-        separators=(",", ":"),
-        sort_keys=True,
+    return audit_event(
+        kind,
+        now,
+        org_id=org_id,
+        actor={"type": actor.kind, "id": actor.id, "token_id": actor.token_id},
+        ip=actor.ip,
+        user_agent=actor.user_agent,
+        token_id=token_id,
+        user_id=user_id,
+        data=data,
     )
 
 

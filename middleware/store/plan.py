@@ -25,6 +25,7 @@ process reads them with :func:`parse_message`, which also accepts an unstamped m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -39,6 +40,7 @@ __all__ = [
     "USER_PREFIX",
     "Invalidation",
     "Plan",
+    "audit_event",
     "org_message",
     "parse_message",
     "stamp",
@@ -125,6 +127,38 @@ def parse_message(data: bytes) -> Invalidation:
         return Invalidation("owner", b"", owner, position, committed_us)
     # When in doubt, forget everything (o <org>, *, or anything malformed).
     return Invalidation("flush", b"", "", position, committed_us)
+
+
+def audit_event(
+    kind: str,
+    now: float,
+    *,
+    org_id: str | None,
+    actor: dict[str, Any],
+    ip: str | None,
+    user_agent: str | None,
+    token_id: str | None = None,
+    user_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> str:
+    """One audit event as the stream holds it (compact JSON, sorted keys): the one writer
+    of the format, for the lifecycle (``gateway.lifecycle.audit.event_json``) and the
+    data plane's reuse tripwire alike. Never a secret or a digest."""
+    return json.dumps(
+        {
+            "type": kind,
+            "at": now,
+            "org_id": org_id,
+            "actor": actor,
+            "ip": ip,
+            "user_agent": user_agent,
+            "token_id": token_id,
+            "user_id": user_id,
+            "data": data or {},
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def _ms(t: float) -> int:
