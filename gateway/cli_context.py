@@ -133,6 +133,7 @@ class Context:
                 directory=Directory(
                     store,
                     default_token_limit=settings.default_token_limit,
+                    default_owner_token_limit=settings.default_owner_token_limit,
                     default_org=settings.default_org,
                 ),
                 actor=Actor.system(),

@@ -46,6 +46,7 @@ def _show(ctx: Context, token: Token) -> None:
             ["owner", f"{token.owner_kind}:{token.owner_id}"],
             ["org", token.org_id],
             ["type", token.type],
+            ["issuer", token.issuer or "patgate"],
             ["role", token.role or "-"],
             ["status", token.status(now)],
             ["scopes", " ".join(token.scopes)],
@@ -83,6 +84,16 @@ def _previous_rows(ctx: Context, token: Token, now: float) -> list[list[Any]]:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _limit_arg(value: str) -> int | str:
+    """A token limit (argparse type): a count, or ``off`` for none."""
+    text = value.strip().lower()
+    if text in ("off", "none", "0"):
+        return "off"
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 1 to 10000, or off")
+    return int(text)
 
 
 def _seconds(value: str) -> float:
@@ -169,23 +180,44 @@ async def _bootstrap(ctx: Context, a: argparse.Namespace) -> int:
     return 0
 
 
-async def _create(ctx: Context, a: argparse.Namespace) -> int:
-    token, secret = await ctx.tokens.create(
-        ctx.actor,
-        name=a.name,
-        description=a.description,
+def _new_token(ctx: Context, a: argparse.Namespace) -> dict[str, Any]:
+    """What ``tokens create`` and ``tokens register`` pass to the service."""
+    return {
+        "name": a.name,
+        "description": a.description,
         # No --scope: the org's default scopes, unless --role or --restrict says more.
-        scopes=a.scope,
-        workspaces=a.workspace or None,
-        expiration=a.expiration,
-        expires_at=a.expires_at,
-        owner=_owner(ctx, a),
-        type=a.type,
-        allowed_ips=a.allow_ip,
-        role=a.role,
-        restricted=_restricted(a.restrict),
-    )
+        "scopes": a.scope,
+        "workspaces": a.workspace or None,
+        "expiration": a.expiration,
+        "expires_at": a.expires_at,
+        "owner": _owner(ctx, a),
+        "type": a.type,
+        "allowed_ips": a.allow_ip,
+        "role": a.role,
+        "restricted": _restricted(a.restrict),
+    }
+
+
+async def _create(ctx: Context, a: argparse.Namespace) -> int:
+    token, secret = await ctx.tokens.create(ctx.actor, **_new_token(ctx, a))
     _reveal(ctx, token, secret)
+    return 0
+
+
+async def _register(ctx: Context, a: argparse.Namespace) -> int:
+    """A token issued elsewhere: its value from standard input (never the command
+    line, which other users can read in the process list), or --sha256."""
+    value = None
+    if a.sha256 is None:
+        if sys.stdin.isatty():
+            print("paste the token, then press Enter:", file=sys.stderr)
+        value = sys.stdin.readline().strip()
+        if not value:
+            raise ValidationFailed("value: expected the token on standard input (or --sha256)")
+    token = await ctx.tokens.register(
+        ctx.actor, value=value, sha256=a.sha256, issuer=a.issuer, **_new_token(ctx, a)
+    )
+    _show(ctx, token)
     return 0
 
 
@@ -390,6 +422,7 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
         for k, v in {
             "name": a.name,
             "token_limit": a.token_limit,
+            "owner_token_limit": a.owner_token_limit,
             "allow_never": a.allow_never,
             "member_scopes": a.member_scope,
             "admin_scopes": a.admin_scope,
@@ -401,6 +434,9 @@ async def _org_put(ctx: Context, a: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    for key in ("token_limit", "owner_token_limit"):
+        if body.get(key) == "off":
+            body[key] = None  # JSON null: no limit
     if a.max_lifetime is not None:
         body["max_lifetime"] = (
             None
@@ -459,6 +495,35 @@ def _expiry_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--expiration", help="1d 7d 30d 60d 90d 180d 1y never")
     g.add_argument("--expires-at", help="explicit ISO 8601 time, e.g. 2027-01-31T00:00:00Z")
+
+
+def _new_token_args(p: argparse.ArgumentParser, types: list[str]) -> None:
+    """What ``tokens create`` and ``tokens register`` share."""
+    _owner_args(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--description")
+    power = p.add_mutually_exclusive_group()
+    power.add_argument(
+        "--scope",
+        action="append",
+        help="repeatable, e.g. threads:read; none given: the org's default scopes",
+    )
+    power.add_argument(
+        "--restrict",
+        action="append",
+        metavar="RESOURCE=OPS",
+        help="repeatable, instead of --scope: per resource, e.g. threads=read,list",
+    )
+    p.add_argument("--role", help="one of the org's roles (its scopes count as the token's)")
+    p.add_argument("--workspace", action="append", help="repeatable; default every workspace")
+    p.add_argument("--type", choices=types)
+    p.add_argument(
+        "--allow-ip",
+        action="append",
+        metavar="IP_OR_CIDR",
+        help="repeatable: the token works only from these addresses (up to 32)",
+    )
+    _expiry_args(p)
 
 
 def _owner_args(p: argparse.ArgumentParser) -> None:
@@ -525,32 +590,18 @@ def register(sub: Any) -> None:
     tokens = sub.add_parser("tokens", help="create, list, show, edit, revoke, delete tokens")
     t = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
     p = t.add_parser("create", help="create a token and print its secret once")
-    _owner_args(p)
-    p.add_argument("--name", required=True)
-    p.add_argument("--description")
-    power = p.add_mutually_exclusive_group()
-    power.add_argument(
-        "--scope",
-        action="append",
-        help="repeatable, e.g. threads:read; none given: the org's default scopes",
-    )
-    power.add_argument(
-        "--restrict",
-        action="append",
-        metavar="RESOURCE=OPS",
-        help="repeatable, instead of --scope: per resource, e.g. threads=read,list",
-    )
-    p.add_argument("--role", help="one of the org's roles (its scopes count as the token's)")
-    p.add_argument("--workspace", action="append", help="repeatable; default every workspace")
-    p.add_argument("--type", choices=["personal", "service", "oauth"])
-    p.add_argument(
-        "--allow-ip",
-        action="append",
-        metavar="IP_OR_CIDR",
-        help="repeatable: the token works only from these addresses (up to 32)",
-    )
-    _expiry_args(p)
+    _new_token_args(p, ["personal", "service", "oauth"])
     p.set_defaults(action=_create)
+    p = t.add_parser(
+        "register",
+        help="register a token issued elsewhere (oauth, service): its value on stdin",
+    )
+    _new_token_args(p, ["oauth", "service"])
+    p.add_argument(
+        "--sha256", metavar="HEX", help="the value's SHA-256 instead of the value on stdin"
+    )
+    p.add_argument("--issuer", help="the system that issued it, e.g. github (default external)")
+    p.set_defaults(action=_register)
     p = t.add_parser("list", help="list tokens of a user, an org's own, or a whole org")
     _owner_args(p)
     p.add_argument("--all", action="store_true", help="with --org: every token in the org")
@@ -652,7 +703,18 @@ def register(sub: Any) -> None:
     p = o.add_parser("put", help="create or update an organization")
     p.add_argument("id")
     p.add_argument("--name")
-    p.add_argument("--token-limit", type=int)
+    p.add_argument(
+        "--token-limit",
+        type=_limit_arg,
+        metavar="N|off",
+        help="most active tokens in the organization (default 10)",
+    )
+    p.add_argument(
+        "--owner-token-limit",
+        type=_limit_arg,
+        metavar="N|off",
+        help="most active tokens per owner (default off)",
+    )
     p.add_argument("--max-lifetime", help="preset (90d), seconds, or 'none'")
     p.add_argument(
         "--max-grace",

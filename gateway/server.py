@@ -140,6 +140,7 @@ def build_listeners(
         runtime.token_format,
         realm=settings.realm,
         default_token_limit=settings.default_token_limit,
+        default_owner_token_limit=settings.default_owner_token_limit,
         client_ip=lambda request: runtime.trusted.client_ip(request.scope),
         verifier=make_verifier(runtime),
         # Callers are resolved by the data plane's lookup path (read fresh, uncached).

@@ -48,6 +48,16 @@ def _number(value: str, name: str, kind: type[int] | type[float], minimum: float
     return parsed
 
 
+def _token_limit(value: str, name: str) -> int | None:
+    """A count of active tokens from 1 to 10000, or ``0``/``off`` for no limit."""
+    if value.strip().lower() in ("0", "off", "none"):
+        return None
+    limit = _number(value, name, int, 1)
+    if limit > 10_000:
+        raise ConfigError(f"{name}: must be ≤ 10000 (or 0 for no limit), got {value!r}")
+    return int(limit)
+
+
 def _networks(value: str, name: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     for item in items:
@@ -76,7 +86,10 @@ class Settings(DataPlaneConfig):
     upstream_timeout: float = 30.0
     upstream_connect_timeout: float = 5.0
     upstream_pool_size: int = 256
-    default_token_limit: int = 10
+    #: active tokens per org, and per owner, for orgs created without naming them
+    #: (issue 13); None: no limit.
+    default_token_limit: int | None = 10
+    default_owner_token_limit: int | None = None
     #: leaked-credential reports (``POST /v1/credentials/revoke``) per client and window.
     credential_report_limit: int = 10
     credential_report_window: float = 60.0
@@ -183,6 +196,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_PEPPER": ("pepper", lambda v, n: v.encode()),
     "PATGATE_PEPPER_PREVIOUS": ("previous_pepper", lambda v, n: _pepper_value(v.encode(), n)),
     "PATGATE_DURABLE_WRITES": ("durable_writes", _bool),
+    "PATGATE_EXTERNAL_TOKENS": ("external_tokens", _bool),
     "PATGATE_DURABLE_REPLICAS": ("durable_replicas", lambda v, n: _replicas(v, n)),
     "PATGATE_REDIS_TIMEOUT": ("redis_timeout", lambda v, n: _number(v, n, float, 0.01)),
     "PATGATE_REDIS_CONNECT_TIMEOUT": (
@@ -233,7 +247,11 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
         "credential_report_window",
         lambda v, n: _number(v, n, float, 1),
     ),
-    "PATGATE_DEFAULT_TOKEN_LIMIT": ("default_token_limit", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_DEFAULT_TOKEN_LIMIT": ("default_token_limit", lambda v, n: _token_limit(v, n)),
+    "PATGATE_DEFAULT_OWNER_TOKEN_LIMIT": (
+        "default_owner_token_limit",
+        lambda v, n: _token_limit(v, n),
+    ),
     "PATGATE_DEFAULT_ORG": ("default_org", _str),
     "PATGATE_WORKERS": ("workers", lambda v, n: _number(v, n, int, 1)),
     "PATGATE_LOG_LEVEL": ("log_level", _str),

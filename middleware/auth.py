@@ -7,7 +7,9 @@
                 bad path → 400, TRACE/CONNECT no rule names → 405 (no lookup)
     credentials the one Bearer token (RFC 6750 §2.1)             → 401 bare / 400
     well_formed prefix, length, alphabet, CRC32: no Redis call    → 401 invalid_token
-    digest      SHA-256 / HMAC of the secret
+                (a credential of another shape: an external token's plausibility,
+                middleware.external; or 401 with external tokens off)
+    digest      SHA-256 / HMAC of the secret (of its SHA-256 for an external token)
     lookup      local cache → one EVALSHA on a miss (index, tombstone, previous
                 pepper: all in that one call)                    → 401 / 503
     decide      revoked, expired (every hit), owner enabled, a previous secret's grace
@@ -63,6 +65,7 @@ from .errors import (
     StoreUnavailable,
     TooManyFailures,
 )
+from .external import partition_of_sha256, plausible, sha256_of
 from .keys import PREVIOUS_SUFFIX, partition_of_org
 from .lastused import LastUsedRecorder
 from .limits import FailureLimiter
@@ -70,6 +73,7 @@ from .metrics import DECISION_REASONS, Metrics
 from .records import Identity, LastUsed, Org, Previous, Token, Tombstone, User
 from .responses import ErrorResponses
 from .store import Buried, StaleWrite, TokenStore
+from .store.plan import forward_value
 from .tokenformat import TokenFormat
 from .tripwire import REUSE_EVENTS, Tripwire
 from .user import PatgateCredentials, PatgateUser
@@ -222,10 +226,16 @@ class Authenticator:
         lookup_deadline: float | None = None,
         limiter: FailureLimiter | None = None,
         tripwire: Tripwire | None = None,
+        external_tokens: bool = True,
     ) -> None:
         self.store = store
         self.cache = cache
         self.token_format = token_format
+        #: whether credentials not shaped like patgate's are looked up (issue 13).
+        self.external_tokens = external_tokens
+        # The digest step, chosen once: with external tokens on it also hashes a value
+        # of any other shape (TokenFormat.any_digest), at the cost of one length check.
+        self._digest = token_format.any_digest if external_tokens else token_format.digest
         self.policies: PolicySource = _Fixed(policy) if isinstance(policy, Policy) else policy
         self.metrics = metrics
         self.recorder = recorder
@@ -298,7 +308,7 @@ class Authenticator:
                 return None
             secret = self.credentials(headers)
             # resolve(), with its cache probe inlined (a hit costs no extra coroutine).
-            digest = self.digest(secret)
+            digest = self._digest(secret)
             slot = self.cache.get(digest, started)
             if slot is not None and slot.value is not None:
                 self._hits.inc()
@@ -395,7 +405,7 @@ class Authenticator:
         return secret
 
     def digest(self, secret: str) -> bytes:
-        return self.token_format.digest(secret)
+        return self._digest(secret)
 
     async def resolve(self, secret: str, *, fresh: bool = False) -> Resolved:
         """The lookup step: the token ``secret`` names, or :class:`InvalidToken` (one
@@ -448,14 +458,23 @@ class Authenticator:
         if slot is not None:  # "no token has this digest", cached
             self._hits.inc()
             raise InvalidToken(_UNKNOWN)
-        self.well_formed(secret)
+        token_format = self.token_format
+        if not self.external_tokens or token_format.owns(secret):
+            self.well_formed(secret)
+            previous = token_format.previous_digest(secret)
+            partition = token_format.partition(secret)
+        elif plausible(secret):
+            # A token issued elsewhere: no checksum to test, and the partition its
+            # SHA-256 names forwards to its org's (middleware.external).
+            sha256 = sha256_of(secret)
+            previous = token_format.previous_external_digest(sha256)
+            partition = partition_of_sha256(sha256)
+        else:
+            raise InvalidToken(_UNKNOWN)
         cache = self.cache
         epoch = cache.epoch
         if not fresh:
             self._misses.inc()
-        token_format = self.token_format
-        previous = token_format.previous_digest(secret)
-        partition = token_format.partition(secret)
         try:
             if self._deadline is None:
                 found = await self.store.lookup(digest, partition, previous)
@@ -521,11 +540,28 @@ class Authenticator:
         plan.invalidate_token(old)
         plan.invalidate_token(new)
         try:
+            if token.forward_from is not None and token.digest == old:
+                await self._move_forward(token.forward_from, token.org_id, old, new)
             await self.store.commit(plan)
         except (StaleWrite, PatgateError, Exception):  # advisory: tried again next time
             self._lookup_errors.inc()
             return
         self._reindexed.inc()
+
+    async def _move_forward(self, at: int, org_id: str, old: bytes, new: bytes) -> None:
+        """An external token's forward follows its digest to the current pepper
+        (middleware.external). First, so a failure in between heals itself: the new
+        forward leads to the record still under the old digest, found as previous, and
+        the next presentation re-indexes it."""
+        home = partition_of_org(org_id)
+        wanted = forward_value(home).encode()
+        if await self.store.index_entry(at, new) == wanted:
+            return
+        plan = self.store.plan_partition(at)
+        if await self.store.index_entry(at, old) == wanted:
+            plan.unforward_digest(old, home)
+        plan.forward_digest(new, home, None)
+        await self.store.commit(plan)
 
     async def aclose(self) -> None:
         """Let re-index writes in flight finish (tasks of :meth:`_reindex`)."""

@@ -54,6 +54,9 @@ class DataPlaneConfig:
     auth_failure_window: float = 60.0
     #: seconds a deleted or rotated-out secret's digest is remembered (reuse tripwire).
     tombstone_ttl: float = 30 * 86_400.0
+    #: whether credentials of another shape are looked up as registered external tokens
+    #: (issue 13, middleware.external); off: only patgate secrets reach the store.
+    external_tokens: bool = True
 
     def evolve(self, **changes: Any) -> Self:
         return replace(self, **changes)

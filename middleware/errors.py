@@ -24,7 +24,7 @@
     │   ├── Conflict                   409 name_taken (or another conflict code)
     │   ├── PayloadTooLarge            413 too_large
     │   ├── Unprocessable              422 unprocessable
-    │   ├── LimitReached               429 limit_reached
+    │   ├── LimitReached               409 org_token_limit / owner_token_limit
     │   └── TooManyRequests            429 rate_limited, Retry-After (unauthenticated endpoints)
     └── ConfigError                    bad settings or policy file; the CLI exits 2
 
@@ -269,8 +269,16 @@ class Unprocessable(ServiceError):
 
 
 class LimitReached(ServiceError):
-    status_code = 429
-    code = "limit_reached"
+    """A token limit of the org is full: 409 with the code naming which limit, never 429,
+    which clients read as "retry later" (issue 13). Freed by revoking or deleting a
+    token, or by one expiring."""
+
+    status_code = 409
+    code = "org_token_limit"
+
+    def __init__(self, detail: str, *, code: str = "org_token_limit", limit: int) -> None:
+        super().__init__(detail, code=code)
+        self.limit = limit
 
 
 class TooManyRequests(ServiceError):

@@ -116,6 +116,14 @@ class Keys:
         return self.base + "orgs"
 
     @property
+    def active_versions(self) -> str:
+        """HASH org id → counter, bumped by every change that can add an *active* token
+        (a create, a regeneration of a revoked or expired one): the compare-and-set that
+        keeps an org's token limits exact under concurrent creates (issue 13). One field
+        per org, nothing per token."""
+        return self.base + "actv"
+
+    @property
     def events(self) -> str:
         """STREAM of the audit events of the partition's orgs."""
         return self.base + "events"

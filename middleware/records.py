@@ -77,7 +77,7 @@ _KIND_TYPE: tuple[tuple[OwnerKind, TokenType], ...] = tuple(
 )
 #: fields every token record carries; the rest are trimmed when they hold their default.
 _REQUIRED = 10
-_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("",) + (None,) * 9
+_TRAILING_DEFAULTS: tuple[Any, ...] = (None,) * _REQUIRED + ("",) + (None,) * 11
 
 
 def _ts(t: float) -> float:
@@ -192,6 +192,12 @@ class Token:
     #: one of the org's named roles (:attr:`Org.roles`): its scopes count as the
     #: token's own, as the org defines them *now* (issue 13). None: no role.
     role: str | None = None
+    #: for a token issued elsewhere (middleware.external): the system that issued it,
+    #: e.g. ``github``; its digest is :meth:`TokenFormat.external_digest`. None: patgate's.
+    issuer: str | None = None
+    #: an external token's forward: the partition its value's SHA-256 names, whose
+    #: index sends lookups on to the org's (middleware.external). None: patgate's own.
+    forward_from: int | None = None
     last_used: LastUsed | None = field(default=None, compare=False)
     #: the previous secret's own last use (while ``previous`` is set).
     previous_last_used: LastUsed | None = field(default=None, compare=False)
@@ -237,6 +243,8 @@ class Token:
             None if self.previous is None else self.previous.encode(),
             self.pepper_id,
             self.role,
+            self.issuer,
+            self.forward_from,
         ]
         while len(values) > _REQUIRED and values[-1] == _TRAILING_DEFAULTS[len(values) - 1]:
             values.pop()
@@ -277,6 +285,8 @@ class Token:
             previous=None if prev is None else Previous.decode(prev),
             pepper_id=v[18],
             role=v[19],
+            issuer=v[20],
+            forward_from=v[21],
             last_used=used,
             previous_last_used=(
                 LastUsed.decode(previous_used) if previous_used and prev is not None else None
@@ -334,6 +344,8 @@ class Token:
             "allowed_ips": None if self.allowed_ips is None else list(self.allowed_ips),
             "previous_secret": self._previous_json(now),
             "role": self.role,
+            "external": self.issuer is not None,
+            "issuer": self.issuer,
         }
 
     def _previous_json(self, now: float) -> dict[str, Any] | None:
@@ -437,8 +449,10 @@ class User:
 class Org:
     id: str
     name: str
-    #: the most tokens one owner (a user, or the org itself) may hold in this org.
-    token_limit: int = 10
+    #: the most *active* tokens the org may hold, all owners together; None: no limit
+    #: (issue 13: "Up to 10 API keys per organization"). Revoked and expired tokens
+    #: never count. Before issue 13 this was a per-owner limit of all tokens.
+    token_limit: int | None = 10
     #: longest allowed lifetime in seconds; ``None`` = no maximum.
     max_lifetime: float | None = None
     #: whether tokens that never expire may be created.
@@ -465,6 +479,8 @@ class Org:
     roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: the resources of the org's API, for restricted tokens (per-resource operations).
     resources: tuple[str, ...] = ()
+    #: the most active tokens one owner (a user, or the org itself) may hold; None: off.
+    owner_token_limit: int | None = None
 
     def encode(self) -> bytes:
         values: list[Any] = [
@@ -483,10 +499,11 @@ class Org:
             self.scopes_required,
             {name: list(scopes) for name, scopes in sorted(self.roles.items())},
             list(self.resources),
+            self.owner_token_limit,
         ]
         # Trailing defaults are dropped, so an org written before a field existed and one
         # that keeps its default encode alike (the store's compare-and-set compares bytes).
-        defaults: list[Any] = [[], ["*"], _ts(DEFAULT_MAX_GRACE), True, None, False, {}, []]
+        defaults: list[Any] = [[], ["*"], _ts(DEFAULT_MAX_GRACE), True, None, False, {}, [], None]
         while len(values) > 7 and values[-1] == defaults[len(values) - 8]:
             values.pop()
         return _pack(values)
@@ -495,7 +512,7 @@ class Org:
     def decode(cls, blob: bytes) -> Org:
         v = _unpack(blob)
         # Fields 7.. as encode() trims them: pad an older or trimmed record back.
-        v += [[], ["*"], DEFAULT_MAX_GRACE, True, None, False, {}, []][max(0, len(v) - 7) :]
+        v += [[], ["*"], DEFAULT_MAX_GRACE, True, None, False, {}, [], None][max(0, len(v) - 7) :]
         return replace(
             cls(*v[:7]),
             member_scopes=tuple(v[7]),
@@ -506,6 +523,7 @@ class Org:
             scopes_required=bool(v[12]),
             roles={str(k): tuple(s) for k, s in v[13].items()},
             resources=tuple(v[14]),
+            owner_token_limit=v[15],
         )
 
     def evolve(self, **changes: Any) -> Org:
@@ -516,6 +534,7 @@ class Org:
             "id": self.id,
             "name": self.name,
             "token_limit": self.token_limit,
+            "owner_token_limit": self.owner_token_limit,
             "max_lifetime": self.max_lifetime,
             "allow_never": self.allow_never,
             "member_scopes": list(self.member_scopes),

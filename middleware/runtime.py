@@ -235,6 +235,7 @@ class Runtime(Generic[C]):
             lookup_deadline=settings.redis_timeout,
             limiter=self.limiter if self.limiter.enabled else None,
             tripwire=self.tripwire,
+            external_tokens=settings.external_tokens,
         )
         self._watch: asyncio.Task[None] | None = None
         self._users = 0

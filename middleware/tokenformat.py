@@ -22,6 +22,12 @@ pepper at all). The lookup tries it only after the current digest found nothing,
 same script call, and the data plane then re-indexes the token under the current pepper.
 Each stored digest records which pepper made it (:attr:`TokenFormat.pepper_id`), so
 ``patgate pepper status`` can count the tokens still depending on the previous one.
+
+Tokens issued elsewhere (issue 13, :mod:`middleware.external`) are any other credential:
+their index key is :meth:`TokenFormat.external_digest` of the value's SHA-256 (so a host
+can register one by the SHA-256 it already keeps), peppered the same way.
+:meth:`TokenFormat.any_digest` picks the hashing by shape: a credential that starts with
+this format's ``<prefix>_`` is a patgate secret, anything else an external value.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import re
 import secrets
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .keys import PARTITIONS
@@ -120,6 +126,8 @@ class TokenFormat:
     #: the pepper before ``pepper`` during a rotation; None: no rotation, and
     #: :data:`UNPEPPERED`: the previous digests were plain SHA-256.
     previous_pepper: bytes | None = None
+    #: ``<prefix>_``, the start of every secret of this format (precomputed).
+    _head: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.prefix):
@@ -127,6 +135,7 @@ class TokenFormat:
                 f"token prefix {self.prefix!r} must be 2-16 lowercase letters/digits, "
                 "starting with a letter"
             )
+        object.__setattr__(self, "_head", self.prefix + "_")
         if self.pepper == b"":
             object.__setattr__(self, "pepper", None)
         if self.previous_pepper is not None:
@@ -193,6 +202,36 @@ class TokenFormat:
             return hmac.new(self.pepper, data, hashlib.sha256).digest()
         return _SHA256(data).digest()  # type: ignore[no-any-return]
 
+    def owns(self, secret: str) -> bool:
+        """Whether ``secret`` starts with this format's ``<prefix>_``, so it is checked
+        and hashed as a patgate secret (a truncated or mistyped one is refused by
+        :meth:`is_well_formed` without a Redis call); anything else can only be an
+        external token."""
+        return secret.startswith(self._head)
+
+    def any_digest(self, secret: str) -> bytes:
+        """:meth:`digest` for a credential of this format's shape, else
+        :meth:`external_digest` of its SHA-256: the index key either way (the data
+        plane's digest step when external tokens are on)."""
+        data = secret.encode("ascii", "surrogateescape")
+        if not secret.startswith(self._head):
+            data = _SHA256(data).digest()
+        if self.pepper is not None:
+            return hmac.new(self.pepper, data, hashlib.sha256).digest()
+        return _SHA256(data).digest()  # type: ignore[no-any-return]
+
+    def external_digest(self, sha256: bytes) -> bytes:
+        """The index key of an external token whose value has this SHA-256: the HMAC
+        of the SHA-256 under the pepper, or the SHA-256 of the SHA-256 without one —
+        never a value a registering host sent or could compute without the pepper."""
+        return _hash_bytes(self.pepper, sha256)
+
+    def previous_external_digest(self, sha256: bytes) -> bytes | None:
+        """:meth:`external_digest` under the previous pepper, during a rotation."""
+        if self.previous_pepper is None:
+            return None
+        return _hash_bytes(self.previous_pepper or None, sha256)
+
     def previous_digest(self, secret: str) -> bytes | None:
         """The digest under the previous pepper, during a rotation; else None."""
         if self.previous_pepper is None:
@@ -202,6 +241,12 @@ class TokenFormat:
     def display_prefix(self, secret: str) -> str:
         """What lists show to tell tokens apart, e.g. ``pat_3kF9``."""
         return secret[: len(self.prefix) + 1 + _DISPLAY_CHARS]
+
+
+def _hash_bytes(pepper: bytes | None, data: bytes) -> bytes:
+    if pepper is not None:
+        return hmac.new(pepper, data, hashlib.sha256).digest()
+    return _SHA256(data).digest()  # type: ignore[no-any-return]
 
 
 def _hash(pepper: bytes | None, secret: str) -> bytes:

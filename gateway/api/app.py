@@ -91,7 +91,8 @@ def create_api_app(
     token_format: TokenFormat,
     *,
     realm: str = "patgate",
-    default_token_limit: int = 10,
+    default_token_limit: int | None = 10,
+    default_owner_token_limit: int | None = None,
     client_ip: Callable[[Request], str | None] = _peer_ip,
     verifier: Verifier | None = None,
     clock: Callable[[], float] = time.time,
@@ -104,7 +105,12 @@ def create_api_app(
     ``patgate serve``) resolves callers through the data plane's lookup path, read fresh;
     by default an uncached one over ``store`` and ``token_format``."""
     tokens = TokenService(store, token_format, clock=clock, tombstone_ttl=tombstone_ttl)
-    directory = Directory(store, clock=clock, default_token_limit=default_token_limit)
+    directory = Directory(
+        store,
+        clock=clock,
+        default_token_limit=default_token_limit,
+        default_owner_token_limit=default_owner_token_limit,
+    )
     if authenticator is None:
         authenticator = Authenticator.uncached(store, token_format, realm=realm, clock=clock)
     resolver = ActorResolver(authenticator, client_ip=client_ip, clock=clock)

@@ -13,6 +13,9 @@ from patgate.gateway.lifecycle.expiry import MAX_LIFETIME, PRESETS
 from patgate.gateway.lifecycle.shaping import RESTRICTED_OPERATIONS
 from patgate.gateway.lifecycle.tokens import MAX_REPORTED
 from patgate.middleware.allowlist import MAX_ENTRIES
+from patgate.middleware.external import ISSUER_PATTERN
+from patgate.middleware.external import MAX_LENGTH as EXTERNAL_MAX
+from patgate.middleware.external import MIN_LENGTH as EXTERNAL_MIN
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.policies.scopes import ACTIONS, MAX_SCOPE_LENGTH, MAX_SCOPES
 from patgate.policies.scopes import PRESETS as SCOPE_PRESETS
@@ -38,13 +41,25 @@ _ERR = {
         "(ip_not_allowed)",
         "404": "No such resource (or not visible to this token)",
         "405": "Method not allowed on this path (see Allow)",
-        "409": "Name already taken for this owner, or a concurrent change",
+        "409": "Name already taken for this owner (name_taken), a concurrent change "
+        "(conflict), or a token limit of the organization is full: its active tokens "
+        "(org_token_limit) or one owner's (owner_token_limit); revoke or delete a token "
+        "first",
         "413": "Request body larger than 64 KiB; nothing read beyond it",
         "422": "Valid input the organization's policy does not allow",
-        "429": "Token limit reached for this owner (limit_reached), or too many failed "
-        "authentications or reports from this address (rate_limited, with Retry-After)",
+        "429": "Too many failed authentications or reports from this address "
+        "(rate_limited, with Retry-After)",
         "503": "Token store unavailable",
     }.items()
+}
+
+
+#: a token limit (gateway.lifecycle.limits): active tokens, or null for none.
+_TOKEN_LIMIT = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "maximum": 10000,
+    "description": "the most active tokens (revoked and expired ones never count); null: no limit",
 }
 
 
@@ -230,6 +245,14 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
             "type": ["string", "null"],
             "description": "one of the org's roles: its scopes count as the token's own",
         },
+        "external": {
+            "type": "boolean",
+            "description": "issued by another system and registered here",
+        },
+        "issuer": {
+            "type": ["string", "null"],
+            "description": "the system that issued an external token; null: patgate",
+        },
         "previous_secret": {
             "description": "the secret before the last regeneration, while it is kept: it "
             "works until valid_until (status active), then is refused as rotated",
@@ -284,7 +307,8 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
     org_out = {
         "id": {"type": "string", "minLength": 1},
         "name": {"type": "string"},
-        "token_limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "token_limit": _TOKEN_LIMIT,
+        "owner_token_limit": _TOKEN_LIMIT,
         "max_lifetime": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_LIFETIME},
         "allow_never": {"type": "boolean"},
         "member_scopes": {"type": "array", "items": {"type": "string", "minLength": 1}},
@@ -332,7 +356,7 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
             ["items", "next_cursor"],
         ),
         "TokenCreate": _object(
-            {
+            token_create := {
                 "name": _NAME,
                 "description": {"type": ["string", "null"], "maxLength": 1000},
                 "workspaces": {"oneOf": [*_WORKSPACES["oneOf"], {"type": "null"}]},
@@ -376,6 +400,34 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
             },
             ["name"],
         ),
+        "TokenRegister": {
+            **_object(
+                {
+                    **{k: v for k, v in token_create.items() if k not in ("type",)},
+                    "type": {"enum": ["service", "oauth", None]},
+                    "value": {
+                        "type": "string",
+                        "minLength": EXTERNAL_MIN,
+                        "maxLength": EXTERNAL_MAX,
+                        "pattern": "^[A-Za-z0-9._~+/-]+=*$",
+                        "description": "the token as its issuer gave it; hashed on "
+                        "arrival, never stored",
+                    },
+                    "sha256": {
+                        "type": "string",
+                        "pattern": "^[0-9A-Fa-f]{64}$",
+                        "description": "instead of value: the hex SHA-256 of the value",
+                    },
+                    "issuer": {
+                        "type": "string",
+                        "pattern": ISSUER_PATTERN,
+                        "description": "the issuing system, e.g. github (default external)",
+                    },
+                },
+                ["name"],
+            ),
+            "oneOf": [{"required": ["value"]}, {"required": ["sha256"]}],
+        },
         "TokenPatch": {
             **_object(
                 {
@@ -448,7 +500,8 @@ def _schemas(fmt: TokenFormat) -> dict[str, Any]:
         "OrgPut": _object(
             {
                 "name": {**_TEXT, "minLength": 1, "pattern": "\\S"},
-                "token_limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "token_limit": _TOKEN_LIMIT,
+                "owner_token_limit": _TOKEN_LIMIT,
                 "max_lifetime": {
                     "description": "preset (e.g. 90d) or seconds (at most 100 years); "
                     "null or never = no maximum",
@@ -671,6 +724,13 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
             )
         },
         "/v1/admin/tokens": {
+            "post": _op(
+                "Register a token issued elsewhere (oauth or service), by its value or "
+                "its SHA-256; it then validates on the data plane like patgate's own",
+                ("201", token),
+                "400 401 403 404 409 422 429 503",
+                body=_ref("TokenRegister"),
+            ),
             "get": _op(
                 "Every token in the organization (tokens:admin); active ones unless "
                 "?status= says otherwise",
@@ -689,7 +749,7 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
                         "organization (default: the caller's)",
                     ),
                 ],
-            )
+            ),
         },
         "/v1/admin/tokens/{id}/revoke": {
             "post": _op("Revoke any token in the organization", ("200", token), edit, params=[_ID])

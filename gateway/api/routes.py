@@ -20,7 +20,7 @@ from patgate.gateway.lifecycle import (
     query_events,
 )
 from patgate.gateway.lifecycle.listing import Page
-from patgate.gateway.lifecycle.tokens import MAX_REPORTED
+from patgate.gateway.lifecycle.tokens import CREATE_FIELDS, MAX_REPORTED
 from patgate.middleware.errors import PayloadTooLarge, ValidationFailed
 from patgate.middleware.records import Token, TokenStatus, User
 
@@ -98,6 +98,43 @@ def _str_or_none(body: dict[str, Any], key: str) -> Any:
     return value
 
 
+_NEW_TOKEN_FIELDS = {"name", *CREATE_FIELDS}
+
+
+def _new_token(body: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    """The keyword arguments of a create or a registration, from its JSON body."""
+    if "name" not in body:
+        raise ValidationFailed("name: required")
+    owner = None
+    if body.get("owner") is not None:
+        o = body["owner"]
+        if (
+            not isinstance(o, dict)
+            or o.get("type") not in ("user", "org")
+            or not set(o) <= {"type", "id"}
+        ):
+            raise ValidationFailed('owner: expected {"type": "user"|"org", "id": ...}')
+        owner_id = o.get("id", actor.org_id if o["type"] == "org" else actor.id)
+        if not isinstance(owner_id, str):
+            raise ValidationFailed("owner.id: expected a string")
+        owner = Owner(o["type"], owner_id)
+    return {
+        "name": body["name"],
+        "description": body.get("description"),
+        # Omitted (or null): the org's default scopes (issue 13), unless a role or
+        # restricted says what the token may do.
+        "scopes": body.get("scopes"),
+        "workspaces": body.get("workspaces"),
+        "expiration": _str_or_none(body, "expiration"),
+        "expires_at": body.get("expires_at"),
+        "owner": owner,
+        "type": body.get("type"),
+        "allowed_ips": body.get("allowed_ips"),
+        "role": body.get("role"),
+        "restricted": body.get("restricted"),
+    }
+
+
 class ManagementApi:
     def __init__(
         self,
@@ -150,56 +187,26 @@ class ManagementApi:
     async def create_token(self, request: Request) -> Response:
         actor = await self.resolve(request)
         body = await _body(request)
-        _only(
-            body,
-            {
-                "name",
-                "description",
-                "scopes",
-                "workspaces",
-                "expiration",
-                "expires_at",
-                "owner",
-                "type",
-                "allowed_ips",
-                "role",
-                "restricted",
-            },
-        )
-        if "name" not in body:
-            raise ValidationFailed("name: required")
-        owner = None
-        if body.get("owner") is not None:
-            o = body["owner"]
-            if (
-                not isinstance(o, dict)
-                or o.get("type") not in ("user", "org")
-                or not set(o) <= {"type", "id"}
-            ):
-                raise ValidationFailed('owner: expected {"type": "user"|"org", "id": ...}')
-            owner_id = o.get("id", actor.org_id if o["type"] == "org" else actor.id)
-            if not isinstance(owner_id, str):
-                raise ValidationFailed("owner.id: expected a string")
-            owner = Owner(o["type"], owner_id)
-        token, secret = await self.tokens.create(
-            actor,
-            name=body["name"],
-            description=body.get("description"),
-            # Omitted (or null): the org's default scopes (issue 13), unless a role or
-            # restricted says what the token may do.
-            scopes=body.get("scopes"),
-            workspaces=body.get("workspaces"),
-            expiration=_str_or_none(body, "expiration"),
-            expires_at=body.get("expires_at"),
-            owner=owner,
-            type=body.get("type"),
-            allowed_ips=body.get("allowed_ips"),
-            role=body.get("role"),
-            restricted=body.get("restricted"),
-        )
+        _only(body, _NEW_TOKEN_FIELDS)
+        token, secret = await self.tokens.create(actor, **_new_token(body, actor))
         return JSONResponse(
             {"token": secret, **self._token(token)}, status_code=201, headers=_NO_STORE
         )
+
+    async def register_token(self, request: Request) -> Response:
+        """A token issued elsewhere (issue 13): by its value, hashed on arrival, or by
+        its SHA-256; no secret in the answer, which has none to give."""
+        actor = await self.resolve(request)
+        body = await _body(request)
+        _only(body, _NEW_TOKEN_FIELDS | {"value", "sha256", "issuer"})
+        token = await self.tokens.register(
+            actor,
+            value=body.get("value"),
+            sha256=body.get("sha256"),
+            issuer=body.get("issuer"),
+            **_new_token(body, actor),
+        )
+        return JSONResponse(self._token(token), status_code=201, headers=_NO_STORE)
 
     async def list_tokens(self, request: Request) -> Response:
         actor = await self.resolve(request)
@@ -437,6 +444,7 @@ class ManagementApi:
             ("/v1/tokens/{id}/end-grace", "POST", self.end_grace),
             ("/v1/credentials/revoke", "POST", self.report_credentials),
             ("/v1/admin/tokens", "GET", self.admin_list),
+            ("/v1/admin/tokens", "POST", self.register_token),
             ("/v1/admin/tokens/{id}/revoke", "POST", self.admin_revoke),
             ("/v1/users", "GET", self.list_users),
             ("/v1/users/{id}", "GET", self.get_user),

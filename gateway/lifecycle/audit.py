@@ -24,6 +24,7 @@ __all__ = ["EVENT_TYPES", "EventQuery", "event_json", "query_events"]
 EVENT_TYPES = frozenset(
     {
         "token.created",
+        "token.registered",
         "token.updated",
         "token.scopes_changed",
         "token.revoked",

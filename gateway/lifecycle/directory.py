@@ -22,6 +22,7 @@ from .actor import Actor
 from .audit import event_json
 from .expiry import parse_duration
 from .inputs import check_id, check_scopes, check_workspaces
+from .limits import MAX_TOKEN_LIMIT
 
 __all__ = ["Directory"]
 
@@ -39,6 +40,7 @@ _USER_FIELDS = {
 _ORG_FIELDS = {
     "name",
     "token_limit",
+    "owner_token_limit",
     "max_lifetime",
     "allow_never",
     "member_scopes",
@@ -125,6 +127,18 @@ def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def _limit(body: dict[str, Any], key: str, default: int | None) -> int | None:
+    """A token limit: a count of active tokens, or null for none (issue 13)."""
+    value = body.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKEN_LIMIT:
+        raise ValidationFailed(
+            f"{key}: expected an integer from 1 to {MAX_TOKEN_LIMIT}, or null for no limit"
+        )
+    return value
+
+
 def _text(body: dict[str, Any], key: str, default: str, limit: int = 200) -> str:
     value = body.get(key, default)
     if not isinstance(value, str) or len(value) > limit or not value.isprintable():
@@ -144,12 +158,15 @@ class Directory:
         store: TokenStore,
         *,
         clock: Callable[[], float] = time.time,
-        default_token_limit: int = 10,
+        default_token_limit: int | None = 10,
+        default_owner_token_limit: int | None = None,
         default_org: str = "default",
     ) -> None:
         self.store = store
         self.clock = clock
+        #: the limits of an org created without naming them (None: off).
         self.default_token_limit = default_token_limit
+        self.default_owner_token_limit = default_owner_token_limit
         #: the org the local operator means when it names no org.
         self.default_org = default_org
 
@@ -177,11 +194,14 @@ class Directory:
             old = await self.store.get_org(org_id)
             now = self.clock()
             base = old or Org(
-                id=org_id, name=org_id, token_limit=self.default_token_limit, created_at=now
+                id=org_id,
+                name=org_id,
+                token_limit=self.default_token_limit,
+                owner_token_limit=self.default_owner_token_limit,
+                created_at=now,
             )
-            limit = body.get("token_limit", base.token_limit)
-            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-                raise ValidationFailed("token_limit: expected an integer from 1 to 10000")
+            limit = _limit(body, "token_limit", base.token_limit)
+            owner_limit = _limit(body, "owner_token_limit", base.owner_token_limit)
             lifetime = (
                 parse_duration(body["max_lifetime"], "max_lifetime")
                 if "max_lifetime" in body
@@ -223,6 +243,7 @@ class Directory:
             new = base.evolve(
                 name=org_name,
                 token_limit=limit,
+                owner_token_limit=owner_limit,
                 max_lifetime=lifetime,
                 allow_never=_bool(body, "allow_never", base.allow_never),
                 member_scopes=member_scopes,

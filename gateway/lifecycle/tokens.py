@@ -10,13 +10,22 @@ second value returned by :meth:`TokenService.create` and :meth:`TokenService.reg
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from patgate.middleware.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from patgate.middleware.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PatgateError,
+    ServiceError,
+    Unprocessable,
+    ValidationFailed,
+)
 from patgate.middleware.grants import role_scopes
 from patgate.middleware.records import (
     Org,
@@ -28,13 +37,14 @@ from patgate.middleware.records import (
     TombstoneReason,
     User,
 )
-from patgate.middleware.store import Found, Plan, TokenStore, retry_stale
+from patgate.middleware.store import Found, Plan, StaleWrite, TokenStore, retry_stale
 from patgate.middleware.store.retry import DEFAULT_ATTEMPTS
 from patgate.middleware.tokenformat import TokenFormat
 
 from .actor import Actor
 from .audit import event_json
 from .expiry import resolve_expiry
+from .external import ExternalSecret, check_external
 from .granting import Bounds, actor_bounds, check_scopes, check_workspaces, owner_bounds
 from .inputs import (
     check_allowed_ips,
@@ -46,10 +56,18 @@ from .inputs import (
 )
 from .inputs import check_scopes as parse_scopes
 from .inputs import check_workspaces as _check_workspaces
+from .limits import LIMIT_ATTEMPTS, hold_limits, limits_apply
 from .listing import Filters, Page, scan, scan_org
 from .shaping import default_scopes, resolve_role, restricted_scopes
 
-__all__ = ["DEFAULT_LIFETIME", "DEFAULT_TOMBSTONE_TTL", "MAX_REPORTED", "Owner", "TokenService"]
+__all__ = [
+    "CREATE_FIELDS",
+    "DEFAULT_LIFETIME",
+    "DEFAULT_TOMBSTONE_TTL",
+    "MAX_REPORTED",
+    "Owner",
+    "TokenService",
+]
 
 #: lifetime when a create names no expiry (GitHub's default for fine-grained PATs).
 DEFAULT_LIFETIME = 30 * 86_400.0
@@ -60,6 +78,23 @@ MAX_REPORTED = 1000
 _DELETE_BATCH = 10_000
 _TOKEN_RACE = "the token changed concurrently too often; try again"
 _TOKENS_RACE = "tokens changed concurrently too often; try again"
+_LIMIT_RACE = "too many tokens were created in the organization at once; try again"
+_REGISTERED = "this token is already registered"
+#: what a create (and a registration) may name besides the token's name.
+CREATE_FIELDS = frozenset(
+    {
+        "description",
+        "scopes",
+        "workspaces",
+        "expiration",
+        "expires_at",
+        "owner",
+        "type",
+        "allowed_ips",
+        "role",
+        "restricted",
+    }
+)
 
 Access = Literal["read", "write", "revoke"]
 
@@ -139,6 +174,11 @@ class TokenService:
             new, kind, data = result
             plan = self.store.plan(new.org_id)
             plan.put_token(old, new)
+            if old.status(now) != "active" and new.status(now) == "active":
+                # A regenerated revoked or expired token counts again (issue 13).
+                org = await self.store.get_org(new.org_id)
+                if org is not None:
+                    await hold_limits(self.store, plan, org, new, now)
             self._bury_dropped(plan, old, new, now)
             regenerated_with_grace = new.previous is not None and new.previous is not old.previous
             if regenerated_with_grace:
@@ -217,6 +257,66 @@ class TokenService:
 
         Its scopes: ``scopes`` as listed, or ``restricted`` per resource, or, with
         neither, the org's default (:mod:`.shaping`); a ``role`` adds the role's."""
+        token, secret = await self._create(
+            actor,
+            None,
+            name=name,
+            description=description,
+            scopes=scopes,
+            workspaces=workspaces,
+            expiration=expiration,
+            expires_at=expires_at,
+            owner=owner,
+            type=type,
+            allowed_ips=allowed_ips,
+            role=role,
+            restricted=restricted,
+        )
+        assert secret is not None
+        return token, secret
+
+    async def register(
+        self,
+        actor: Actor,
+        *,
+        name: Any,
+        value: Any = None,
+        sha256: Any = None,
+        issuer: Any = None,
+        **fields: Any,
+    ) -> Token:
+        """Register a token issued elsewhere (issue 13, :mod:`patgate.middleware.external`):
+        by its raw ``value`` — hashed here, never stored — or by the hex ``sha256`` of
+        its value. ``fields`` are :meth:`create`'s (description, scopes, workspaces,
+        expiration, expires_at, owner, type, allowed_ips, role, restricted), checked
+        exactly as there — grants, owner, expiry, limits. Admins only (``tokens:admin``),
+        or the local operator."""
+        actor.require_admin("tokens:admin")
+        unknown = set(fields) - CREATE_FIELDS
+        if unknown:
+            raise TypeError(f"register() got unexpected keyword(s) {sorted(unknown)}")
+        external = check_external(self.format, value, sha256, issuer)
+        new = {k: fields.get(k) for k in CREATE_FIELDS}
+        token, _ = await self._create(actor, external, name=name, **new)
+        return token
+
+    async def _create(
+        self,
+        actor: Actor,
+        external: ExternalSecret | None,
+        *,
+        name: Any,
+        description: Any,
+        scopes: Iterable[str] | None,
+        workspaces: Any,
+        expiration: str | None,
+        expires_at: Any,
+        owner: Owner | None,
+        type: Any,
+        allowed_ips: Any,
+        role: Any,
+        restricted: Any,
+    ) -> tuple[Token, str | None]:
         name = check_name(name)
         allowed = check_allowed_ips(allowed_ips)
         description = check_description(description)
@@ -225,9 +325,12 @@ class TokenService:
         listed = None if scopes is None else parse_scopes(scopes)
         ws = _check_workspaces(workspaces)
         owner = await self._resolve_owner(actor, owner)
-        token_type: TokenType = check_token_type(
-            type, "personal" if owner.kind == "user" else "service"
-        )
+        default_type: TokenType = "personal" if owner.kind == "user" else "service"
+        if external is not None and owner.kind == "user":
+            default_type = "oauth"  # issued elsewhere on a user's behalf
+        token_type = check_token_type(type, default_type)
+        if external is not None and token_type == "personal":
+            raise ValidationFailed("type: a token issued elsewhere is oauth or service")
         if token_type == "oauth" and not actor.is_admin("tokens:admin"):
             raise Forbidden("only admins may create oauth tokens")
         org_id, user = await self._owner_org(actor, owner)
@@ -270,7 +373,7 @@ class TokenService:
         if not org_user_ok:
             raise Forbidden(f"user {owner.id} may not hold tokens (disabled or no permission)")
         partition = self.store.keys_for(org_id).partition
-        secret = self.format.generate(partition)
+        secret = None if external is not None else self.format.generate(partition)
         token = Token(
             id=_new_id(partition),
             name=name,
@@ -285,32 +388,107 @@ class TokenService:
             created_at=now,
             created_by=actor.id,
             revoked_at=None,
-            prefix=self.format.display_prefix(secret),
-            digest=self.format.digest(secret),
+            prefix=external.prefix if external else self.format.display_prefix(secret or ""),
+            digest=external.digest if external else self.format.digest(secret or ""),
             updated_at=now,
             issued_at=now,
             allowed_ips=allowed,
             pepper_id=self.format.pepper_id,
             role=role_name,
+            issuer=None if external is None else external.issuer,
+            forward_from=None if external is None else external.forward_from(partition),
         )
-        plan = self.store.plan(org_id)
-        plan.put_token(None, token, limit=org.token_limit)
-        self._finish(
-            plan,
-            actor,
-            token,
-            "token.created",
-            now,
-            {
-                "name": name,
-                "scopes": list(scope_tuple),
-                "expires_at": expiry,
-                "allowed_ips": None if allowed is None else list(allowed),
-                "role": role_name,
-            },
-        )
-        await self.store.commit(plan, durable=True)
-        return token, secret
+        data: dict[str, Any] = {
+            "name": name,
+            "scopes": list(scope_tuple),
+            "expires_at": expiry,
+            "allowed_ips": None if allowed is None else list(allowed),
+            "role": role_name,
+        }
+        if external is None:
+            await self._commit_new(org, token, "token.created", actor, now, data)
+            return token, secret
+        data |= {"type": token_type, "issuer": external.issuer}
+        await self._register(org, token, actor, now, data)
+        return token, None
+
+    async def _commit_new(
+        self, org: Org, token: Token, kind: str, actor: Actor, now: float, data: dict[str, Any]
+    ) -> None:
+        """Write a new token, within the org's token limits (:mod:`.limits`): nothing
+        was written when a commit is stale, so the same record is tried again against
+        the new count."""
+
+        async def attempt() -> None:
+            plan = self.store.plan(token.org_id)
+            plan.put_token(None, token)
+            await hold_limits(self.store, plan, org, token, self.clock())
+            self._finish(plan, actor, token, kind, now, data)
+            await self.store.commit(plan, durable=True)
+
+        if not limits_apply(org):
+            return await attempt()  # a stale create is impossible: nothing is read
+        await retry_stale(attempt, attempts=LIMIT_ATTEMPTS, message=_LIMIT_RACE)
+
+    async def _register(
+        self, org: Org, token: Token, actor: Actor, now: float, data: dict[str, Any]
+    ) -> None:
+        """Write a registered external token: first its forward, in the partition its
+        value's SHA-256 names (harmless alone: it leads to a digest the org does not
+        index yet), then the token itself, within the org's limits. A refused or
+        failed token write takes the forward back."""
+        home = self.store.keys_for(token.org_id).partition
+        at = token.forward_from
+
+        async def attempt() -> None:
+            if await self.store.index_entry(home, token.digest) is not None:
+                raise Conflict(_REGISTERED, code="already_registered")
+            forwarded = False
+            if at is not None:
+                current = await self.store.index_entry(at, token.digest)
+                if current is not None and not await self._stale_forward(current, token.digest):
+                    raise Conflict(_REGISTERED, code="already_registered")
+                plan = self.store.plan_partition(at)
+                plan.forward_digest(token.digest, home, current)
+                await self.store.commit(plan)
+                forwarded = True
+            try:
+                plan = self.store.plan(token.org_id)
+                plan.put_token(None, token)
+                plan.expect(plan.keys.index, token.digest, None)
+                await hold_limits(self.store, plan, org, token, self.clock())
+                self._finish(plan, actor, token, "token.registered", now, data)
+                await self.store.commit(plan, durable=True)
+            except (StaleWrite, ServiceError):
+                # Refused, so nothing was written: the forward goes too. Not after a
+                # store error, which may come after the write (an unconfirmed WAIT):
+                # a forward left to a digest nobody indexes resolves to nothing.
+                if forwarded:
+                    await self._unforward(token)
+                raise
+
+        await retry_stale(attempt, attempts=LIMIT_ATTEMPTS, message=_LIMIT_RACE)
+
+    async def _stale_forward(self, entry: bytes, digest: bytes) -> bool:
+        """Whether a forward found where a registration wants to write its own leads
+        nowhere any more (a deleted registration whose clean-up did not finish)."""
+        text = entry.decode("ascii", "replace")
+        if not text.startswith("> ") or not text[2:].isdigit():
+            return False  # a token of this partition's own org has the digest
+        return await self.store.index_entry(int(text[2:]), digest) is None
+
+    async def _unforward(self, token: Token, stone: Tombstone | None = None) -> None:
+        """Drop an external token's forward (best effort: one left behind leads to a
+        digest no longer indexed, which resolves to nothing, and is reused), leaving
+        the deleted token's tombstone where its lookups start."""
+        if token.forward_from is None:
+            return
+        plan = self.store.plan_partition(token.forward_from)
+        plan.unforward_digest(token.digest, self.store.keys_for(token.org_id).partition)
+        if stone is not None:
+            plan.tombstone(token.digest, stone, self.tombstone_ttl, forwarded=True)
+        with contextlib.suppress(PatgateError):
+            await self.store.commit(plan)
 
     async def _resolve_owner(self, actor: Actor, owner: Owner | None) -> Owner:
         if owner is None:
@@ -494,6 +672,12 @@ class TokenService:
         secrets_made: list[str] = []
 
         async def mutate(old: Token, now: float) -> tuple[Token, str, dict[str, Any]]:
+            if old.issuer is not None:
+                raise Unprocessable(
+                    f"this token was issued by {old.issuer}: patgate cannot issue a new "
+                    "secret for it; register the new one, then delete this one",
+                    code="external_token",
+                )
             # The new secret's hint names the token's partition (its org's): a token
             # moved by ``patgate migrate`` leaves its forward behind here.
             secret = self.format.generate(self.store.keys_for(old.org_id).partition)
@@ -671,3 +855,6 @@ class TokenService:
                 token.secret_digests(),
             )
         await self.store.commit(plan)
+        for token in tokens:
+            if token.forward_from is not None:
+                await self._unforward(token, Tombstone.of(token, "deleted", now))

@@ -29,7 +29,7 @@ import redis.exceptions as redis_errors
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
 
 from patgate.middleware.connect import StoreClient
-from patgate.middleware.errors import Conflict, LimitReached, PatgateError, StoreUnavailable
+from patgate.middleware.errors import Conflict, PatgateError, StoreUnavailable
 from patgate.middleware.keys import (
     PARTITIONS,
     PREVIOUS_SUFFIX,
@@ -168,6 +168,7 @@ class TokenStore:
         self._pages = client.register_script(scripts.PAGES)
         self._count = client.register_script(scripts.COUNT)
         self._reuse = client.register_script(scripts.REUSE)
+        self._roster = client.register_script(scripts.ROSTER)
         parts = keyspace.partitions
         #: the LOOKUP script's keys per partition, built once (the cache-miss path).
         self._lookup_keys = [[k.index, k.tokens, k.users, k.orgs] for k in parts]
@@ -179,6 +180,17 @@ class TokenStore:
     def plan(self, org_id: str) -> Plan:
         """A plan for one atomic change to ``org_id``'s partition."""
         return Plan(self.keyspace.for_org(org_id))
+
+    def plan_partition(self, partition: int) -> Plan:
+        """A plan for partition ``partition`` itself (an external token's forward)."""
+        return Plan(self.keyspace.partition(partition))
+
+    async def index_entry(self, partition: int, digest: bytes) -> bytes | None:
+        """What partition ``partition``'s index holds for ``digest``: a token id, a
+        forward (``> <p>``), or None."""
+        with redis_errors_wrapped():
+            value = await self._r.hget(self.keyspace.partition(partition).index, digest)
+        return None if value is None else bytes(value)
 
     def batch(self) -> PlanBatch:
         """Plans for writes across many orgs, one per partition touched (bulk loads)."""
@@ -223,8 +235,6 @@ class TokenStore:
             raise StaleWrite("record changed concurrently")
         if status == "exists":
             raise Conflict("a token with this name already exists for this owner")
-        if status == "limit":
-            raise LimitReached("token limit reached for this owner; delete a token first")
         raise PatgateError(f"unexpected commit result {status!r} {detail!r}")
 
     def _wait_commands(self, durable: bool, replicas: int) -> list[tuple[Any, ...]]:
@@ -558,6 +568,20 @@ class TokenStore:
                 pages.append(rows[:count])
         return pages
 
+    async def roster(self, org_id: str) -> tuple[bytes | None, list[Token]]:
+        """Every token of ``org_id`` (without last use) and the org's active-token
+        version, read together in one script call: what its limits are checked against
+        (:meth:`Plan.hold_active_count`)."""
+        k = self.keys_for(org_id)
+        with redis_errors_wrapped():
+            reply = await self._roster(
+                keys=[k.active_versions, k.org_owners(org_id), k.tokens],
+                args=[org_id, k.owner_tokens("")],
+            )
+        version, *records = reply
+        tokens = [Token.decode(r) for r in records]
+        return version or None, [t for t in tokens if t.org_id == org_id]
+
     async def org_owner_keys(self, org_id: str) -> list[str]:
         """Owner keys (``u:<id>``, ``o:<id>``) that hold tokens of ``org_id``, sorted."""
         with redis_errors_wrapped():
@@ -613,6 +637,8 @@ class TokenStore:
         moved: remove the forwards its old secret's hint and its id left in other
         partitions. Best effort and harmless to skip: a forward to a token that is gone,
         or to a digest no longer indexed, resolves to nothing."""
+        if token.issuer is not None:
+            return  # an external token's forward is its own (gateway.lifecycle.tokens)
         home = partition_of_org(token.org_id)
         parts = self.keyspace.partitions
         hint = token.prefix.partition("_")[2][:2]

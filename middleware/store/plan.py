@@ -41,6 +41,7 @@ __all__ = [
     "Invalidation",
     "Plan",
     "audit_event",
+    "forward_value",
     "org_message",
     "parse_message",
     "stamp",
@@ -165,6 +166,12 @@ def _ms(t: float) -> int:
     return int(t * 1000)
 
 
+def forward_value(partition: int) -> str:
+    """An index entry that sends the lookup on to ``partition`` (the LOOKUP script's
+    ``{'>', partition}``; ``patgate migrate`` writes the same)."""
+    return f"> {partition}"
+
+
 def _index_value(token: Token) -> str:
     # Only the id: LOOKUP reads the owner and the org from the record (scripts.py).
     return token.id
@@ -181,7 +188,6 @@ class Plan:
     keys: Keys
     checks: list[list[Any]] = field(default_factory=list)
     unique: list[list[Any]] = field(default_factory=list)
-    limits: list[list[Any]] = field(default_factory=list)
     hset: list[list[Any]] = field(default_factory=list)
     hdel: list[list[Any]] = field(default_factory=list)
     zadd: list[list[Any]] = field(default_factory=list)
@@ -216,7 +222,7 @@ class Plan:
         stream, in order, in the same atomic commit as the change it records."""
         self.events.append(event)
 
-    def expect(self, key: str, fld: str, value: bytes | None) -> None:
+    def expect(self, key: str, fld: str | bytes, value: bytes | None) -> None:
         """Abort with :class:`StaleWrite` unless ``key[fld]`` is still ``value`` (None: absent)."""
         self.checks.append([key, fld, b"" if value is None else value])
 
@@ -227,7 +233,7 @@ class Plan:
 
     # -- tokens --------------------------------------------------------------------------
 
-    def put_token(self, old: Token | None, new: Token, *, limit: int | None = None) -> None:
+    def put_token(self, old: Token | None, new: Token) -> None:
         k = self._here(new.org_id)
         self.expect(k.tokens, new.id, None if old is None else old.encode())
         new_name = [k.owner_names(new.owner_key), k.name_member(new.name)]
@@ -251,10 +257,7 @@ class Plan:
         if old is not None and old.previous is not None and new.previous is None:
             self.hdel.append([k.last_used, old.id + PREVIOUS_SUFFIX])
         if old is None:
-            own = k.owner_tokens(new.owner_key)
-            if limit is not None:
-                self.limits.append([own, limit])
-            self.zadd.append([own, _ms(new.created_at), new.id])
+            self.zadd.append([k.owner_tokens(new.owner_key), _ms(new.created_at), new.id])
             self.sadd.append([k.org_owners(new.org_id), new.owner_key])
         self.hset.append([k.tokens, new.id, new.encode()])
 
@@ -273,11 +276,37 @@ class Plan:
         # The owner stays listed in the org's admin view while it holds any token.
         self.prune.append([k.org_owners(old.org_id), old.owner_key, own])
 
-    def tombstone(self, digest: bytes, stone: Tombstone, ttl: float) -> None:
+    def forward_digest(self, digest: bytes, home: int, current: bytes | None) -> None:
+        """In this plan's partition: point ``digest`` at partition ``home`` (an external
+        token's forward, middleware.external), unless its entry is no longer ``current``."""
+        k = self.keys
+        self.expect(k.index, digest, current)
+        self.hset.append([k.index, digest, forward_value(home)])
+
+    def unforward_digest(self, digest: bytes, home: int) -> None:
+        """Drop the forward :meth:`forward_digest` wrote, if it still names ``home``."""
+        k = self.keys
+        self.expect(k.index, digest, forward_value(home).encode())
+        self.hdel.append([k.index, digest])
+
+    def hold_active_count(self, org_id: str, version: bytes | None) -> None:
+        """The org's token limits were checked against its tokens as of ``version``
+        (:meth:`TokenStore.roster`): abort with :class:`StaleWrite` if another active
+        token appeared since, and bump the version for the next writer (issue 13)."""
+        k = self._here(org_id)
+        self.expect(k.active_versions, org_id, version)
+        self.hset.append([k.active_versions, org_id, b"%d" % (int(version or 0) + 1)])
+
+    def tombstone(
+        self, digest: bytes, stone: Tombstone, ttl: float, *, forwarded: bool = False
+    ) -> None:
         """Remember for ``ttl`` seconds what the secret with ``digest`` was, once the
-        index no longer holds it (a delete, a rotation out): the reuse tripwire."""
+        index no longer holds it (a delete, a rotation out): the reuse tripwire.
+        ``forwarded``: in the partition of a deleted external token's forward, where
+        the data plane's lookup of its value starts (middleware.external)."""
         if ttl > 0:
-            self._here(stone.org_id)
+            if not forwarded:
+                self._here(stone.org_id)
             self.setex.append([self.keys.tombstone(digest), stone.encode(), int(ttl * 1000)])
 
     def move_last_used(self, token_id: str, used: bytes | None) -> None:
@@ -315,7 +344,6 @@ class Plan:
             for name, value in (
                 ("c", self.checks),
                 ("u", self.unique),
-                ("l", self.limits),
                 ("hs", self.hset),
                 ("hd", self.hdel),
                 ("za", self.zadd),

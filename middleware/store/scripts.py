@@ -4,7 +4,7 @@
 script    does
 ========  ==============================================================================
 COMMIT    applies a :class:`~patgate.middleware.store.plan.Plan`: compare-and-set checks,
-          uniqueness and limits, the writes, SPUBLISH (or PUBLISH) of invalidations
+          uniqueness, the writes, SPUBLISH (or PUBLISH) of invalidations
           (stamped with their position and commit time), XADD of events
 LOOKUP    digest → token record, owner's user record, org record (the cache-miss path),
           or the partition a forward names, or a tombstone; then the same for the
@@ -12,6 +12,7 @@ LOOKUP    digest → token record, owner's user record, org record (the cache-mi
 FORWARD   token id → record and last-used, or the partition a forward names
 PAGES     newest-first rows of many zsets after their cursors (the org admin listing)
 TOUCH     last-used entries, only for tokens that still exist
+ROSTER    every token record of an org with the org's active-token version (its limits)
 COUNT     windowed counters (failed authentications, credential reports); a counter that
           reaches its limit publishes a block to every process
 REUSE     one audit event per token and minute for a dead secret presented again
@@ -20,7 +21,17 @@ REUSE     one audit event per token and minute for a dead secret presented again
 
 from __future__ import annotations
 
-__all__ = ["COMMIT", "COUNT", "FORWARD", "LOOKUP", "PAGES", "PAGES_BATCH", "REUSE", "TOUCH"]
+__all__ = [
+    "COMMIT",
+    "COUNT",
+    "FORWARD",
+    "LOOKUP",
+    "PAGES",
+    "PAGES_BATCH",
+    "REUSE",
+    "ROSTER",
+    "TOUCH",
+]
 
 COMMIT = """
 local plan = cmsgpack.unpack(ARGV[1])
@@ -34,9 +45,6 @@ for i, c in ipairs(plan.c or {}) do
 end
 for _, u in ipairs(plan.u or {}) do
   if redis.call('SISMEMBER', u[1], u[2]) == 1 then return {'exists', u[2]} end
-end
-for _, l in ipairs(plan.l or {}) do
-  if redis.call('ZCARD', l[1]) >= tonumber(l[2]) then return {'limit', l[1]} end
 end
 for _, w in ipairs(plan.hd or {}) do redis.call('HDEL', w[1], w[2]) end
 for _, w in ipairs(plan.zr or {}) do redis.call('ZREM', w[1], w[2]) end
@@ -229,4 +237,25 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
   return 1
 end
 return 0
+"""
+
+# Read-only, for the token limits (gateway.lifecycle.limits): KEYS = the partition's
+# active-version hash, the org's owners set, the tokens hash; ARGV = org id, the owner
+# zsets' key prefix (keys.Keys.owner_tokens). Returns {version or '', record...}: one
+# consistent snapshot in one round trip, however many owners the org has. Whether each
+# token is active is decided in Python (records.Token.status: revoked, or expired by the
+# clock), since expiry is never stored as a state.
+ROSTER = """
+local out = {redis.call('HGET', KEYS[1], ARGV[1]) or ''}
+for _, owner in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local ids = redis.call('ZRANGE', ARGV[2] .. owner, 0, -1)
+  -- HMGET in chunks: unpack() of more than a few thousand values overflows Lua's stack.
+  for from = 1, #ids, 1000 do
+    local recs = redis.call('HMGET', KEYS[3], unpack(ids, from, math.min(from + 999, #ids)))
+    for _, rec in ipairs(recs) do
+      if rec then out[#out + 1] = rec end
+    end
+  end
+end
+return out
 """

@@ -752,15 +752,15 @@ CASES: list[tuple[str, str | None, str, str, dict[str, Any], int, str]] = [
         422,
         "lifetime",
     ),
-    # 429 -- sam's org allows one token per owner and sam has it
+    # 409 -- sam's org allows one active token and sam has it (issue 13: not 429)
     (
         "limit",
         "sam",
         "POST",
         "/v1/tokens",
         {"json": {"name": "n", "expiration": "1d"}},
-        429,
-        "limit_reached",
+        409,
+        "org_token_limit",
     ),
 ]
 

@@ -341,8 +341,12 @@ async def test_a_scripted_session_matches_the_document(store: TokenStore) -> Non
         await call(
             "POST", "/v1/tokens", "bob", expect=422, json={"name": "n", "expiration": "never"}
         )
+        external = {"name": "ext", "value": "gho_" + "x" * 36, "scopes": ["tokens:read:own"]}
+        await call("POST", "/v1/admin/tokens", expect=201, json=external)
+        await call("POST", "/v1/admin/tokens", expect=409, json=external)
+        await call("POST", "/v1/admin/tokens", "alice", expect=403, json=external)
         await call("PUT", "/v1/orgs/acme", json={"token_limit": 1, "max_lifetime": None})
-        await call("POST", "/v1/tokens", "bob", expect=429, json={"name": "n"})
+        await call("POST", "/v1/tokens", "bob", expect=409, json={"name": "n"})
         await call("GET", "/v1/events", params={"token_id": tid})
         await call("GET", "/v1/events", expect=400, params={"cursor": "x"})
         api.clock.now += 2 * DAY

@@ -19,6 +19,7 @@ scopes and regenerate. After every write that succeeds:
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,10 @@ CREATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("restricted billing", {"restricted": {"billing": ["read", "update"]}}),
     ("restricted tokens", {"restricted": {"tokens": ["read", "update", "delete"]}}),
     ("restricted users+role", {"restricted": {"users": ["update"]}, "role": "Developer"}),
+)
+#: what a registration of a token issued elsewhere may name (POST /v1/admin/tokens)
+REGISTERS = tuple(
+    c for c in CREATES if c[0].split()[-1] in ("*", "tokens:admin", "default", "Admin", "tokens")
 )
 OWNERS: tuple[tuple[str, dict[str, Any] | None], ...] = (
     ("own", None),
@@ -169,6 +174,12 @@ class Sweep:
             if owner is not None:
                 body["owner"] = owner
             await record(f"create {owner_label} {label}", "POST", "/v1/tokens", body)
+        # tokens issued elsewhere, registered: the same grant rules (issue 13)
+        for (owner_label, owner), (label, extra) in itertools.product(OWNERS, REGISTERS):
+            body = {"name": f"n{next(self.names)}", "value": secrets.token_urlsafe(24), **extra}
+            if owner is not None:
+                body["owner"] = owner
+            await record(f"register {owner_label} {label}", "POST", "/v1/admin/tokens", body)
 
         # targets the caller may manage: its owner's, and (for admins) an org-owned one
         targets = [("own", await self.mint(caller.owner, []))]
@@ -215,7 +226,8 @@ async def test_no_caller_mints_beyond_its_grant(api: Api) -> None:
     outcomes = sweep.outcomes
     total = len(outcomes)
     ok = sum(1 for s in outcomes.values() if s in OK)
-    assert total == len(CALLERS) * (len(OWNERS) * len(CREATES) + 1) + sum(
+    assert len(REGISTERS) == 5
+    assert total == len(CALLERS) * (len(OWNERS) * (len(CREATES) + len(REGISTERS)) + 1) + sum(
         len(EDITS) * (1 if c.kind == "org" else 2) for c in CALLERS
     )
     assert sweep.checked == ok
@@ -238,6 +250,16 @@ async def test_no_caller_mints_beyond_its_grant(api: Api) -> None:
     assert status("admin", ("tokens:write:own", "tokens:admin"), "create org scopes *") == 201
     assert status("admin", ("tokens:write:own", "tokens:admin"), "patch role Admin on org") == 200
     assert status("org", write, "create own scopes billing:read", EXTRAS[1]) == 201
+    admin_mgmt = ("tokens:write:own", "tokens:admin")
+    assert status("admin", admin_mgmt, "register own scopes tokens:admin") == 201
+    assert status("admin", admin_mgmt, "register org scopes *") == 201
+    assert status("admin", admin_mgmt, "register member default") == 201
+    # a member may register nothing, whatever its token holds; an admin nothing beyond
+    # what it may grant, nor admin scopes for a member
+    for op in ("register own default", "register own scopes *", "register org default"):
+        assert status("member", (*MGMT,), op, EXTRAS[1]) == 403, op
+    assert status("admin", (*MGMT,), "register member scopes tokens:admin") == 403
+    assert status("admin", (*MGMT,), "register member role Admin") == 403
     # ... and what it may not is refused
     for op in (
         "create own scopes tokens:admin",

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patgate.middleware.embedded import EmbeddedValkey
-from patgate.middleware.errors import Conflict, LimitReached, StoreUnavailable
+from patgate.middleware.errors import Conflict, StoreUnavailable
 from patgate.middleware.keys import Keyspace, partition_of_org
 from patgate.middleware.records import LastUsed, Token, User
 from patgate.middleware.store import StaleWrite, TokenStore
@@ -60,9 +60,9 @@ def _token(n: int = 1, *, owner: str = "alice", kind: str = "user", name: str = 
     )
 
 
-async def _put(store: TokenStore, token: Token, *, limit: int | None = None) -> None:
+async def _put(store: TokenStore, token: Token) -> None:
     plan = store.plan("acme")
-    plan.put_token(None, token, limit=limit)
+    plan.put_token(None, token)
     await store.commit(plan)
 
 
@@ -163,13 +163,33 @@ async def test_name_uniqueness_is_case_insensitive_per_owner(store: TokenStore) 
 
 
 @pytest.mark.anyio
-async def test_limit_is_checked_in_the_script(store: TokenStore) -> None:
-    for n in range(3):
-        await _put(store, _token(n), limit=3)
-    with pytest.raises(LimitReached):
-        await _put(store, _token(9), limit=3)
-    assert await store.count(store.keys_for("acme").owner_tokens("u:acme/alice")) == 3
-    assert await store.get_token(_id(9)) is None
+async def test_roster_reads_every_owners_tokens_with_the_version(store: TokenStore) -> None:
+    await _put(store, _token(1))
+    await _put(store, _token(2, owner="bob"))
+    version, tokens = await store.roster("acme")
+    assert version is None
+    assert sorted(t.id for t in tokens) == [_id(1), _id(2)]
+    assert await store.roster("other") == (None, [])
+
+
+@pytest.mark.anyio
+async def test_the_active_version_makes_the_second_of_two_counted_writes_stale(
+    store: TokenStore,
+) -> None:
+    """Two writers that counted the same tokens: the first commits and bumps the
+    version, the second is stale and writes nothing (gateway.lifecycle.limits)."""
+    version, _ = await store.roster("acme")
+    first, second = store.plan("acme"), store.plan("acme")
+    for plan, n in ((first, 1), (second, 2)):
+        plan.put_token(None, _token(n))
+        plan.hold_active_count("acme", version)
+    await store.commit(first)
+    with pytest.raises(StaleWrite):
+        await store.commit(second)
+    assert await store.get_token(_id(2)) is None
+    version, tokens = await store.roster("acme")
+    assert version == b"1"
+    assert [t.id for t in tokens] == [_id(1)]
 
 
 @pytest.mark.anyio
