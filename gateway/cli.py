@@ -25,7 +25,7 @@ from patgate.middleware.errors import ConfigError, PatgateError, ServiceError, S
 from patgate.middleware.responses import error_body
 from patgate.policies import cli as policy_cli
 
-from . import cli_tokens
+from . import cli_notify, cli_tokens
 from .cli_context import Context
 from .settings import FORWARD_AUTH_SOURCES, Settings, parse_hostport
 
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_server_commands(sub)
     cli_tokens.register(sub)
+    cli_notify.register(sub)
     policy_cli.register(sub)
     return parser
 

@@ -52,6 +52,7 @@ from patgate.policies.reload import PolicyHolder
 from .api import create_api_app
 from .api.verify import make_verifier
 from .app import create_admin_app, create_authz_app, create_gateway_app
+from .notify.setup import Notifications, running
 from .protocol import limited_protocol
 from .sample import sample_upstream
 from .settings import Settings
@@ -132,7 +133,10 @@ def _config(
 
 
 def build_listeners(
-    settings: Settings, role: str, runtime: Runtime[Settings]
+    settings: Settings,
+    role: str,
+    runtime: Runtime[Settings],
+    notifications: Notifications | None = None,
 ) -> list[tuple[ASGIApp, tuple[str, int]]]:
     """The (app, address) pairs a role serves; the runtime is shared by all of them."""
     api = create_api_app(
@@ -148,6 +152,7 @@ def build_listeners(
         tombstone_ttl=settings.tombstone_ttl,
         credential_report_limit=settings.credential_report_limit,
         credential_report_window=settings.credential_report_window,
+        notifications=notifications,
     )
     admin = (create_admin_app(runtime, api), settings.admin_listen)
     if role in ("serve", "gateway"):
@@ -225,7 +230,12 @@ async def _serve(
         if sample:
             sockets.append((_Server(_config(sample_upstream, settings)), listening[0]))
         runtime = Runtime(settings, store_process=store_process)
-        listeners = zip(build_listeners(settings, role, runtime), listening[sample:], strict=True)
+        notifications = Notifications.build(settings, runtime.store, runtime.metrics.registry)
+        listeners = zip(
+            build_listeners(settings, role, runtime, notifications),
+            listening[sample:],
+            strict=True,
+        )
         for n, ((app, _), sock) in enumerate(listeners):
             proxied = n == 0 and role in ("serve", "gateway")
             sockets.append((_Server(_config(app, settings, proxied=proxied)), sock))
@@ -245,7 +255,16 @@ async def _serve(
         for _, sock in sockets:
             host, port = sock.getsockname()[:2]
             _log.info("listening on %s:%d", host, port)
-        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in sockets))
+        async with contextlib.AsyncExitStack() as stack:
+            if role == "serve" and settings.notify:
+                # The notification worker (issue 14), one replica per process: the
+                # consumer group and the outbox's leases make any number safe. Its group
+                # exists before the first request when the store is up (else the worker
+                # creates it once the store answers).
+                with contextlib.suppress(PatgateError):
+                    await notifications.notifier.ensure_groups()
+                await stack.enter_async_context(running(notifications))
+            await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in sockets))
     finally:
         for sock in listening:
             sock.close()

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,25 @@ class Settings(DataPlaneConfig):
     credential_report_limit: int = 10
     credential_report_window: float = 60.0
     default_org: str = "default"
+    #: notifications (issue 14): the worker inside ``patgate serve``, mail and webhooks.
+    notify: bool = True
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "patgate@localhost"
+    smtp_timeout: float = 10.0
+    smtp_ca_file: Path | None = None
+    mail_templates: Path | None = None
+    notify_max_attempts: int = 8
+    notify_backoff: float = 5.0
+    notify_lease: float = 60.0
+    notify_claim_idle: float = 30.0
+    #: seconds before expiry that reminders go out (the expiry mail itself always does).
+    reminder_leads: tuple[float, ...] = (7 * 86_400.0, 86_400.0)
+    webhook_timeout: float = 5.0
+    webhook_allow_private: bool = False
     workers: int = 1
     log_level: str = "info"
 
@@ -113,9 +132,12 @@ class Settings(DataPlaneConfig):
                     secret = Path(path).read_bytes().strip()
                 except OSError as exc:
                     raise ConfigError(f"{var}: cannot read {path}: {exc}") from exc
-                values[attr] = (
-                    _pepper_value(secret, var) if attr == "previous_pepper" else secret or None
-                )
+                if attr == "previous_pepper":
+                    values[attr] = _pepper_value(secret, var)
+                elif attr == "smtp_password":
+                    values[attr] = secret.decode() or None
+                else:
+                    values[attr] = secret or None
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
@@ -187,6 +209,35 @@ def _source(value: str, name: str) -> str:
     return v
 
 
+_SECURITY = ("starttls", "tls", "none")
+_LEAD_UNITS = {"d": 86_400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def _leads(value: str, name: str) -> tuple[float, ...]:
+    """``7d,1d`` (units d, h, m, s; bare numbers are seconds), or ``none``."""
+    if value.strip().lower() == "none":
+        return ()
+    out = []
+    for item in (v.strip().lower() for v in value.split(",") if v.strip()):
+        unit = _LEAD_UNITS.get(item[-1:])
+        number = item[:-1] if unit else item
+        try:
+            seconds = float(number) * (unit or 1.0)
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not a duration such as 7d or 12h") from None
+        if not 0 < seconds <= 366 * 86_400:
+            raise ConfigError(f"{name}: {item!r} must be more than 0 and at most a year")
+        out.append(seconds)
+    return tuple(sorted(set(out), reverse=True))
+
+
+def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    v = value.strip().lower()
+    if v not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return v
+
+
 #: environment variable → (Settings attribute, parser); documented in the README table.
 ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_REDIS_URL": ("redis_url", _url),
@@ -253,6 +304,23 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
         lambda v, n: _token_limit(v, n),
     ),
     "PATGATE_DEFAULT_ORG": ("default_org", _str),
+    "PATGATE_NOTIFY": ("notify", _bool),
+    "PATGATE_SMTP_HOST": ("smtp_host", _str),
+    "PATGATE_SMTP_PORT": ("smtp_port", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_SMTP_SECURITY": ("smtp_security", lambda v, n: _choice(v, n, _SECURITY)),
+    "PATGATE_SMTP_USERNAME": ("smtp_username", _str),
+    "PATGATE_SMTP_PASSWORD": ("smtp_password", _str),
+    "PATGATE_SMTP_FROM": ("smtp_from", _str),
+    "PATGATE_SMTP_TIMEOUT": ("smtp_timeout", lambda v, n: _number(v, n, float, 0.1)),
+    "PATGATE_SMTP_CA_FILE": ("smtp_ca_file", _path),
+    "PATGATE_MAIL_TEMPLATES": ("mail_templates", _path),
+    "PATGATE_NOTIFY_MAX_ATTEMPTS": ("notify_max_attempts", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_NOTIFY_BACKOFF": ("notify_backoff", lambda v, n: _number(v, n, float, 0.01)),
+    "PATGATE_NOTIFY_LEASE": ("notify_lease", lambda v, n: _number(v, n, float, 1)),
+    "PATGATE_NOTIFY_CLAIM_IDLE": ("notify_claim_idle", lambda v, n: _number(v, n, float, 0.1)),
+    "PATGATE_REMINDER_LEADS": ("reminder_leads", lambda v, n: _leads(v, n)),
+    "PATGATE_WEBHOOK_TIMEOUT": ("webhook_timeout", lambda v, n: _number(v, n, float, 0.1)),
+    "PATGATE_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _bool),
     "PATGATE_WORKERS": ("workers", lambda v, n: _number(v, n, int, 1)),
     "PATGATE_LOG_LEVEL": ("log_level", _str),
 }
@@ -262,4 +330,5 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 FILE_VARS: dict[str, str] = {
     "PATGATE_PEPPER_FILE": "pepper",
     "PATGATE_PEPPER_PREVIOUS_FILE": "previous_pepper",
+    "PATGATE_SMTP_PASSWORD_FILE": "smtp_password",
 }

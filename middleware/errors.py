@@ -26,6 +26,7 @@
     │   ├── Unprocessable              422 unprocessable
     │   ├── LimitReached               409 org_token_limit / owner_token_limit
     │   └── TooManyRequests            429 rate_limited, Retry-After (unauthenticated endpoints)
+    ├── DeliveryFailed                 a notification's mail or webhook was not delivered
     └── ConfigError                    bad settings or policy file; the CLI exits 2
 
 Redis and HTTP client exceptions are wrapped at the boundary with ``raise ... from exc``
@@ -42,6 +43,7 @@ __all__ = [
     "ClientNotAllowed",
     "ConfigError",
     "Conflict",
+    "DeliveryFailed",
     "Forbidden",
     "InsufficientScope",
     "InvalidRequest",
@@ -294,6 +296,18 @@ class TooManyRequests(ServiceError):
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", b"%d" % self.retry_after)]
+
+
+class DeliveryFailed(PatgateError):
+    """A notification's mail or webhook did not get through (issue 14). ``retryable``:
+    worth another attempt later (a connection refused, a timeout, a 5xx, a 4xx SMTP
+    reply); otherwise it goes to the dead letters at once (a refused recipient, a
+    malformed message). ``detail`` is one line, safe to store and show: never a secret."""
+
+    def __init__(self, detail: str, *, retryable: bool = True) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
 
 
 class ConfigError(PatgateError):

@@ -29,9 +29,11 @@ __all__ = [
     "PREVIOUS_SUFFIX",
     "Keys",
     "Keyspace",
+    "expiry_entry",
     "partition_of",
     "partition_of_id",
     "partition_of_org",
+    "token_ids_of",
 ]
 
 #: the last-used field of a token's previous secret: ``<token id>~p`` (issue 12).
@@ -53,6 +55,23 @@ def partition_of(text: str) -> int:
     """The partition of any other per-thing key (a client's failure counter): the same
     hash as :func:`partition_of_org`, so such keys spread over every primary too."""
     return partition_of_org(text)
+
+
+_TOKEN_ID = re.compile(r"tok_([0-9a-f]{16})")
+
+
+def expiry_entry(token_id: str) -> bytes | None:
+    """A token id as the expiry index keeps it: the 8 bytes of its ``tok_<16 hex>``
+    (every id patgate mints); None for an id of any other shape (not indexed)."""
+    m = _TOKEN_ID.fullmatch(token_id)
+    return bytes.fromhex(m.group(1)) if m else None
+
+
+def token_ids_of(entries: bytes) -> list[str]:
+    """The token ids of an expiry bucket (:func:`expiry_entry` concatenated), each once,
+    in the order first appended."""
+    ids = (f"tok_{entries[i : i + 8].hex()}" for i in range(0, len(entries) - 7, 8))
+    return list(dict.fromkeys(ids))
 
 
 def partition_of_id(token_id: str) -> int | None:
@@ -164,6 +183,24 @@ class Keys:
     def reuse(self, token_id: str) -> str:
         """STRING with a 60 s TTL: a reuse event for this token was written recently."""
         return self.base + "reuse:" + token_id
+
+    def expiring(self, hour: int) -> str:
+        """STRING of the tokens that expire within hour ``hour`` (Unix time // 3600):
+        the expiry index the notification worker's reminders read (issue 14), instead of
+        scanning every token. Append-only, 8 bytes per token id (:func:`expiry_entry`):
+        a token regenerated or deleted stays in its old bucket until the bucket expires,
+        and the reader skips it (its record says another expiry, or is gone). A set
+        would cost ~40 bytes per token past 512 entries (a hashtable), against a budget
+        of 400 bytes per token in all."""
+        return self.base + "exp:" + str(hour)
+
+    @property
+    def expiry_hours(self) -> str:
+        """ZSET of the hours that have an expiry bucket here (member and score: the
+        hour), so a reminder pass finds the non-empty buckets of a range of hours with
+        one command per partition. An hour stays after its bucket empties or expires;
+        the reminder worker trims the past ones."""
+        return self.base + "exph"
 
     def owner_tokens(self, owner_key: str) -> str:
         """ZSET created-ms → token id, per owner (``u:<org>/<id>`` / ``o:<id>``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from patgate.gateway.notify.worker import NotifyMetrics
 from patgate.gateway.settings import ENV_VARS, FILE_VARS
 from patgate.middleware.metrics import Metrics
 
@@ -34,6 +35,7 @@ def test_configuration_table_matches_settings() -> None:
 
 def test_metrics_table_matches_metrics() -> None:
     registry = Metrics().registry
+    NotifyMetrics(registry)  # the notification worker's, on the same registry (issue 14)
     names = set()
     for collector in registry._collector_to_names:
         for metric in collector.collect():

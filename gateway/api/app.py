@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patgate.gateway.lifecycle import Directory, TokenService
 from patgate.gateway.lifecycle.tokens import DEFAULT_TOMBSTONE_TTL
+from patgate.gateway.notify.setup import Notifications
+from patgate.gateway.settings import Settings
 from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import AuthError, ServiceError, StoreUnavailable
 from patgate.middleware.responses import ErrorResponses, json_error
@@ -100,6 +102,7 @@ def create_api_app(
     tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
     credential_report_limit: int = 10,
     credential_report_window: float = 60.0,
+    notifications: Notifications | None = None,
 ) -> Starlette:
     """The management API over ``store``. ``authenticator`` (the runtime's, in
     ``patgate serve``) resolves callers through the data plane's lookup path, read fresh;
@@ -115,7 +118,19 @@ def create_api_app(
         authenticator = Authenticator.uncached(store, token_format, realm=realm, clock=clock)
     resolver = ActorResolver(authenticator, client_ip=client_ip, clock=clock)
     reports = ReportLimit(store, limit=credential_report_limit, window=credential_report_window)
-    api = ManagementApi(tokens, directory, resolver, verifier=verifier, reports=reports)
+    if notifications is None:
+        # Webhook endpoints and dead letters with the default settings (no private URLs).
+        notifications = Notifications.build(
+            Settings(namespace=store.keyspace.namespace), store, clock=clock
+        )
+    api = ManagementApi(
+        tokens,
+        directory,
+        resolver,
+        verifier=verifier,
+        reports=reports,
+        notifications=notifications,
+    )
     routes = api.routes()
     api.openapi = openapi_document(token_format)
     responses = ErrorResponses(realm, missing_credentials=_MISSING)

@@ -20,6 +20,8 @@ from patgate.middleware.tokenformat import TokenFormat
 from patgate.policies.scopes import ACTIONS, MAX_SCOPE_LENGTH, MAX_SCOPES
 from patgate.policies.scopes import PRESETS as SCOPE_PRESETS
 
+from .openapi_notify import notify_paths, notify_schemas
+
 __all__ = ["openapi_document"]
 
 
@@ -847,7 +849,17 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "paths": paths,
+        "paths": paths
+        | notify_paths(
+            _op,
+            _json,
+            {"read": read, "one": one, "edit": edit},
+            _query(
+                "org_id",
+                {"type": "string", "pattern": ID_PATTERN},
+                "organization (default: the caller's)",
+            ),
+        ),
         "components": {
             "securitySchemes": {
                 "bearer": {
@@ -856,6 +868,6 @@ def openapi_document(fmt: TokenFormat) -> dict[str, Any]:
                     "description": "a patgate token with management scopes",
                 }
             },
-            "schemas": _schemas(fmt),
+            "schemas": _schemas(fmt) | notify_schemas(),
         },
     }

@@ -21,11 +21,13 @@ from patgate.gateway.lifecycle import (
 )
 from patgate.gateway.lifecycle.listing import Page
 from patgate.gateway.lifecycle.tokens import CREATE_FIELDS, MAX_REPORTED
+from patgate.gateway.notify.setup import Notifications
 from patgate.middleware.errors import PayloadTooLarge, ValidationFailed
 from patgate.middleware.records import Token, TokenStatus, User
 
 from .auth import ActorResolver
 from .credentials import ReportLimit
+from .notify_routes import NotifyApi
 
 __all__ = ["ManagementApi", "Verifier"]
 
@@ -145,8 +147,15 @@ class ManagementApi:
         verifier: Verifier | None = None,
         openapi: dict[str, Any] | None = None,
         reports: ReportLimit | None = None,
+        notifications: Notifications | None = None,
     ) -> None:
         self.reports = reports
+        #: webhook endpoints and dead letters (issue 14); None: not served.
+        self.notify = (
+            None
+            if notifications is None
+            else NotifyApi(notifications, resolve, _body, clock=tokens.clock)
+        )
         self.tokens = tokens
         self.directory = directory
         self.resolve = resolve
@@ -427,7 +436,7 @@ class ManagementApi:
     def routes(self) -> list[Route]:
         """One Route per path, so a 405 lists every method of the path in ``Allow``
         (RFC 9110 §15.5.6); Starlette answers 405 from the first route whose path matched."""
-        table = [
+        table: list[tuple[str, str, Endpoint]] = [
             ("/v1/openapi.json", "GET", self.openapi_document),
             ("/v1/me", "GET", self.me),
             ("/v1/tokens", "POST", self.create_token),
@@ -455,6 +464,8 @@ class ManagementApi:
             ("/v1/events", "GET", self.events),
             ("/v1/verify", "POST", self.verify),
         ]
+        if self.notify is not None:
+            table += self.notify.table()
         by_path: dict[str, dict[str, Endpoint]] = {}
         for path, method, handler in table:
             by_path.setdefault(path, {})[method] = handler

@@ -37,6 +37,7 @@ from patgate.middleware.keys import (
     Keyspace,
     partition_of_id,
     partition_of_org,
+    token_ids_of,
 )
 from patgate.middleware.records import LastUsed, Org, Token, User, user_key
 from patgate.middleware.tokenformat import partition_of_hint
@@ -581,6 +582,54 @@ class TokenStore:
         version, *records = reply
         tokens = [Token.decode(r) for r in records]
         return version or None, [t for t in tokens if t.org_id == org_id]
+
+    async def expiring(
+        self, first: int, last: int, partitions: Sequence[int] | None = None
+    ) -> dict[tuple[int, int], list[str]]:
+        """Token ids of every expiry bucket (Keys.expiring) of the hours ``first`` to
+        ``last``, by (partition, hour): one pipelined ZRANGEBYSCORE per partition finds
+        its non-empty hours (Keys.expiry_hours), then one GET per bucket found (a
+        Cluster splits each pipeline by node). The notification worker's reminders read
+        this, never every token. ``partitions``: only these (default: all)."""
+        parts = self.keyspace.partitions
+        chosen = parts if partitions is None else [parts[p] for p in partitions]
+        with redis_errors_wrapped():
+            async with self.client.pipeline(transaction=False) as pipe:
+                for k in chosen:
+                    pipe.zrangebyscore(k.expiry_hours, first, last)
+                hours = await pipe.execute()
+            buckets = [
+                (k.partition, int(h)) for k, found in zip(chosen, hours, strict=True) for h in found
+            ]
+            if not buckets:
+                return {}
+            async with self.client.pipeline(transaction=False) as pipe:
+                for partition, hour in buckets:
+                    pipe.get(parts[partition].expiring(hour))
+                entries = await pipe.execute()
+        return {
+            bucket: token_ids_of(found)
+            for bucket, found in zip(buckets, entries, strict=True)
+            if found
+        }
+
+    async def trim_expiry_hours(self, before: int, partitions: Sequence[int] | None = None) -> None:
+        """Forget the hours before ``before`` in the partitions' Keys.expiry_hours."""
+        parts = self.keyspace.partitions
+        chosen = parts if partitions is None else [parts[p] for p in partitions]
+        with redis_errors_wrapped():
+            async with self.client.pipeline(transaction=False) as pipe:
+                for k in chosen:
+                    pipe.zremrangebyscore(k.expiry_hours, "-inf", f"({before}")
+                await pipe.execute()
+
+    async def tokens_in(self, partition: int, ids: Sequence[str]) -> list[Token]:
+        """The tokens among ``ids`` that partition ``partition`` holds, any org's."""
+        if not ids:
+            return []
+        with redis_errors_wrapped():
+            blobs = await self._r.hmget(self.keyspace.partition(partition).tokens, list(ids))
+        return [Token.decode(b) for b in blobs if b is not None]
 
     async def org_owner_keys(self, org_id: str) -> list[str]:
         """Owner keys (``u:<id>``, ``o:<id>``) that hold tokens of ``org_id``, sorted."""

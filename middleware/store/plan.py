@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgpack
 
-from patgate.middleware.keys import PREVIOUS_SUFFIX, Keys, partition_of_org
+from patgate.middleware.keys import PREVIOUS_SUFFIX, Keys, expiry_entry, partition_of_org
 from patgate.middleware.records import Org, Token, Tombstone, User
 
 __all__ = [
@@ -166,6 +166,18 @@ def _ms(t: float) -> int:
     return int(t * 1000)
 
 
+#: how long an expiry index bucket outlives its hour: the reminders of that hour (the
+#: expiry mail last) are found even by a worker that was down that long.
+EXPIRY_BUCKET_SLACK_MS = 3 * 86_400_000
+
+
+def _hour(token: Token | None) -> int | None:
+    """The expiry index bucket of ``token``: the hour it expires in (None: never)."""
+    if token is None or token.expires_at is None:
+        return None
+    return int(token.expires_at // 3600)
+
+
 def forward_value(partition: int) -> str:
     """An index entry that sends the lookup on to ``partition`` (the LOOKUP script's
     ``{'>', partition}``; ``patgate migrate`` writes the same)."""
@@ -198,6 +210,10 @@ class Plan:
     prune: list[list[Any]] = field(default_factory=list)
     #: ``[key, value, ttl ms]``: SET with a TTL (tombstones).
     setex: list[list[Any]] = field(default_factory=list)
+    #: ``[key, bytes]``: APPEND (expiry index buckets).
+    append: list[list[Any]] = field(default_factory=list)
+    #: ``[key, unix ms]``: PEXPIREAT after the other writes (expiry index buckets).
+    expire_at: list[list[Any]] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
     #: audit events (JSON), appended to the stream in order.
     events: list[str] = field(default_factory=list)
@@ -259,7 +275,23 @@ class Plan:
         if old is None:
             self.zadd.append([k.owner_tokens(new.owner_key), _ms(new.created_at), new.id])
             self.sadd.append([k.org_owners(new.org_id), new.owner_key])
+        self._index_expiry(old, new)
         self.hset.append([k.tokens, new.id, new.encode()])
+
+    def _index_expiry(self, old: Token | None, new: Token) -> None:
+        """Keep the expiry index (:meth:`Keys.expiring`): a token whose write gives it a
+        new hour of expiry is appended to that hour's bucket (the old one keeps a stale
+        entry the reader skips). A bucket outlives its hour by
+        :data:`EXPIRY_BUCKET_SLACK_MS` (the reminders of that hour, even late)."""
+        hour = _hour(new)
+        entry = expiry_entry(new.id)
+        if hour is None or hour == _hour(old) or entry is None:
+            return
+        k = self.keys
+        key = k.expiring(hour)
+        self.append.append([key, entry])
+        self.zadd.append([k.expiry_hours, hour, str(hour)])
+        self.expire_at.append([key, (hour + 1) * 3_600_000 + EXPIRY_BUCKET_SLACK_MS])
 
     def delete_token(self, old: Token) -> None:
         k = self._here(old.org_id)
@@ -352,6 +384,8 @@ class Plan:
                 ("sr", self.srem),
                 ("sp", self.prune),
                 ("sx", self.setex),
+                ("ap", self.append),
+                ("ea", self.expire_at),
                 ("p", self.publish),
                 ("e", self.events),
             )

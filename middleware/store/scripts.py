@@ -53,6 +53,8 @@ for _, w in ipairs(plan.hs or {}) do redis.call('HSET', w[1], w[2], w[3]) end
 for _, w in ipairs(plan.za or {}) do redis.call('ZADD', w[1], w[2], w[3]) end
 for _, w in ipairs(plan.sa or {}) do redis.call('SADD', w[1], w[2]) end
 for _, w in ipairs(plan.sx or {}) do redis.call('SET', w[1], w[2], 'PX', w[3]) end
+for _, w in ipairs(plan.ap or {}) do redis.call('APPEND', w[1], w[2]) end
+for _, w in ipairs(plan.ea or {}) do redis.call('PEXPIREAT', w[1], w[2]) end
 for _, w in ipairs(plan.sp or {}) do
   if redis.call('EXISTS', w[3]) == 0 then redis.call('SREM', w[1], w[2]) end
 end

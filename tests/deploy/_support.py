@@ -20,6 +20,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.metrics import MetricWrapperBase
 
+from patgate.gateway.notify.worker import NotifyMetrics
 from patgate.gateway.settings import Settings
 from patgate.middleware.metrics import DECISION_REASONS, Metrics
 
@@ -96,8 +97,10 @@ class Family:
 
 def metric_families() -> dict[str, Family]:
     metrics = Metrics()
+    # the notification worker's, registered beside the data plane's (issue 14)
+    notify = NotifyMetrics(metrics.registry)
     out: dict[str, Family] = {}
-    for value in vars(metrics).values():
+    for value in [*vars(metrics).values(), *vars(notify).values()]:
         if isinstance(value, MetricWrapperBase):
             # _labelnames/_type are prometheus-client internals, but the only place the
             # label names live before a child exists.

@@ -12,12 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from starlette.routing import Route
 
 from patgate.gateway.api import create_api_app, openapi_document
 from patgate.gateway.api.openapi import ID_PATTERN, SCOPE_PATTERN, WORKSPACE_PATTERN
 from patgate.gateway.lifecycle import inputs
 from patgate.gateway.lifecycle.expiry import MAX_LIFETIME
+from patgate.gateway.notify.outbox import Job, Outbox
+from patgate.middleware.keys import Keyspace
 from patgate.middleware.store import TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from tests.gateway.api._world import DAY, Api, make_api
@@ -194,7 +197,9 @@ def test_every_ref_resolves_and_every_keyword_is_known() -> None:
 
 
 def test_routes_and_document_agree() -> None:
-    app = create_api_app(None, TokenFormat())  # type: ignore[arg-type]  # routes only
+    # routes only: a store over a client that never connects
+    idle = TokenStore(aioredis.Redis(host="127.0.0.1", port=1), Keyspace())
+    app = create_api_app(idle, TokenFormat())
     routes = {
         (r.path, m.lower())
         for r in app.routes
@@ -345,6 +350,28 @@ async def test_a_scripted_session_matches_the_document(store: TokenStore) -> Non
         await call("POST", "/v1/admin/tokens", expect=201, json=external)
         await call("POST", "/v1/admin/tokens", expect=409, json=external)
         await call("POST", "/v1/admin/tokens", "alice", expect=403, json=external)
+        # notifications (issue 14): endpoints and dead letters (no worker runs here)
+        hook = await call(
+            "POST",
+            "/v1/webhooks",
+            expect=201,
+            json={"url": "https://hooks.example.com/patgate", "event_types": ["token.created"]},
+        )
+        await call("POST", "/v1/webhooks", expect=400, json={"url": "http://127.0.0.1/x"})
+        await call("POST", "/v1/webhooks", "alice", expect=403, json={"url": "https://a.io/"})
+        await call("GET", "/v1/webhooks")
+        await call("GET", f"/v1/webhooks/{hook['id']}")
+        await call("GET", "/v1/webhooks/wh_nope", expect=404)
+        await call("POST", f"/v1/webhooks/{hook['id']}/rotate")
+        await call("POST", f"/v1/webhooks/{hook['id']}/test", expect=202)
+        await call("GET", f"/v1/webhooks/{hook['id']}/attempts")
+        outbox = Outbox(store.client, store.keyspace.namespace)
+        dead = Job("w-dead", "webhook", "acme", hook["id"], {"body": "{}"}, "token.created", 1.0)
+        await outbox.bury(dead, 2.0)
+        await call("GET", "/v1/notifications/dead")
+        await call("POST", "/v1/notifications/dead/w-dead/retry")
+        await call("POST", "/v1/notifications/dead/w-dead/retry", expect=404)
+        await call("DELETE", f"/v1/webhooks/{hook['id']}", expect=204)
         await call("PUT", "/v1/orgs/acme", json={"token_limit": 1, "max_lifetime": None})
         await call("POST", "/v1/tokens", "bob", expect=409, json={"name": "n"})
         await call("GET", "/v1/events", params={"token_id": tid})
