@@ -286,6 +286,15 @@ class Notifier:
             # Its endpoint was deleted: nobody to deliver to any more.
             await self.outbox.done(job)
             return
+        except PatgateError:
+            raise  # the store: the job stays leased, and is due again after its lease
+        except Exception as exc:
+            # A job this worker cannot handle (a bug, a malformed job): a dead letter to
+            # look at, rather than a job retried forever or a worker that stops.
+            log.exception("notification %s failed unexpectedly", job.key)
+            failure = DeliveryFailed(f"internal error: {type(exc).__name__}", retryable=False)
+            await self._failed(job, failure)
+            return
         await self.outbox.done(job)
         self.metrics.sent.labels(job.channel).inc()
 
@@ -384,6 +393,9 @@ class Notifier:
                 busy = await self.run_once()
             except PatgateError as exc:
                 log.warning("notification worker: %s; retrying", exc)
+                busy = 0
+            except Exception:  # never let one bad step end the worker inside serve
+                log.exception("notification worker step failed; retrying")
                 busy = 0
             if busy:
                 pause = self.config.poll

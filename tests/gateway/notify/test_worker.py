@@ -237,3 +237,16 @@ async def _until(condition: Any, seconds: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.02)
+
+
+async def test_a_job_the_worker_cannot_handle_becomes_a_dead_letter(
+    w: World, store: TokenStore, settings: Settings, smtp: SmtpServer
+) -> None:
+    n = Notifications.build(_settings(settings, smtp), store)
+    broken = Job("m-broken", "mail", "acme", ["a@acme.io"], {"text": "no subject"}, "x", 0.0)
+    assert await n.outbox.enqueue(broken, time.time())
+    assert await n.notifier.deliver_once() == 1
+    (dead,) = await n.outbox.dead_letters("acme")
+    assert (dead.key, dead.last_error) == ("m-broken", "internal error: KeyError")
+    assert smtp.messages == []
+    await n.aclose()
