@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .cli_context import Context
+from .notify.endpoints import test_job
 from .notify.setup import Notifications, running
 from .notify.webhooks import EVENT_TYPES
 from .settings import parse_hostport
@@ -82,22 +83,10 @@ async def _webhook_rotate(ctx: Context, a: argparse.Namespace) -> int:
 
 
 async def _webhook_test(ctx: Context, a: argparse.Namespace) -> int:
-    from .notify.outbox import Job
-    from .notify.webhooks import payload
-
     n = _notifications(ctx)
-    org = _org(ctx, a)
-    endpoint = await n.endpoints.get(ctx.actor, org, a.id)
+    endpoint = await n.endpoints.get(ctx.actor, _org(ctx, a), a.id)
     now = ctx.tokens.clock()
-    job = Job(
-        key=f"t-{int(now * 1000):x}-{endpoint.id}",
-        channel="webhook",
-        org_id=org,
-        target=endpoint.id,
-        content={"body": payload("webhook.test", {"org_id": org, "endpoint": a.id}, now).decode()},
-        event_type="webhook.test",
-        created_at=now,
-    )
+    job = test_job(endpoint, now)
     await n.outbox.enqueue(job, now)
     ctx.emit({"id": job.key, "status": "queued"}, f"queued {job.key} (a worker delivers it)")
     return 0

@@ -4,7 +4,6 @@ with ``?org_id=``."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,9 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from patgate.gateway.lifecycle import Actor
-from patgate.gateway.notify.outbox import Job
+from patgate.gateway.notify.endpoints import test_job
 from patgate.gateway.notify.setup import Notifications
-from patgate.gateway.notify.webhooks import payload
 from patgate.middleware.errors import NotFound, ValidationFailed
 
 __all__ = ["NotifyApi"]
@@ -82,19 +80,7 @@ class NotifyApi:
         actor, org_id = await self._caller(request)
         endpoint = await self.n.endpoints.get(actor, org_id, request.path_params["id"])
         now = self.clock()
-        job = Job(
-            key=f"t-{secrets.token_hex(8)}-{endpoint.id}",
-            channel="webhook",
-            org_id=org_id,
-            target=endpoint.id,
-            content={
-                "body": payload(
-                    "webhook.test", {"org_id": org_id, "endpoint": endpoint.id}, now
-                ).decode()
-            },
-            event_type="webhook.test",
-            created_at=now,
-        )
+        job = test_job(endpoint, now)
         await self.n.outbox.enqueue(job, now)
         return JSONResponse({"id": job.key, "status": "queued"}, status_code=202)
 
@@ -111,8 +97,8 @@ class NotifyApi:
     async def retry_dead(self, request: Request) -> Response:
         _, org_id = await self._caller(request)
         key = request.path_params["id"]
-        found = [j for j in await self.n.outbox.dead_letters(org_id, 10_000) if j.key == key]
-        if not found:
+        dead = await self.n.outbox.dead_letter(key)
+        if dead is None or dead.org_id != org_id:  # another org's is not there for you
             raise NotFound(f"dead letter {key} not found")
         job = await self.n.outbox.revive(key, self.clock())
         if job is None:

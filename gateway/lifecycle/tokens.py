@@ -38,6 +38,7 @@ from patgate.middleware.records import (
     User,
 )
 from patgate.middleware.store import Found, Plan, StaleWrite, TokenStore, retry_stale
+from patgate.middleware.store.plan import forward_target
 from patgate.middleware.store.retry import DEFAULT_ATTEMPTS
 from patgate.middleware.tokenformat import TokenFormat
 
@@ -472,10 +473,10 @@ class TokenService:
     async def _stale_forward(self, entry: bytes, digest: bytes) -> bool:
         """Whether a forward found where a registration wants to write its own leads
         nowhere any more (a deleted registration whose clean-up did not finish)."""
-        text = entry.decode("ascii", "replace")
-        if not text.startswith("> ") or not text[2:].isdigit():
+        target = forward_target(entry)
+        if target is None:
             return False  # a token of this partition's own org has the digest
-        return await self.store.index_entry(int(text[2:]), digest) is None
+        return await self.store.index_entry(target, digest) is None
 
     async def _unforward(self, token: Token, stone: Tombstone | None = None) -> None:
         """Drop an external token's forward (best effort: one left behind leads to a

@@ -20,10 +20,10 @@ from patgate.gateway.lifecycle import Actor
 from patgate.middleware.errors import NotFound, ValidationFailed
 from patgate.middleware.store import redis_errors_wrapped
 
-from .outbox import OutboxKeys
-from .webhooks import check_event_types, check_url, new_secret
+from .outbox import Job, OutboxKeys
+from .webhooks import check_event_types, check_url, new_secret, payload
 
-__all__ = ["MAX_ENDPOINTS", "Endpoint", "Endpoints"]
+__all__ = ["MAX_ENDPOINTS", "Endpoint", "Endpoints", "test_job"]
 
 #: endpoints per organization.
 MAX_ENDPOINTS = 20
@@ -61,6 +61,21 @@ class Endpoint:
             "description": self.description,
             "created_at": self.created_at,
         }
+
+
+def test_job(endpoint: Endpoint, now: float) -> Job:
+    """A ``webhook.test`` delivery to ``endpoint`` (API and CLI "test"); its outcome shows
+    in the endpoint's attempts."""
+    body = payload("webhook.test", {"org_id": endpoint.org_id, "endpoint": endpoint.id}, now)
+    return Job(
+        key=f"t-{secrets.token_hex(8)}-{endpoint.id}",
+        channel="webhook",
+        org_id=endpoint.org_id,
+        target=endpoint.id,
+        content={"body": body.decode()},
+        event_type="webhook.test",
+        created_at=now,
+    )
 
 
 class Endpoints:

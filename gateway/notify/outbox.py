@@ -235,15 +235,20 @@ class Outbox:
                 args=[job.key, job.encode(), int(now * 1000)],
             )
 
+    async def dead_letter(self, key: str) -> Job | None:
+        """The dead letter ``key``, or None."""
+        with redis_errors_wrapped():
+            blob = await self.r.hget(self.keys.dead, key)
+        return None if blob is None else Job.decode(blob)
+
     async def revive(self, key: str, now: float) -> Job | None:
         """A dead letter back into the queue with its attempts reset; None if unknown."""
         k = self.keys
+        job = await self.dead_letter(key)
+        if job is None:
+            return None
+        job.attempts, job.last_error, job.dead_at = 0, None, None
         with redis_errors_wrapped():
-            blob = await self.r.hget(k.dead, key)
-            if blob is None:
-                return None
-            job = Job.decode(blob)
-            job.attempts, job.last_error, job.dead_at = 0, None, None
             moved = await self._revive(
                 keys=[k.dead, k.dead_at, k.jobs, k.queue],
                 args=[key, job.encode(), int(now * 1000)],

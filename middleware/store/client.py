@@ -31,7 +31,6 @@ from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from patgate.middleware.connect import StoreClient
 from patgate.middleware.errors import Conflict, PatgateError, StoreUnavailable
 from patgate.middleware.keys import (
-    PARTITIONS,
     PREVIOUS_SUFFIX,
     Keys,
     Keyspace,
@@ -43,7 +42,7 @@ from patgate.middleware.records import LastUsed, Org, Token, User, user_key
 from patgate.middleware.tokenformat import partition_of_hint
 
 from . import scripts
-from .plan import Plan
+from .plan import Plan, forwarded
 
 __all__ = [
     "Buried",
@@ -116,14 +115,6 @@ async def has_sharded_pubsub(client: StoreClient, probe: str) -> bool:
             return False
         raise
     return True
-
-
-def _forwarded(raw: bytes | str) -> int | None:
-    """The partition a forward names, or None for a malformed one."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    if not text.isdigit() or int(text) >= PARTITIONS:
-        return None
-    return int(text)
 
 
 def _rows(flat: list[bytes]) -> list[tuple[str, int]]:
@@ -383,10 +374,10 @@ class TokenStore:
                     return None
                 head = found[0]
                 if head in (b">", ">"):
-                    forwarded = _forwarded(found[1])
-                    if forwarded is None or hop:
+                    to = forwarded(found[1])
+                    if to is None or hop:
                         return None  # malformed, or a forward to a forward: never written
-                    target = forwarded
+                    target = to
                     continue
                 via_previous = found[-1] in (b"p", "p")
                 if head in (b"t", "t"):
@@ -486,7 +477,7 @@ class TokenStore:
                 return None
             if found[0] not in (b">", ">"):
                 return Token.decode(found[0], found[1] or None, found[2] or None)
-            target = _forwarded(found[1])
+            target = forwarded(found[1])
             if target is None:
                 return None
             partition = target

@@ -31,7 +31,13 @@ from typing import Any, Literal, NamedTuple
 
 import msgpack
 
-from patgate.middleware.keys import PREVIOUS_SUFFIX, Keys, expiry_entry, partition_of_org
+from patgate.middleware.keys import (
+    PARTITIONS,
+    PREVIOUS_SUFFIX,
+    Keys,
+    expiry_entry,
+    partition_of_org,
+)
 from patgate.middleware.records import Org, Token, Tombstone, User
 
 __all__ = [
@@ -41,7 +47,9 @@ __all__ = [
     "Invalidation",
     "Plan",
     "audit_event",
+    "forward_target",
     "forward_value",
+    "forwarded",
     "org_message",
     "parse_message",
     "stamp",
@@ -182,6 +190,21 @@ def forward_value(partition: int) -> str:
     """An index entry that sends the lookup on to ``partition`` (the LOOKUP script's
     ``{'>', partition}``; ``patgate migrate`` writes the same)."""
     return f"> {partition}"
+
+
+def forward_target(entry: bytes | str) -> int | None:
+    """The partition an index entry written by :func:`forward_value` names; None for any
+    other entry (a token id)."""
+    text = entry.decode("ascii", "replace") if isinstance(entry, bytes) else entry
+    return forwarded(text[2:]) if text.startswith("> ") else None
+
+
+def forwarded(raw: bytes | str) -> int | None:
+    """The partition number after a forward's ``> ``, or None for a malformed one."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text.isdigit() or int(text) >= PARTITIONS:
+        return None
+    return int(text)
 
 
 def _index_value(token: Token) -> str:

@@ -25,6 +25,7 @@ from patgate.gateway.notify.setup import Notifications, running
 from patgate.gateway.settings import Settings
 from patgate.middleware.store import TokenStore
 from tests.gateway.lifecycle._world import World, make_world, member
+from tests.middleware._plane import until
 
 from ._receiver import receiver
 from ._smtp import SmtpServer, smtp_server, wait_for_messages
@@ -130,7 +131,11 @@ async def test_smtp_down_for_a_while_loses_nothing(
         for name in names:
             await w.tokens.create(ALICE, name=name)
         # The worker tries, fails and backs off while the server is down.
-        await _until(lambda: _sample(n, "patgate_notifications_failed_total", "mail") >= 3)
+        await until(
+            lambda: _sample(n, "patgate_notifications_failed_total", "mail") >= 3,
+            "the worker's counters",
+            seconds=10.0,
+        )
         smtp.start()
         mails = await wait_for_messages(smtp, 3, timeout=10.0)
     assert sorted(_names(mails)) == names
@@ -147,7 +152,11 @@ async def test_a_webhook_answering_500_then_200_is_delivered_signed(
         rx.fail_next(1, status=500)
         token, secret = await w.tokens.create(ALICE, name="hooked")
         first, second = await rx.wait_for(2, within=10.0)
-        await _until(lambda: _sample(n, "patgate_notifications_sent_total", "webhook") >= 1)
+        await until(
+            lambda: _sample(n, "patgate_notifications_sent_total", "webhook") >= 1,
+            "the worker's counters",
+            seconds=10.0,
+        )
         attempts = await n.outbox.attempts(endpoint.id)
     assert first.header("webhook-id") == second.header("webhook-id")
     assert second.verifies(endpoint.secret)
@@ -167,7 +176,11 @@ async def test_dead_letters_are_listed_and_retried(
         rx.fail_next(2, status=503)
         await w.tokens.create(ALICE, name="doomed")
         await rx.wait_for(2, within=10.0)
-        await _until(lambda: _sample(n, "patgate_notifications_dead_lettered_total", "webhook"))
+        await until(
+            lambda: _sample(n, "patgate_notifications_dead_lettered_total", "webhook"),
+            "the worker's counters",
+            seconds=10.0,
+        )
         (dead,) = await n.outbox.dead_letters("acme")
         assert (dead.channel, dead.attempts, dead.target) == ("webhook", 2, endpoint.id)
         assert dead.last_error is not None
@@ -177,7 +190,11 @@ async def test_dead_letters_are_listed_and_retried(
         assert revived is not None
         third = (await rx.wait_for(3, within=10.0))[2]
         assert third.header("webhook-id") == dead.key
-        await _until(lambda: _sample(n, "patgate_notifications_sent_total", "webhook") >= 1)
+        await until(
+            lambda: _sample(n, "patgate_notifications_sent_total", "webhook") >= 1,
+            "the worker's counters",
+            seconds=10.0,
+        )
         assert await n.outbox.dead_letters("acme") == []
 
 
@@ -229,14 +246,6 @@ def _names(mails: list[Any]) -> list[str]:
 def _sample(n: Notifications, name: str, channel: str) -> float:
     registry = n.notifier.metrics.registry
     return float(registry.get_sample_value(name, {"channel": channel}) or 0.0)
-
-
-async def _until(condition: Any, seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_job_the_worker_cannot_handle_becomes_a_dead_letter(
