@@ -5,7 +5,8 @@ listener   serves
 =========  =======================================================================
 gateway    :class:`PatgateMiddleware` around :class:`ProxyApp` (the proxied API)
 authz      ``/authz`` forward-auth, ``/healthz``, ``/readyz``
-admin      ``/metrics``, ``/healthz``, ``/readyz``, ``/authz``, then the management API
+admin      ``/metrics``, ``/healthz``, ``/readyz``, ``/authz``, ``/console``, then the
+           management API
 =========  =======================================================================
 
 Each app's lifespan starts the runtime and closes it on shutdown. The runtime counts its
@@ -41,15 +42,19 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class _Paths:
-    """Exact paths and one prefix dispatched before a fallback app (which also gets the
-    lifespan scope)."""
+    """Exact paths and path prefixes dispatched before a fallback app (which also gets
+    the lifespan scope). A prefixed app sees the prefix as its ``root_path``, as under a
+    Starlette ``Mount``, so it builds its links from where it is mounted."""
 
     def __init__(
-        self, exact: Mapping[str, ASGIApp], prefix: str, prefixed: ASGIApp, fallback: ASGIApp
+        self,
+        exact: Mapping[str, ASGIApp],
+        prefixed: Mapping[str, tuple[ASGIApp, bool]],
+        fallback: ASGIApp,
     ) -> None:
         self._exact = exact
-        self._prefix = prefix
-        self._prefixed = prefixed
+        #: prefix → (app, whether it is mounted: root_path and a path relative to it).
+        self._prefixed = tuple(prefixed.items())
         self._fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,9 +64,14 @@ class _Paths:
             if app is not None:
                 await app(scope, receive, send)
                 return
-            if path == self._prefix or path.startswith(self._prefix + "/"):
-                await self._prefixed(scope, receive, send)
-                return
+            for prefix, (prefixed, mounted) in self._prefixed:
+                if path == prefix or path.startswith(prefix + "/"):
+                    if mounted:
+                        root = scope.get("root_path", "") + prefix
+                        # Starlette ≥ 0.33 routes on path minus root_path (get_route_path).
+                        scope = {**scope, "root_path": root}
+                    await prefixed(scope, receive, send)
+                    return
         await self._fallback(scope, receive, send)
 
 
@@ -80,13 +90,16 @@ def create_authz_app(runtime: Runtime[Settings], *, prefix: str = "/authz") -> A
     source = runtime.settings.forward_auth_source
     authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, prefix=prefix, source=source)
     paths = _Paths(
-        {"/healthz": health.healthz, "/readyz": health.readyz}, prefix, authz, _not_found
+        {"/healthz": health.healthz, "/readyz": health.readyz}, {prefix: (authz, False)}, _not_found
     )
     return LifespanHooks(paths, runtime.start, runtime.aclose)
 
 
-def create_admin_app(runtime: Runtime[Settings], api_app: ASGIApp | None = None) -> ASGIApp:
-    """``api_app`` (``gateway.api.create_api_app``) defines its own ``/v1/...`` routes."""
+def create_admin_app(
+    runtime: Runtime[Settings], api_app: ASGIApp | None = None, console: ASGIApp | None = None
+) -> ASGIApp:
+    """``api_app`` (``gateway.api.create_api_app``) defines its own ``/v1/...`` routes;
+    ``console`` (``gateway.console``) is mounted at ``/console``."""
     health = HealthEndpoints(runtime)
     metrics = runtime.metrics
 
@@ -102,5 +115,8 @@ def create_admin_app(runtime: Runtime[Settings], api_app: ASGIApp | None = None)
     exact = {"/metrics": metrics_endpoint, "/healthz": health.healthz, "/readyz": health.readyz}
     source = runtime.settings.forward_auth_source
     authz = ForwardAuthApp(runtime.authenticator, runtime.trusted, source=source)
-    paths = _Paths(exact, "/authz", authz, api_app if api_app is not None else _not_found)
+    prefixed: dict[str, tuple[ASGIApp, bool]] = {"/authz": (authz, False)}
+    if console is not None:
+        prefixed["/console"] = (console, True)
+    paths = _Paths(exact, prefixed, api_app if api_app is not None else _not_found)
     return LifespanHooks(paths, runtime.start, runtime.aclose)

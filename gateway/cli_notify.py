@@ -11,7 +11,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .cli_context import Context
-from .notify.endpoints import test_job
 from .notify.setup import Notifications, running
 from .notify.webhooks import EVENT_TYPES
 from .settings import parse_hostport
@@ -85,9 +84,7 @@ async def _webhook_rotate(ctx: Context, a: argparse.Namespace) -> int:
 async def _webhook_test(ctx: Context, a: argparse.Namespace) -> int:
     n = _notifications(ctx)
     endpoint = await n.endpoints.get(ctx.actor, _org(ctx, a), a.id)
-    now = ctx.tokens.clock()
-    job = test_job(endpoint, now)
-    await n.outbox.enqueue(job, now)
+    job = await n.send_test(endpoint, ctx.tokens.clock())
     ctx.emit({"id": job.key, "status": "queued"}, f"queued {job.key} (a worker delivers it)")
     return 0
 

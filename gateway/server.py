@@ -52,6 +52,7 @@ from patgate.policies.reload import PolicyHolder
 from .api import create_api_app
 from .api.verify import make_verifier
 from .app import create_admin_app, create_authz_app, create_gateway_app
+from .console import create_console_app
 from .notify.setup import Notifications, running
 from .protocol import limited_protocol
 from .sample import sample_upstream
@@ -154,7 +155,12 @@ def build_listeners(
         credential_report_window=settings.credential_report_window,
         notifications=notifications,
     )
-    admin = (create_admin_app(runtime, api), settings.admin_listen)
+    console = (
+        create_console_app(runtime, managed=True, notifications=notifications)
+        if settings.console
+        else None
+    )
+    admin = (create_admin_app(runtime, api, console), settings.admin_listen)
     if role in ("serve", "gateway"):
         return [(create_gateway_app(runtime), settings.listen), admin]
     if role == "authz":

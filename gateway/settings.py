@@ -19,7 +19,14 @@ from typing import Any
 from patgate.middleware.config import DataPlaneConfig
 from patgate.middleware.errors import ConfigError
 
-__all__ = ["ENV_VARS", "FILE_VARS", "FORWARD_AUTH_SOURCES", "Settings", "parse_hostport"]
+__all__ = [
+    "ENV_VARS",
+    "FILE_VARS",
+    "FORWARD_AUTH_SOURCES",
+    "Settings",
+    "check_frame_ancestors",
+    "parse_hostport",
+]
 
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:
@@ -113,6 +120,11 @@ class Settings(DataPlaneConfig):
     reminder_leads: tuple[float, ...] = (7 * 86_400.0, 86_400.0)
     webhook_timeout: float = 5.0
     webhook_allow_private: bool = False
+    #: the web console at /console on the admin listener (issue 15).
+    console: bool = True
+    console_session_ttl: float = 8 * 3600.0
+    console_frame_ancestors: str = "'none'"
+    console_secure_cookie: str = "auto"
     workers: int = 1
     log_level: str = "info"
 
@@ -195,6 +207,37 @@ def _url(value: str, name: str) -> str:
     if "://" not in value:
         raise ConfigError(f"{name}: expected a URL such as redis://host:6379/0, got {value!r}")
     return value.rstrip("/") if name == "PATGATE_UPSTREAM_URL" else value
+
+
+def _bounded(value: str, name: str, low: float, high: float) -> float:
+    seconds = float(_number(value, name, float, low))
+    if seconds > high:
+        raise ConfigError(f"{name}: must be ≤ {high:g}, got {value!r}")
+    return seconds
+
+
+#: a CSP source expression of ``frame-ancestors`` (CSP Level 3 §6.4.2): a keyword, a
+#: scheme, or a host source with an optional scheme, port and path; nothing that could
+#: end the directive (``;``, ``,``) or smuggle another one in.
+_SOURCE = re.compile(
+    r"'none'|'self'|[a-z][a-z0-9+.-]*:"
+    r"|(?:[a-z][a-z0-9+.-]*://)?[\w.*-]+(?::\d+|:\*)?(?:/[\w./-]*)?",
+    re.IGNORECASE,
+)
+
+
+def check_frame_ancestors(value: str, name: str = "frame_ancestors") -> str:
+    """The sources allowed to frame the console, checked one by one; ``'none'`` (the
+    default) forbids every frame, which also stops clickjacking (RFC 7034's intent)."""
+    sources = value.split()
+    if not sources:
+        raise ConfigError(f"{name}: expected 'none', 'self' or host sources, got nothing")
+    for source in sources:
+        if not _SOURCE.fullmatch(source):
+            raise ConfigError(f"{name}: {source!r} is not a CSP source expression")
+    if "'none'" in sources and len(sources) > 1:
+        raise ConfigError(f"{name}: 'none' cannot be combined with other sources")
+    return " ".join(sources)
 
 
 #: where forward-auth reads the original request (gateway/forwardauth.py).
@@ -321,6 +364,16 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "PATGATE_REMINDER_LEADS": ("reminder_leads", lambda v, n: _leads(v, n)),
     "PATGATE_WEBHOOK_TIMEOUT": ("webhook_timeout", lambda v, n: _number(v, n, float, 0.1)),
     "PATGATE_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _bool),
+    "PATGATE_CONSOLE": ("console", _bool),
+    "PATGATE_CONSOLE_SESSION_TTL": (
+        "console_session_ttl",
+        lambda v, n: _bounded(v, n, 60, 30 * 86_400),
+    ),
+    "PATGATE_CONSOLE_FRAME_ANCESTORS": ("console_frame_ancestors", check_frame_ancestors),
+    "PATGATE_CONSOLE_SECURE_COOKIE": (
+        "console_secure_cookie",
+        lambda v, n: _choice(v, n, ("auto", "always", "never")),
+    ),
     "PATGATE_WORKERS": ("workers", lambda v, n: _number(v, n, int, 1)),
     "PATGATE_LOG_LEVEL": ("log_level", _str),
 }

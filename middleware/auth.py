@@ -471,10 +471,37 @@ class Authenticator:
             partition = partition_of_sha256(sha256)
         else:
             raise InvalidToken(_UNKNOWN)
-        cache = self.cache
-        epoch = cache.epoch
         if not fresh:
             self._misses.inc()
+        return await self._fetch(digest, partition, previous, fresh=fresh)
+
+    def locate(self, secret: str) -> tuple[bytes, int]:
+        """Where ``secret``'s record is looked up: its digest and the partition the lookup
+        starts in. For a caller that keeps a handle on a token without its secret — the
+        console's server-side session (issue 15) — and reads it later with :meth:`recall`."""
+        if not self.external_tokens or self.token_format.owns(secret):
+            self.well_formed(secret)
+            return self.digest(secret), self.token_format.partition(secret)
+        if not plausible(secret):
+            raise InvalidToken(_UNKNOWN)
+        return self.digest(secret), partition_of_sha256(sha256_of(secret))
+
+    async def recall(self, digest: bytes, partition: int, *, client: str | None = None) -> Resolved:
+        """The token that a digest from :meth:`locate` names now, read fresh, with the checks of
+        :meth:`identify` (status, grace, IP allowlist) but not its failure limit: nobody
+        guesses a digest that the server keeps itself. A deleted token is unknown."""
+        resolved = await self._fetch(digest, partition, None, fresh=True)
+        resolved.check(self._clock())
+        if resolved.allowlist is not None and not resolved.allowlist.permits(client):
+            raise ClientNotAllowed()
+        return resolved
+
+    async def _fetch(
+        self, digest: bytes, partition: int, previous: bytes | None, *, fresh: bool
+    ) -> Resolved:
+        """The one Redis round trip of a miss and the decode of what it found."""
+        cache = self.cache
+        epoch = cache.epoch
         try:
             if self._deadline is None:
                 found = await self.store.lookup(digest, partition, previous)

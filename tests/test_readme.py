@@ -42,3 +42,16 @@ def test_metrics_table_matches_metrics() -> None:
             name = metric.name + ("_total" if metric.type == "counter" else "")
             names.add(name)
     assert _table_names("patgate_") == names
+
+
+def test_every_local_link_and_image_of_the_docs_exists() -> None:
+    """README and docs/*.md link files of the repository (and the console's
+    screenshots, issue 15) that are there."""
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert missing == []

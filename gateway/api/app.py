@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable
 
 from starlette.applications import Starlette
@@ -18,8 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from patgate.gateway.internal_errors import InternalErrors
 from patgate.gateway.lifecycle import Directory, TokenService
 from patgate.gateway.lifecycle.tokens import DEFAULT_TOMBSTONE_TTL
 from patgate.gateway.notify.setup import Notifications
@@ -41,47 +40,6 @@ _log = logging.getLogger("patgate.api")
 #: the body of a bare 401 here (the challenge is the data plane's).
 _MISSING = ("unauthenticated", "a Bearer token with management scopes is required")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-class _InternalErrors:
-    """The safety net: an unexpected exception answers a JSON 500 and the connection
-    stays usable.
-
-    Not an ``exception_handlers[Exception]`` entry: Starlette runs that one in
-    ``ServerErrorMiddleware`` and re-raises after answering, and uvicorn then closes a
-    connection whose response already started, without ``Connection: close``. This sits
-    inside it, so the error ends here. Only the exception's type and traceback are logged,
-    never its message or the request (either may hold a token or a body)."""
-
-    def __init__(self, app: ASGIApp, responses: ErrorResponses) -> None:
-        self.app = app
-        self.internal = responses.internal
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            _log.error(
-                "internal error answering %s %s: %s\n%s",
-                scope.get("method"),
-                scope.get("path"),
-                type(exc).__name__,
-                "".join(traceback.format_tb(exc.__traceback__)),
-            )
-            if started:  # too late for a clean answer; let the server end the connection
-                raise
-            await self.internal.send(send)
 
 
 def _peer_ip(request: Request) -> str | None:
@@ -154,7 +112,7 @@ def create_api_app(
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_InternalErrors, responses)],
+        middleware=[Middleware(InternalErrors, responses.internal.send, _log)],
         exception_handlers={
             ServiceError: patgate_error,
             AuthError: patgate_error,

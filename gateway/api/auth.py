@@ -19,7 +19,7 @@ from patgate.gateway.lifecycle import Actor
 from patgate.middleware.auth import Authenticator, Resolved
 from patgate.middleware.records import LastUsed
 
-__all__ = ["ActorResolver"]
+__all__ = ["ActorResolver", "actor_of", "record_use"]
 
 
 class ActorResolver:
@@ -47,20 +47,8 @@ class ActorResolver:
             path=request.url.path,
         )
         ua = request.headers.get("user-agent")
-        self._record(resolved, request, now, ip, ua)
-        # Effective scopes: a demoted admin's token can do no more than a member's now.
-        identity = resolved.identity
-        user = resolved.owner
-        actor = Actor(
-            kind=identity.owner_kind,
-            id=identity.owner_id,
-            org_id=identity.org_id,
-            role=user.role if user is not None else "member",
-            scopes=identity.scopes,
-            token_id=identity.token_id,
-            ip=ip,
-            user_agent=ua,
-        )
+        record_use(self.authenticator, resolved, now, request.method, request.url.path, ip, ua)
+        actor = actor_of(resolved, ip, ua)
         # A host backend acting for one of its users passes that user's IP and user agent
         # for the audit trail; only callers trusted to administer users may set them.
         end_ip = request.headers.get("x-end-user-ip")
@@ -69,20 +57,44 @@ class ActorResolver:
             actor = replace(actor, ip=end_ip or ip, user_agent=end_ua or ua)
         return actor
 
-    def _record(
-        self, resolved: Resolved, request: Request, now: float, ip: str | None, ua: str | None
-    ) -> None:
-        """The caller token's last use, as the data plane records it (issue 13): through
-        the authenticator's recorder (the runtime's in ``patgate serve``; none, nothing
-        recorded, when the API runs on an uncached authenticator), coalesced per secret —
-        a previous secret in its grace period under its own ``used_key`` — and never
-        awaited: ``due`` and ``record`` are dict operations, the write is the recorder's
-        next flush. The path is the one called, without the query string; the address is
-        the client's (through trusted proxies), not an ``X-End-User-IP`` — that is the
-        audit trail's, this is where the token itself was used."""
-        recorder = self.authenticator.recorder
-        if recorder is None:
-            return
-        if recorder.due(resolved.used_key, now):
-            used = LastUsed(now, request.method, request.url.path, ip, ua)
-            recorder.record(resolved.partition, resolved.used_key, used)
+
+def actor_of(resolved: Resolved, ip: str | None, user_agent: str | None) -> Actor:
+    """The actor a resolved management token speaks for, with its *effective* scopes: a
+    demoted admin's token can do no more than a member's now."""
+    identity = resolved.identity
+    user = resolved.owner
+    return Actor(
+        kind=identity.owner_kind,
+        id=identity.owner_id,
+        org_id=identity.org_id,
+        role=user.role if user is not None else "member",
+        scopes=identity.scopes,
+        token_id=identity.token_id,
+        ip=ip,
+        user_agent=user_agent,
+    )
+
+
+def record_use(
+    authenticator: Authenticator,
+    resolved: Resolved,
+    now: float,
+    method: str,
+    path: str,
+    ip: str | None,
+    user_agent: str | None,
+) -> None:
+    """The caller token's last use, as the data plane records it (issue 13): through
+    the authenticator's recorder (the runtime's in ``patgate serve``; none, nothing
+    recorded, when the API runs on an uncached authenticator), coalesced per secret —
+    a previous secret in its grace period under its own ``used_key`` — and never
+    awaited: ``due`` and ``record`` are dict operations, the write is the recorder's
+    next flush. The path is the one called, without the query string; the address is
+    the client's (through trusted proxies), not an ``X-End-User-IP`` — that is the
+    audit trail's, this is where the token itself was used."""
+    recorder = authenticator.recorder
+    if recorder is None:
+        return
+    if recorder.due(resolved.used_key, now):
+        used = LastUsed(now, method, path, ip, user_agent)
+        recorder.record(resolved.partition, resolved.used_key, used)

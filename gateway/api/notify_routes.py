@@ -12,9 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from patgate.gateway.lifecycle import Actor
-from patgate.gateway.notify.endpoints import test_job
 from patgate.gateway.notify.setup import Notifications
-from patgate.middleware.errors import NotFound, ValidationFailed
+from patgate.middleware.errors import ValidationFailed
 
 __all__ = ["NotifyApi"]
 
@@ -79,9 +78,7 @@ class NotifyApi:
         its outcome shows in the endpoint's attempts)."""
         actor, org_id = await self._caller(request)
         endpoint = await self.n.endpoints.get(actor, org_id, request.path_params["id"])
-        now = self.clock()
-        job = test_job(endpoint, now)
-        await self.n.outbox.enqueue(job, now)
+        job = await self.n.send_test(endpoint, self.clock())
         return JSONResponse({"id": job.key, "status": "queued"}, status_code=202)
 
     async def attempts(self, request: Request) -> Response:
@@ -96,13 +93,7 @@ class NotifyApi:
 
     async def retry_dead(self, request: Request) -> Response:
         _, org_id = await self._caller(request)
-        key = request.path_params["id"]
-        dead = await self.n.outbox.dead_letter(key)
-        if dead is None or dead.org_id != org_id:  # another org's is not there for you
-            raise NotFound(f"dead letter {key} not found")
-        job = await self.n.outbox.revive(key, self.clock())
-        if job is None:
-            raise NotFound(f"dead letter {key} not found")
+        job = await self.n.retry_dead(org_id, request.path_params["id"], self.clock())
         return JSONResponse(job.to_json())
 
     def table(self) -> list[tuple[str, str, Callable[[Request], Awaitable[Response]]]]:

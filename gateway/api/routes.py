@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from patgate.gateway.bodies import read_capped
 from patgate.gateway.lifecycle import (
     Actor,
     Directory,
@@ -22,7 +23,7 @@ from patgate.gateway.lifecycle import (
 from patgate.gateway.lifecycle.listing import Page
 from patgate.gateway.lifecycle.tokens import CREATE_FIELDS, MAX_REPORTED
 from patgate.gateway.notify.setup import Notifications
-from patgate.middleware.errors import PayloadTooLarge, ValidationFailed
+from patgate.middleware.errors import ValidationFailed
 from patgate.middleware.records import Token, TokenStatus, User
 
 from .auth import ActorResolver
@@ -56,25 +57,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def _read_capped(request: Request) -> bytes:
-    """The body, read as it arrives and refused (413) the moment it passes the limit:
-    a declared Content-Length over it is refused before reading anything, and a chunked
-    body is never buffered beyond it, so no caller can make the server hold more."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
-        raise PayloadTooLarge(f"request body larger than {_MAX_BODY} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise PayloadTooLarge(f"request body larger than {_MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await _read_capped(request)
+    raw = await read_capped(request, _MAX_BODY)
     if not raw.strip():
         return {}
     try:

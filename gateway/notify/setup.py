@@ -15,12 +15,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from patgate.gateway.settings import Settings
+from patgate.middleware.errors import NotFound
 from patgate.middleware.store import TokenStore
 
-from .endpoints import Endpoints
+from .endpoints import Endpoint, Endpoints, test_job
 from .fanout import Fanout
 from .mail import MailConfig, MailSender
-from .outbox import Outbox
+from .outbox import Job, Outbox
 from .reminders import Reminders
 from .webhooks import WebhookSender
 from .worker import Notifier, NotifyConfig, NotifyMetrics
@@ -97,6 +98,22 @@ class Notifications:
             reminders=Reminders(store, outbox, fanout, settings.reminder_leads),
         )
         return cls(outbox, endpoints, notifier)
+
+    async def send_test(self, endpoint: Endpoint, now: float) -> Job:
+        """Queue a ``webhook.test`` delivery to ``endpoint`` (the API, the CLI and the
+        console's "test"); its outcome shows in the endpoint's attempts."""
+        job = test_job(endpoint, now)
+        await self.outbox.enqueue(job, now)
+        return job
+
+    async def retry_dead(self, org_id: str, key: str, now: float) -> Job:
+        """A dead letter of ``org_id`` queued again; another org's is not there for the
+        caller (404), exactly like one that does not exist."""
+        dead = await self.outbox.dead_letter(key)
+        job = None if dead is None or dead.org_id != org_id else await self.outbox.revive(key, now)
+        if job is None:
+            raise NotFound(f"dead letter {key} not found")
+        return job
 
     async def aclose(self) -> None:
         await self.notifier.webhooks.aclose()

@@ -58,6 +58,15 @@ ROOT = Path(__file__).resolve().parents[2]
         ("PATGATE_DEFAULT_ORG", "acme", "default_org", "acme"),
         ("PATGATE_WORKERS", "4", "workers", 4),
         ("PATGATE_LOG_LEVEL", "debug", "log_level", "debug"),
+        ("PATGATE_CONSOLE", "off", "console", False),
+        ("PATGATE_CONSOLE_SESSION_TTL", "3600", "console_session_ttl", 3600.0),
+        (
+            "PATGATE_CONSOLE_FRAME_ANCESTORS",
+            "'self'  https://app.example.com",
+            "console_frame_ancestors",
+            "'self' https://app.example.com",
+        ),
+        ("PATGATE_CONSOLE_SECURE_COOKIE", "always", "console_secure_cookie", "always"),
     ],
 )
 def test_good_values(var: str, value: str, attr: str, expected: Any) -> None:
@@ -95,6 +104,14 @@ def test_good_values(var: str, value: str, attr: str, expected: Any) -> None:
         ("PATGATE_DEFAULT_OWNER_TOKEN_LIMIT", "many"),
         ("PATGATE_WORKERS", "0"),
         ("PATGATE_PEPPER_FILE", "/nonexistent/pepper"),
+        ("PATGATE_CONSOLE", "maybe"),
+        ("PATGATE_CONSOLE_SESSION_TTL", "30"),
+        ("PATGATE_CONSOLE_SESSION_TTL", "99999999"),
+        # A source list must not end the directive and smuggle in another one.
+        ("PATGATE_CONSOLE_FRAME_ANCESTORS", "'self'; script-src *"),
+        ("PATGATE_CONSOLE_FRAME_ANCESTORS", "'none' https://a.example"),
+        ("PATGATE_CONSOLE_FRAME_ANCESTORS", " "),
+        ("PATGATE_CONSOLE_SECURE_COOKIE", "sometimes"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str) -> None:

@@ -22,6 +22,7 @@ from patgate.middleware.cache import TokenCache
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import (
     AuthError,
+    ClientNotAllowed,
     InvalidRequest,
     InvalidToken,
     MissingCredentials,
@@ -39,7 +40,7 @@ from patgate.middleware.user import PatgateUser, ScopeList
 from patgate.policies.scopes import ScopeSet
 from tests._topologies import ALL_BACKENDS
 
-from ._tokens import Issued, add_user, issue, make_policy, revoke, update_user
+from ._tokens import Issued, add_user, change, delete, issue, make_policy, revoke, update_user
 
 pytestmark = pytest.mark.anyio
 #: the store tests run on standalone, Sentinel and Cluster (tests/conftest.py).
@@ -678,3 +679,60 @@ async def test_identify_checks_expiry_against_the_given_time(rig: Rig) -> None:
     with pytest.raises(InvalidToken) as info:
         await rig.auth.identify(_bearer(t.secret), now=rig.now[0] + 60)
     assert info.value.reason == "expired"
+
+
+# -- locate / recall: a handle on a token without its secret (the console, issue 15) ----
+
+
+async def test_recall_reads_the_located_token_fresh(rig: Rig) -> None:
+    t = await rig.token()
+    digest, partition = rig.auth.locate(t.secret)
+    assert digest == t.digest  # the index's own digest: nothing new to keep secret
+    assert partition == rig.fmt.partition(t.secret)
+    resolved = await rig.auth.recall(digest, partition)
+    assert resolved.identity.token_id == t.token.id
+    # Fresh every time: one lookup each, and nothing cached (a recall is no data-plane
+    # request, so it is neither a hit nor a miss).
+    await rig.auth.recall(digest, partition)
+    assert rig.store.lookups == 2
+    assert len(rig.cache) == 0
+    assert rig.count("patgate_cache_misses_total") == 0
+
+
+async def test_recall_sees_revocation_expiry_and_deletion_at_once(rig: Rig) -> None:
+    t = await rig.token(expires_at=rig.now[0] + 60)
+    digest, partition = rig.auth.locate(t.secret)
+    rig.now[0] += 61
+    with pytest.raises(InvalidToken) as info:
+        await rig.auth.recall(digest, partition)
+    assert info.value.reason == "expired"
+    rig.now[0] -= 61
+    await revoke(rig.store, t)
+    with pytest.raises(InvalidToken) as info:
+        await rig.auth.recall(digest, partition)
+    assert info.value.reason == "revoked"
+    u = await rig.token(name="second")
+    digest, partition = rig.auth.locate(u.secret)
+    await delete(rig.store, u)
+    with pytest.raises(InvalidToken):
+        await rig.auth.recall(digest, partition)
+
+
+async def test_recall_checks_the_owner_and_the_allowlist(rig: Rig) -> None:
+    t = await change(rig.store, await rig.token(), allowed_ips=("10.0.0.0/8",))
+    digest, partition = rig.auth.locate(t.secret)
+    assert (await rig.auth.recall(digest, partition, client="10.1.2.3")).token.id == t.token.id
+    with pytest.raises(ClientNotAllowed):
+        await rig.auth.recall(digest, partition, client="192.0.2.1")
+    user = await rig.store.get_user("o1", "u1")
+    assert user is not None
+    await update_user(rig.store, user, enabled=False)
+    with pytest.raises(InvalidToken) as info:
+        await rig.auth.recall(digest, partition, client="10.1.2.3")
+    assert info.value.reason == "disabled"
+
+
+async def test_locate_refuses_what_is_no_token(rig: Rig) -> None:
+    for bad in ("pat_short", _bad_checksum(rig.fmt.generate()), "x" * 8):
+        with pytest.raises(InvalidToken):
+            rig.auth.locate(bad)
