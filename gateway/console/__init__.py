@@ -62,6 +62,7 @@ def create_console_app(
         runtime.store,
         runtime.authenticator,
         client_ip=runtime.trusted.client_ip,
+        trusted=runtime.trusted,
         config=config,
         signed_in=signed_in,
         tombstone_ttl=getattr(settings, "tombstone_ttl", 30 * 86_400.0),

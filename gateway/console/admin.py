@@ -8,6 +8,7 @@ org's events, anyone else the events of their own tokens).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,22 @@ from .pages import label_confirmed
 if TYPE_CHECKING:
     from .kit import Ctx, Kit
 
-__all__ = ["AdminPages", "org_changes", "parse_roles"]
+__all__ = ["AdminPages", "org_changes", "parse_roles", "with_current"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _TYPES = (("", "All types"), ("personal", "Personal"), ("oauth", "OAuth"), ("service", "Service"))
 _STATUSES = (("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked"), ("all", "All"))
 #: the organization's maximum token lifetime choices (seconds as the service takes them).
-LIFETIMES = (("", "No maximum"), ("7d", "7 days"), ("30d", "30 days"), ("90d", "90 days"),
-             ("180d", "180 days"), ("1y", "1 year"))  # fmt: skip
+LIFETIMES = (
+    ("", "No maximum"),
+    ("1d", "1 day"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+    ("60d", "60 days"),
+    ("90d", "90 days"),
+    ("180d", "180 days"),
+    ("1y", "1 year"),
+)
 
 
 def parse_roles(text: str) -> dict[str, list[str]]:
@@ -47,24 +56,46 @@ def parse_roles(text: str) -> dict[str, list[str]]:
     return roles
 
 
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
 def _limit(form: Form, name: str) -> int | None:
+    """Empty is no limit; anything else goes to the service as a number (which refuses
+    0 and more than it allows, with its own message)."""
     raw = form.get(name).strip()
-    if raw in ("", "0", "off"):
+    if not raw:
         return None
-    if not raw.isdigit():
+    if not _DIGITS.fullmatch(raw):  # ASCII digits only: int() takes "²" and "٣" too
         raise ValidationFailed(f"{name}: a whole number of tokens, or empty for no limit")
     return int(raw)
 
 
+def _seconds_label(seconds: int) -> str:
+    for size, unit in ((86_400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds} seconds"
+
+
+def with_current(options: tuple[tuple[str, str], ...], current: str) -> tuple[tuple[str, str], ...]:
+    """A select's options plus the current value when it is none of them (set through
+    the API or the CLI): a save that changes something else must not change it too."""
+    if not current or any(key == current for key, _ in options):
+        return options
+    label = _seconds_label(int(current)) if _DIGITS.fullmatch(current) else current
+    return (*options, (current, f"{label} (current)"))
+
+
 def _lifetime(raw: str) -> str | int | None:
     raw = raw.strip()
-    return None if not raw else int(raw) if raw.isdigit() else raw
+    return None if not raw else int(raw) if _DIGITS.fullmatch(raw) else raw
 
 
 def org_changes(form: Form) -> dict[str, Any]:
     """The organization form → the body of :meth:`Directory.put_org` (a merge)."""
     grace = form.get("max_grace_period", "0").strip() or "0"
-    if not grace.isdigit():
+    if not _DIGITS.fullmatch(grace):
         raise ValidationFailed("max_grace_period: choose a grace period")
     return {
         "name": form.get("name").strip(),
@@ -268,8 +299,8 @@ class AdminPages:
             values=values,
             error=error,
             error_field=None if error is None else field_of(error),
-            lifetimes=LIFETIMES,
-            graces=GRACE_PERIODS,
+            lifetimes=with_current(LIFETIMES, values.get("max_lifetime", "")),
+            graces=with_current(GRACE_PERIODS, values.get("max_grace_period", "")),
         )
 
     async def org(self, request: Request) -> Response:

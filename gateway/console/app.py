@@ -45,6 +45,7 @@ from patgate.middleware.errors import (
     ValidationFailed,
 )
 from patgate.middleware.store import TokenStore
+from patgate.middleware.trust import TrustedProxies
 
 from .admin import AdminPages
 from .config import ConsoleConfig
@@ -147,6 +148,7 @@ class Console(Kit):
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         default_token_limit: int | None = 10,
         default_owner_token_limit: int | None = None,
+        trusted: TrustedProxies | None = None,
         start: Callable[[], Awaitable[None]] | None = None,
         close: Callable[[], Awaitable[None]] | None = None,
         notifications: Notifications | None = None,
@@ -161,6 +163,7 @@ class Console(Kit):
             tombstone_ttl=tombstone_ttl,
             default_token_limit=default_token_limit,
             default_owner_token_limit=default_owner_token_limit,
+            trusted=trusted,
         )
         self.static = _static_files()
         self._start, self._close = start, close
@@ -297,7 +300,9 @@ class Console(Kit):
         self._same_origin(request)
         ctx = await self.ctx(request, sign_in=False)
         form = await read_form(request)
-        if ctx.new_cookie or not ctx.session.csrf_ok(form.get("csrf") or None):
+        # A browser with no session proves the form is its own by repeating its CSRF
+        # cookie (double submit); one with a session, by the session's token.
+        if not ctx.session.csrf_ok(form.get("csrf") or None):
             return await self.html(
                 ctx, "login.html", 400, error="The sign-in form expired; please try again."
             )

@@ -11,7 +11,8 @@ rules the API does:
   actor has the token's *effective* scopes, as in the API;
 * **host** (mounted in a host product with a :data:`SignedIn` hook): the host says who
   is signed in on every request, and the console acts as that patgate user with the
-  management scopes of their role (:data:`HOST_SCOPES`). The user must exist in patgate
+  management scopes of their role (:data:`HOST_SCOPES`), bounded by what they may grant
+  now (their ``grantable_scopes``, the org's catalogue). The user must exist in patgate
   (synced through ``PUT /v1/users/{id}``), be enabled and hold the token permission.
 """
 

@@ -16,6 +16,7 @@ plus routes, sign-in and the ASGI entry point.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,10 @@ from patgate.gateway.lifecycle.tokens import DEFAULT_TOMBSTONE_TTL
 from patgate.gateway.notify.setup import Notifications
 from patgate.middleware.auth import Authenticator
 from patgate.middleware.errors import AuthError
+from patgate.middleware.grants import grantable
 from patgate.middleware.store import TokenStore
+from patgate.middleware.trust import TrustedProxies
+from patgate.policies.scopes import intersect
 
 from .config import ConsoleConfig
 from .forms import Form, read_form
@@ -40,9 +44,13 @@ from .identity import HOST_SCOPES, ConsoleUser, SignedIn, Viewer
 from .render import Renderer
 from .sessions import Session, SessionStore
 
-__all__ = ["COOKIE", "Ctx", "Denied", "Kit", "Redirect"]
+__all__ = ["COOKIE", "CSRF_COOKIE", "Ctx", "Denied", "Kit", "Redirect"]
 
 COOKIE = "patgate_console"
+#: the sign-in form's double-submit CSRF token, for a browser with no session yet.
+CSRF_COOKIE = "patgate_console_csrf"
+_CSRF_TTL = 3600.0
+_CSRF = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(slots=True)
@@ -93,8 +101,11 @@ class Kit:
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         default_token_limit: int | None = 10,
         default_owner_token_limit: int | None = None,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         self.config = config if config is not None else ConsoleConfig()
+        #: the proxies whose X-Forwarded-Proto says the browser spoke HTTPS.
+        self.trusted = trusted
         self.store = store
         self.authenticator = authenticator
         self.client_ip = client_ip
@@ -131,17 +142,25 @@ class Kit:
             return mode == "always"
         if request.url.scheme == "https":
             return True
-        # Behind a trusted TLS-terminating proxy (the trusted proxies decide whether
-        # its X-Forwarded-Proto is believed at all: only then is client_ip not the peer).
+        # Behind a TLS-terminating proxy, its X-Forwarded-Proto counts only when the
+        # peer is one of the trusted proxies (PATGATE_TRUSTED_PROXIES).
         peer = request.client.host if request.client else None
-        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip()
-        return forwarded == "https" and self.client_ip(request.scope) != peer
+        if peer is None or self.trusted is None or peer not in self.trusted:
+            return False
+        return request.headers.get("x-forwarded-proto", "").split(",")[0].strip() == "https"
 
     async def session(self, request: Request, now: float) -> tuple[Session, bool]:
+        """The cookie's stored session, or a new one that is stored only once someone
+        signs in; until then its CSRF token is the browser's CSRF cookie, if it has one
+        (a double-submit token: the sign-in form must repeat it)."""
         session = await self.sessions.load(request.cookies.get(COOKIE), now)
         if session is not None:
             return session, False
-        return self.sessions.new(now, self.config.session_ttl), True
+        session = self.sessions.new(now, self.config.session_ttl)
+        presented = request.cookies.get(CSRF_COOKIE)
+        if presented is not None and _CSRF.fullmatch(presented):
+            session.csrf = presented
+        return session, True
 
     async def viewer(self, request: Request, session: Session, now: float) -> Viewer | None:
         """Who the session (or the host) says is signed in, read fresh; None: nobody."""
@@ -182,12 +201,16 @@ class Kit:
                 "Your account may not manage API tokens (it is disabled, or the token "
                 "permission is off). Ask an administrator.",
             )
+        # The role's console scopes, bounded by what the user may grant now, exactly as
+        # a management token of theirs would be (middleware.grants): an admin whose
+        # grantable_scopes the host narrowed gets no admin page the API would refuse.
+        scopes = frozenset(intersect(tuple(HOST_SCOPES[user.role]), grantable(org, user)))
         actor = Actor(
             kind="user",
             id=user.id,
             org_id=user.org_id,
             role=user.role,
-            scopes=HOST_SCOPES[user.role],
+            scopes=scopes,
             ip=ip,
             user_agent=ua,
         )
@@ -259,8 +282,18 @@ class Kit:
         return response
 
     async def finish(self, ctx: Ctx, response: Response) -> None:
-        """Write the session back when it changed; set the cookie when it is new."""
+        """Write the session back when it changed; set the cookie when it is new. A new
+        session nobody signed in to is not stored: the browser gets the CSRF cookie of
+        the sign-in form instead (issue 15: anonymous requests write nothing)."""
         session = ctx.session
+        secure = self._secure(ctx.request)
+        path = ctx.base or "/"
+        if ctx.new_cookie and not session.signed_in:
+            if ctx.request.cookies.get(CSRF_COOKIE) != session.csrf:
+                response.set_cookie(CSRF_COOKIE, session.csrf, max_age=int(_CSRF_TTL),
+                                    path=path, secure=secure, httponly=True,
+                                    samesite="strict")  # fmt: skip
+            return
         if session.dirty or ctx.new_cookie:
             await self.sessions.save(session, ctx.now)
         if ctx.new_cookie:
@@ -268,11 +301,18 @@ class Kit:
                 COOKIE,
                 session.id,
                 max_age=max(1, int(session.expires_at - ctx.now)),
-                path=ctx.base or "/",
-                secure=self._secure(ctx.request),
+                path=path,
+                secure=secure,
                 httponly=True,
                 samesite="strict",
             )
+
+    async def new_form(self, ctx: Ctx) -> str:
+        """A one-time id for a form that reveals a secret (:class:`SessionStore`)."""
+        return await self.sessions.new_form(ctx.session, ctx.now)
+
+    async def use_form(self, ctx: Ctx, form: Form) -> bool:
+        return await self.sessions.use_form(ctx.session, form.get("form_id") or None)
 
     async def redirect(self, ctx: Ctx, path: str, flash: tuple[str, str] | None = None) -> Response:
         if flash is not None:

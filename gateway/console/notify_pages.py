@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["NotifyPages"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+_REUSED = "That form was already used; its secret was shown once. Open the page again."
 
 
 class NotifyPages:
@@ -72,6 +73,7 @@ class NotifyPages:
             error_field=None if error is None else field_of(error),
             values=values or {},
             checked=set(checked or []),
+            form_id=await self.c.new_form(ctx),
         )
 
     async def page(self, request: Request) -> Response:
@@ -79,6 +81,8 @@ class NotifyPages:
 
     async def create(self, request: Request) -> Response:
         ctx, form = await self.c.action(request)
+        if not await self.c.use_form(ctx, form):  # a re-post: no second endpoint
+            return await self.c.redirect(ctx, "/admin/notifications", ("error", _REUSED))
         types = form.getlist("event_types") or ["*"]
         try:
             endpoint = await self.n.endpoints.create(
@@ -100,7 +104,9 @@ class NotifyPages:
         )  # fmt: skip
 
     async def rotate(self, request: Request) -> Response:
-        ctx, _ = await self.c.action(request)
+        ctx, form = await self.c.action(request)
+        if not await self.c.use_form(ctx, form):  # a re-post: no second rotation
+            return await self.c.redirect(ctx, "/admin/notifications", ("error", _REUSED))
         try:
             endpoint = await self.n.endpoints.rotate(
                 ctx.actor, self._org(ctx), request.path_params["id"]

@@ -7,7 +7,7 @@ shown on the page, and changes nothing. Actions answer with a redirect and a one
 message (post/redirect/get), except the two that reveal a secret: create and
 regenerate answer the POST itself, with ``no-store``, so the secret is never in a URL,
 a session, a redirect or a log — and a reload cannot bring it back (their forms are
-one-time, :meth:`Session.use_form`).
+one-time, :meth:`SessionStore.use_form`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def label_confirmed(token: Token, form: Form) -> bool:
 
 def grace_seconds(form: Form) -> float:
     raw = form.get("grace_period", "0").strip() or "0"
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
         raise ValidationFailed("grace_period: choose how long the old secret keeps working")
     return float(raw)
 
@@ -111,7 +111,7 @@ class TokenPages:
             "token_new.html",
             status,
             nav="tokens",
-            form_id=ctx.session.new_form(),
+            form_id=await self.c.new_form(ctx),
             values=values,
             checked=set(values.get("__ops", "").split()),
             error=None if error is None else str(error),
@@ -134,7 +134,7 @@ class TokenPages:
     async def create(self, request: Request) -> Response:
         ctx, form = await self.c.action(request)
         assert ctx.viewer is not None
-        if not ctx.session.use_form(form.get("form_id") or None):
+        if not await self.c.use_form(ctx, form):
             return await self.c.html(
                 ctx, "message.html", 409, title="Already submitted", detail=_REUSED
             )
@@ -180,7 +180,7 @@ class TokenPages:
             own=own,
             org_token=token.owner_kind == "org",
             writable=own or (token.owner_kind == "org" and viewer.manages_tokens),
-            form_id=ctx.session.new_form(),
+            form_id=await self.c.new_form(ctx),
             durations=DURATIONS,
             graces=GRACE_PERIODS,
             operations=RESTRICTED_OPERATIONS,
@@ -306,6 +306,12 @@ class TokenPages:
 
     async def delete_all(self, request: Request) -> Response:
         ctx, form = await self.c.action(request)
+        if ctx.actor.owner_kind == "org":
+            # Signed in with an organization token: its "own" tokens are the org's, each
+            # deleted only by typing its label, never all at once from here.
+            return await self.c.redirect(
+                ctx, "/tokens", ("error", "Delete organization tokens one at a time.")
+            )
         if form.get("confirm") != "delete all":
             return await self.c.redirect(
                 ctx, "/tokens", ("error", 'Type "delete all" to confirm deleting every token.')
@@ -321,7 +327,7 @@ class TokenPages:
     async def regenerate(self, request: Request) -> Response:
         ctx, form = await self.c.action(request)
         token_id = request.path_params["id"]
-        if not ctx.session.use_form(form.get("form_id") or None):
+        if not await self.c.use_form(ctx, form):
             return await self.c.html(
                 ctx, "message.html", 409, title="Already submitted", detail=_REUSED
             )

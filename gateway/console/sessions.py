@@ -15,11 +15,18 @@ What a session holds — never a secret:
   session out at once;
 * ``host_user``: for a console mounted in a host app, the user the host said was signed
   in when the session began (the host's session rules; a different user gets a new one);
-* ``forms``: one-time ids of the forms that reveal a secret (create, regenerate), so a
-  reload that re-posts one cannot show a second secret or rotate again;
 * ``flash``: the message of the last action, shown once on the next page.
 
-Keys live under their own hash tag, ``{<namespace>:console}:s:<sha256(id)>``.
+The forms that reveal a secret (create, regenerate, a webhook's signing secret) carry a
+one-time id, each its own key ``{<namespace>:console}:f:<sha256(session id)>:<id>`` with
+the session's expiry, consumed with ``DEL`` — atomic, so a double click or a reload that
+re-posts the form cannot show a second secret or rotate twice.
+
+Only signed-in sessions are stored: a browser that has not signed in holds just a CSRF
+cookie for the sign-in form (a double-submit token), so a stream of anonymous requests
+writes nothing to the store.
+
+Keys live under their own hash tag, ``{<namespace>:console}``.
 """
 
 from __future__ import annotations
@@ -28,15 +35,12 @@ import hashlib
 import hmac
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from patgate.middleware.store.client import redis_errors_wrapped
 
-__all__ = ["MAX_FORMS", "Session", "SessionStore"]
-
-#: one-time form ids a session keeps (older ones lapse: the form must be opened again).
-MAX_FORMS = 16
+__all__ = ["Session", "SessionStore"]
 
 
 @dataclass(slots=True)
@@ -48,7 +52,6 @@ class Session:
     digest: str | None = None
     partition: int | None = None
     host_user: str | None = None
-    forms: list[str] = field(default_factory=list)
     flash: tuple[str, str] | None = None
     #: set when the session changed and must be written back.
     dirty: bool = False
@@ -61,20 +64,6 @@ class Session:
         return presented is not None and hmac.compare_digest(
             presented.encode("utf-8", "replace"), self.csrf.encode()
         )
-
-    def new_form(self) -> str:
-        form = secrets.token_urlsafe(16)
-        self.forms = [*self.forms[-(MAX_FORMS - 1) :], form]
-        self.dirty = True
-        return form
-
-    def use_form(self, form: str | None) -> bool:
-        """Whether ``form`` is a one-time id this session issued and has not used."""
-        if form is None or form not in self.forms:
-            return False
-        self.forms.remove(form)
-        self.dirty = True
-        return True
 
     def set_flash(self, kind: str, text: str) -> None:
         self.flash = (kind, text)
@@ -95,7 +84,6 @@ class Session:
                 "digest": self.digest,
                 "partition": self.partition,
                 "host_user": self.host_user,
-                "forms": self.forms,
                 "flash": None if self.flash is None else list(self.flash),
             },
             separators=(",", ":"),
@@ -114,7 +102,6 @@ class Session:
                 digest=data.get("digest"),
                 partition=data.get("partition"),
                 host_user=data.get("host_user"),
-                forms=[str(f) for f in data.get("forms") or []],
                 flash=None if not flash else (str(flash[0]), str(flash[1])),
             )
         except (ValueError, KeyError, TypeError, IndexError):
@@ -127,9 +114,14 @@ class SessionStore:
     def __init__(self, client: Any, namespace: str) -> None:
         self._client = client
         self._base = "{" + namespace + ":console}:s:"
+        self._forms = "{" + namespace + ":console}:f:"
 
     def _key(self, session_id: str) -> str:
         return self._base + hashlib.sha256(session_id.encode()).hexdigest()
+
+    def _form_key(self, session_id: str, form_id: str) -> str:
+        digest = hashlib.sha256(session_id.encode()).hexdigest()
+        return self._forms + digest + ":" + form_id
 
     def new(self, now: float, ttl: float) -> Session:
         """A fresh, unsaved session: a new id and a new CSRF token."""
@@ -165,3 +157,19 @@ class SessionStore:
     async def delete(self, session_id: str) -> None:
         with redis_errors_wrapped():
             await self._client.delete(self._key(session_id))
+
+    async def new_form(self, session: Session, now: float) -> str:
+        """A one-time form id of ``session``, valid while the session is."""
+        form_id = secrets.token_urlsafe(16)
+        ttl_ms = max(1, int((session.expires_at - now) * 1000))
+        with redis_errors_wrapped():
+            await self._client.set(self._form_key(session.id, form_id), b"1", px=ttl_ms)
+        return form_id
+
+    async def use_form(self, session: Session, form_id: str | None) -> bool:
+        """Whether ``form_id`` was issued to ``session`` and not used yet; uses it. One
+        ``DEL``: of two concurrent posts of one form, exactly one gets True."""
+        if not form_id or len(form_id) > 64:
+            return False
+        with redis_errors_wrapped():
+            return bool(await self._client.delete(self._form_key(session.id, form_id)))

@@ -84,4 +84,22 @@ document.addEventListener("DOMContentLoaded", () => {
     select.addEventListener("change", sync);
     sync();
   }
+
+  // One submission per form: a double click must not post twice (the one-time form ids
+  // refuse the second anyway; this spares the user the "already submitted" page).
+  for (const form of document.querySelectorAll("form[method=post]")) {
+    form.addEventListener("submit", () => {
+      setTimeout(() => {
+        for (const button of form.querySelectorAll("button[type=submit]")) button.disabled = true;
+      }, 0);
+    });
+  }
+});
+
+// Back to a page from the history cache: its buttons work again.
+window.addEventListener("pageshow", (event) => {
+  if (!event.persisted) return;
+  for (const button of document.querySelectorAll("form[method=post] button[type=submit]")) {
+    if (!button.form.querySelector("[data-must-equal]")) button.disabled = false;
+  }
 });

@@ -42,22 +42,26 @@ async def test_endpoint_lifecycle(nworld: tuple[ConsoleWorld, Notifications]) ->
     page = await b.get("/admin/notifications")
     assert page.status_code == 200
     assert 'id="no-endpoints"' in page.text
-    csrf = hidden(page.text, "csrf")
+    csrf, form_id = hidden(page.text, "csrf"), hidden(page.text, "form_id")
     # Bad input: the message, the typed fields and ticks kept, nothing stored.
     bad = await b.post(
         "/admin/webhooks",
-        {"csrf": csrf, "url": "ftp://hooks.example", "event_types": "token.revoked"},
-    )
+        {"csrf": csrf, "form_id": form_id, "url": "ftp://hooks.example",
+         "event_types": "token.revoked"},
+    )  # fmt: skip
     assert bad.status_code == 400
     assert "url" in bad.text
     assert 'value="ftp://hooks.example"' in bad.text
     assert 'value="token.revoked" checked' in bad.text
     assert await n.endpoints.all("acme") == []
-    made = await b.post(
-        "/admin/webhooks",
-        {"csrf": csrf, "url": "https://127.0.0.1:9/hook", "event_types": "token.revoked"},
-    )
+    form = {"csrf": csrf, "form_id": hidden(bad.text, "form_id"),
+            "url": "https://127.0.0.1:9/hook", "event_types": "token.revoked"}  # fmt: skip
+    made = await b.post("/admin/webhooks", form)
     assert made.status_code == 201
+    # The same form again (a reload re-posting it): no second endpoint.
+    again = await b.post("/admin/webhooks", form)
+    assert again.status_code == 303
+    assert "already used" in _flash((await b.get("/admin/notifications")).text)
     assert made.headers["cache-control"] == "no-store"
     (endpoint,) = await n.endpoints.all("acme")
     assert endpoint.event_types == ("token.revoked",)
@@ -69,8 +73,14 @@ async def test_endpoint_lifecycle(nworld: tuple[ConsoleWorld, Notifications]) ->
     tested = await b.post(f"/admin/webhooks/{endpoint.id}/test", {"csrf": csrf})
     assert tested.status_code == 303
     assert (await n.outbox.queued())[0] == 1
-    # Rotate: a new secret, shown once.
-    rotated = await b.post(f"/admin/webhooks/{endpoint.id}/rotate", {"csrf": csrf})
+    # Rotate: a new secret, shown once; the dialog's one-time form id is required.
+    no_id = await b.post(f"/admin/webhooks/{endpoint.id}/rotate", {"csrf": csrf})
+    assert no_id.status_code == 303
+    assert (await n.endpoints.all("acme"))[0].secret == endpoint.secret
+    form_id = hidden((await b.get("/admin/notifications")).text, "form_id")
+    rotated = await b.post(
+        f"/admin/webhooks/{endpoint.id}/rotate", {"csrf": csrf, "form_id": form_id}
+    )
     (after,) = await n.endpoints.all("acme")
     assert after.secret != endpoint.secret
     assert rotated.text.count(after.secret) == 1

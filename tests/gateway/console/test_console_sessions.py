@@ -17,6 +17,7 @@ from patgate.gateway.console import ConsoleConfig
 from patgate.gateway.lifecycle import Actor
 from patgate.middleware.store import TokenStore
 from tests.gateway.console._world import (
+    Browser,
     ConsoleWorld,
     hidden,
     host_world_fixture,  # noqa: F401
@@ -29,12 +30,12 @@ pytestmark = pytest.mark.anyio
 _GENERIC = "That token is not valid: unknown, revoked, expired or not allowed here."
 
 
-def _cookie(r: httpx.Response) -> dict[str, str | bool]:
-    raw = [v for k, v in r.headers.multi_items() if k == "set-cookie"]
+def _cookie(r: httpx.Response, name: str = "patgate_console") -> dict[str, str | bool]:
+    raw = [v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith(name + "=")]
     assert len(raw) == 1, raw
     jar = SimpleCookie()
     jar.load(raw[0])
-    morsel = jar["patgate_console"]
+    morsel = jar[name]
     low = raw[0].lower()
     return {
         "value": morsel.value,
@@ -54,7 +55,9 @@ async def _key_exists(redis_client: aioredis.Redis, namespace: str, session_id: 
 async def test_cookie_attributes_over_http(world: ConsoleWorld) -> None:
     b = world.browser()
     r = await b.get("/login")
-    first = _cookie(r)
+    # Not signed in: only the sign-in form's CSRF cookie, with the same attributes.
+    first = _cookie(r, "patgate_console_csrf")
+    assert first["value"] == hidden(r.text, "csrf")
     assert first["httponly"]
     assert first["samesite"] == "strict"
     assert first["path"] == "/console"
@@ -69,13 +72,22 @@ async def test_cookie_attributes_over_http(world: ConsoleWorld) -> None:
     assert cookie["max-age"] == str(8 * 3600)
     # a forwarded https from a peer that is not a trusted proxy changes nothing
     r = await world.browser().get("/login", headers={"x-forwarded-proto": "https"})
-    assert _cookie(r)["secure"] is False
+    assert _cookie(r, "patgate_console_csrf")["secure"] is False
 
 
 async def test_cookie_is_secure_when_configured(store: TokenStore) -> None:
     config = ConsoleConfig(secure_cookie="always", session_ttl=600)
-    async with make_console(store, config=config) as w:
-        r = await w.browser().get("/login")
+    async with (
+        make_console(store, config=config) as w,
+        # A Secure cookie comes back only over HTTPS (what a browser does too).
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=w.app), base_url="https://testserver"
+        ) as client,
+    ):
+        b = Browser(client)
+        r = await b.get("/login")
+        assert _cookie(r, "patgate_console_csrf")["secure"] is True
+        r = await sign_in(b, w.secrets["alice"])
         cookie = _cookie(r)
         assert cookie["secure"] is True
         assert cookie["max-age"] == "600"
@@ -113,27 +125,73 @@ async def test_logout_ends_the_session_server_side(
     assert r.headers["location"] == "/console/login"
 
 
+def _set(r: httpx.Response) -> str:
+    """The session id a response sets."""
+    return str(_cookie(r)["value"])
+
+
+async def _session_keys(redis_client: aioredis.Redis, namespace: str) -> list[bytes]:
+    pattern = "{" + namespace + ":console}:*"
+    return [k async for k in redis_client.scan_iter(match=pattern, count=1000)]
+
+
+async def test_anonymous_requests_store_nothing(
+    world: ConsoleWorld, redis_client: aioredis.Redis, namespace: str
+) -> None:
+    """A stream of requests from browsers that never sign in writes no session (review
+    of issue 15: each used to store one for the session's whole lifetime)."""
+    for _ in range(50):
+        b = world.browser()
+        assert (await b.get("/login")).status_code == 200
+        assert (await b.get("/tokens")).status_code == 303
+        bad = await b.post("/login", {"csrf": "x" * 43, "token": "pat_nope"})
+        assert bad.status_code == 400
+    assert await _session_keys(redis_client, namespace) == []
+
+
+async def test_sign_in_needs_the_csrf_cookie_it_was_given(world: ConsoleWorld) -> None:
+    b = world.browser()
+    page = await b.get("/login")
+    csrf = hidden(page.text, "csrf")
+    other = world.browser()  # a page of someone else's form: its token, not their cookie
+    r = await other.post("/login", {"csrf": csrf, "token": world.secrets["alice"]})
+    assert r.status_code == 400
+    assert other.cookie is None
+    r = await b.post("/login", {"csrf": csrf, "token": world.secrets["alice"]})
+    assert r.status_code == 303
+
+
 async def test_sign_in_gives_a_new_session_id(
     world: ConsoleWorld, redis_client: aioredis.Redis, namespace: str
 ) -> None:
-    """No session fixation: the id before sign-in (an attacker could have planted it)
-    is not the signed-in session's, and no longer exists."""
+    """No session fixation: a planted session id is never the signed-in one, and signing
+    in again replaces the session (the old id no longer exists)."""
+    planted = "planted-" + "x" * 40
     b = world.browser()
-    r = await b.get("/login")
-    before = b.cookie
-    assert before is not None
-    assert await _key_exists(redis_client, namespace, before)
-    r = await b.post("/login", {"csrf": hidden(r.text, "csrf"), "token": world.secrets["alice"]})
+    b.client.cookies.set("patgate_console", planted, domain="testserver", path="/console")
+    r = await sign_in(b, world.secrets["alice"])
     assert r.status_code == 303
-    after = b.cookie
-    assert after is not None
-    assert after != before
-    assert not await _key_exists(redis_client, namespace, before)
-    assert await _key_exists(redis_client, namespace, after)
-    planted = world.browser()
-    planted.client.cookies.set("patgate_console", before, domain="testserver", path="/console")
-    assert (await planted.get("/tokens")).status_code == 303
-    # and a signed-in session's csrf is new too
+    assert _set(r) != planted
+    b = world.browser()
+    r = await sign_in(b, world.secrets["alice"])
+    first = _set(r)
+    assert await _key_exists(redis_client, namespace, first)
+    # The session's token is revoked: the session ends but stays (it carries the
+    # message); signing in again replaces it with a new id.
+    await world.tokens.revoke(Actor.system(), world.ids["alice"])
+    assert (await b.get("/tokens")).status_code == 303
+    assert await _key_exists(redis_client, namespace, first)
+    r = await sign_in(b, world.secrets["bob"])
+    assert r.status_code == 303
+    second = _set(r)
+    assert second is not None
+    assert second != first
+    assert not await _key_exists(redis_client, namespace, first)
+    assert await _key_exists(redis_client, namespace, second)
+    stale = world.browser()
+    stale.client.cookies.set("patgate_console", first, domain="testserver", path="/console")
+    assert (await stale.get("/tokens")).status_code == 303
+    # and the signed-in session's csrf is not the anonymous form's
     assert await b.csrf() != hidden((await world.browser().get("/login")).text, "csrf")
 
 
