@@ -9,6 +9,10 @@ differ only in what wraps it:
 ``naive_app``      the peer: a hand-rolled pure-ASGI middleware doing one Redis ``GET``
                    of ``sha256(secret)`` per request, then a scope check in Python — the
                    common "look the token up in Redis every time" approach
+``floor_app``      the floor of any Starlette auth middleware (issue 16): Starlette's own
+                   ``AuthenticationMiddleware`` with an in-memory dict backend and
+                   ``@requires`` on the handler — no checksum, hashing, policy, expiry,
+                   owner status, last-used or metrics
 ``upstream_app``   a minimal pure-ASGI upstream for the gateway rows
 ``gateway_app``    ``create_gateway_app`` (PatgateMiddleware + ProxyApp) → upstream
 ``authz_app``      ``create_authz_app``: the forward-auth endpoint for nginx
@@ -31,7 +35,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    BaseUser,
+    SimpleUser,
+    requires,
+)
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -52,6 +66,7 @@ __all__ = [
     "authz_app",
     "bare_app",
     "bench_policy",
+    "floor_app",
     "gateway_app",
     "naive_app",
     "naive_key",
@@ -217,6 +232,40 @@ class NaiveRedisAuth:
             return
         scope["user"] = token["owner"]
         await self.app(scope, receive, send)
+
+
+# -- the floor: Starlette's own authentication ---------------------------------------------
+
+
+class DictBackend(AuthenticationBackend):
+    """Bearer secrets looked up in a dict: the least any token middleware can do."""
+
+    def __init__(self, tokens: dict[str, tuple[str, ...]]) -> None:
+        self.tokens = tokens
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        header = conn.headers.get("authorization")
+        if header is None or header[:7].lower() != "bearer ":
+            return None
+        scopes = self.tokens.get(header[7:].strip())
+        if scopes is None:
+            raise AuthenticationError("invalid token")
+        return AuthCredentials(list(scopes)), SimpleUser("owner")
+
+
+@requires(SCOPE)
+async def _items_required(request: Request) -> Response:
+    return Response(BODY, media_type="application/json")
+
+
+def floor_app() -> ASGIApp:
+    """``BENCH_FLOOR_TOKEN`` is the one valid secret (the bench's token)."""
+    tokens = {os.environ["BENCH_FLOOR_TOKEN"]: (SCOPE,)}
+    app = Starlette(
+        routes=[Route("/items", _items_required), Route("/healthz", _healthz)],
+        middleware=[Middleware(AuthenticationMiddleware, backend=DictBackend(tokens))],
+    )
+    return BenchStats(app)
 
 
 # -- factories (uvicorn --factory bench.apps:<name>) -------------------------------------

@@ -21,7 +21,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROOT", "Proc", "cpu_seconds", "free_port", "process", "uvicorn_server", "wait_http"]
+__all__ = [
+    "ROOT",
+    "Proc",
+    "children",
+    "cpu_seconds",
+    "free_port",
+    "process",
+    "uvicorn_server",
+    "wait_http",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 30.0
@@ -44,6 +53,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def children(pid: int) -> tuple[int, ...]:
+    """The direct children of ``pid`` (uvicorn's workers under its supervisor)."""
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        found = " ".join((t / "children").read_text() for t in tasks)
+    except OSError:
+        return ()
+    return tuple(int(p) for p in found.split())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,29 +112,55 @@ def _env(extra: Mapping[str, str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def uvicorn_server(
-    factory: str, env: Mapping[str, str], *, ready_path: str = "/healthz"
+    factory: str, env: Mapping[str, str], *, ready_path: str = "/healthz", workers: int = 1
 ) -> Iterator[Proc]:
-    """Run ``bench.apps:<factory>`` under uvicorn until the block ends."""
+    """Run ``bench.apps:<factory>`` under uvicorn until the block ends (``workers`` > 1:
+    uvicorn's supervisor and that many worker processes, sharing the port)."""
     port = free_port()
     args = [
         sys.executable, "-m", "uvicorn", "--factory", f"bench.apps:{factory}",
         "--host", "127.0.0.1", "--port", str(port),
         "--loop", "uvloop", "--http", "httptools", "--ws", "none",
-        "--workers", "1", "--no-access-log", "--log-level", "warning",
+        "--workers", str(workers), "--no-access-log", "--log-level", "warning",
         "--lifespan", "on", "--no-server-header",
     ]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(env), stdin=subprocess.DEVNULL)
     try:
         wait_http(port, ready_path, proc, _START_TIMEOUT)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while workers > 1 and len(children(proc.pid)) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{factory}: {workers} workers did not start")
+            time.sleep(0.05)
+        # Each worker answers once it is up; give the last one a moment after its fork.
+        if workers > 1:
+            time.sleep(1.0)
+            for _ in range(workers * 4):
+                wait_http(port, ready_path, proc, _START_TIMEOUT)
         yield Proc(factory, port, proc.pid)
     finally:
         _stop(proc)
 
 
 @contextlib.contextmanager
-def process(name: str, args: list[str], port: int, *, ready_path: str) -> Iterator[Proc]:
-    """Run any server command (nginx) that listens on ``port`` until the block ends."""
-    proc = subprocess.Popen(args, cwd=ROOT, env=_env({}), stdin=subprocess.DEVNULL)
+def process(
+    name: str,
+    args: list[str],
+    port: int,
+    *,
+    ready_path: str,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[Proc]:
+    """Run any server command (nginx, traefik) that listens on ``port`` until the block
+    ends; ``log``: where its output goes (a peer that logs every request cut short when
+    the load stops would flood the bench's own output)."""
+    out = None if log is None else log.open("wb")
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=_env(env or {}), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+    )
+    if out is not None:
+        out.close()  # the child holds its own descriptor
     try:
         wait_http(port, ready_path, proc, _START_TIMEOUT)
         yield Proc(name, port, proc.pid)

@@ -49,7 +49,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from patgate.policies.engine import Policy, RouteMatch, default_policy
+from patgate.policies.schema import RuleSpec
 from patgate.policies.scopes import ScopeSet
+from patgate.policies.verdicts import PolicyDecision
 
 from .allowlist import IpAllowlist
 from .cache import Slot, TokenCache
@@ -88,6 +90,8 @@ _ROTATED = "token rotated"
 _UA = b"user-agent"
 #: pepper re-index writes in flight at once (issue 12); more wait for a later request.
 _MAX_REINDEX = 32
+#: verdicts kept per cached token (one per rule it was used on).
+_MAX_VERDICTS = 64
 
 
 class _Dead(InvalidToken):
@@ -123,7 +127,8 @@ class Resolved:
     bounded set, computed once per cache fill rather than per request."""
 
     __slots__ = ("allowlist", "credentials", "expires_at", "grace_until", "identity", "org",
-                 "owner", "partition", "scopes", "token", "usable", "used_key", "user")  # fmt: skip
+                 "owner", "partition", "scopes", "token", "usable", "used_key", "user",
+                 "verdicts")  # fmt: skip
 
     def __init__(
         self,
@@ -163,6 +168,9 @@ class Resolved:
         self.scopes = ScopeSet.from_scopes(self.identity.scopes)
         self.credentials = PatgateCredentials(self.scopes)
         self.user = PatgateUser(self.identity)
+        #: rule → the policy's verdict for this token, for rules no request binds
+        #: (:meth:`Authenticator.decide`).
+        self.verdicts: dict[RuleSpec, PolicyDecision] = {}
 
     def check(self, now: float) -> None:
         """:func:`check_usable`, then the grace period of a previous secret."""
@@ -608,9 +616,30 @@ class Authenticator:
             resolved.check(now)
         if match.denied == "no_rule":
             raise InsufficientScope("no policy rule allows this request", reason="no_rule")
-        decision = self.policies.current.authorize(
-            match, identity, _HeaderView(headers), scopes=resolved.scopes
-        )
+        spec = match.spec
+        if (
+            spec is not None
+            and match.denied is None
+            and match.also is None
+            and spec.own is None
+            and spec.workspace_param is None
+            and spec.workspace_header is None
+        ):
+            # No binding reads the request: the verdict is the token's and the rule's
+            # alone, kept on the cached token (issue 16). A reloaded policy has new rule
+            # objects, which simply miss; the dict is bounded.
+            verdicts = resolved.verdicts
+            decision = verdicts.get(spec)
+            if decision is None:
+                decision = self.policies.current.authorize(
+                    match, identity, None, scopes=resolved.scopes
+                )
+                if len(verdicts) < _MAX_VERDICTS:
+                    verdicts[spec] = decision
+        else:
+            decision = self.policies.current.authorize(
+                match, identity, _HeaderView(headers), scopes=resolved.scopes
+            )
         if not decision.allowed:
             raise _policy_error(decision.reason, decision.missing_scope)
         return identity

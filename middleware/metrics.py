@@ -13,7 +13,10 @@ buckets under locks (~1 µs): together a third of a cached decision's CPU. With
 ``PROMETHEUS_MULTIPROC_DIR`` the regular Counter/Histogram are used instead, because
 ``MultiProcessCollector`` only reads the per-process files that prometheus-client's own
 value classes write: a custom collector's values would be missing from ``/metrics``.
-``Metrics.decisions`` and ``Metrics.decision_seconds`` always hold the declarations
+``patgate_cache_hits_total``, bumped on every cached decision, is a :class:`LocalCounter`
+in a single process for the same reason (issue 16: ~2 % of a request's CPU under load
+went to its lock). ``Metrics.decisions``, ``Metrics.decision_seconds`` and
+``Metrics.cache_hits_declared`` always hold the declarations
 (name, help, labels: the deploy tests read them); they are registered and written only in
 multiprocess mode — record decisions through ``Metrics.hot``.
 """
@@ -44,6 +47,7 @@ __all__ = [
     "DECISION_REASONS",
     "HotMetrics",
     "Incrementer",
+    "LocalCounter",
     "LocalCounters",
     "Metrics",
     "Observer",
@@ -200,6 +204,30 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+class LocalCounter(Collector):
+    """One unlabelled counter as a plain number, exported at scrape time with the same
+    samples as a prometheus-client ``Counter`` (``_total``, ``_created``): for a counter
+    bumped on every request (``patgate_cache_hits_total``), in a single process only —
+    the reason is :class:`LocalCounters`'."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._count = _Count()
+        self._created = _created_enabled()
+        #: bound once: the hot path calls ``inc`` with no attribute walk.
+        self.inc = self._count.inc
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation)
+        created = self._count.created if self._created else None
+        family.add_metric((), self._count.value, created)
+        return [family]
+
+
 class RegisteredCounters:
     """The same two families as prometheus-client metrics (multiprocess mode)."""
 
@@ -236,9 +264,18 @@ class Metrics:
             local = LocalCounters(decisions, seconds, buckets=_FAST_BUCKETS)
             r.register(local)
             self.hot = local
-        self.cache_hits = Counter(
-            "patgate_cache_hits_total", "Token lookups answered by the local cache.", registry=r
-        )
+        hits = ("patgate_cache_hits_total", "Token lookups answered by the local cache.")
+        #: the declaration, always (like ``decisions``); registered in multiprocess mode.
+        self.cache_hits_declared = Counter(*hits, registry=None)
+        self.cache_hits: Incrementer
+        if multiprocess:
+            r.register(self.cache_hits_declared)
+            self.cache_hits = self.cache_hits_declared
+        else:
+            # Bumped on every cached decision: a plain number (see LocalCounters).
+            local_hits = LocalCounter(*hits)
+            r.register(local_hits)
+            self.cache_hits = local_hits
         self.cache_misses = Counter(
             "patgate_cache_misses_total", "Token lookups that went to Redis.", registry=r
         )

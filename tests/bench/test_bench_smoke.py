@@ -25,6 +25,7 @@ from bench.nginx import find_nginx
 from bench.report import BEGIN, END, update_doc
 from bench.run import measure, parse_args, report, rows
 from bench.servers import uvicorn_server
+from bench.traefik import find_traefik
 
 _WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:8000/items
   2 threads and 16 connections
@@ -140,8 +141,14 @@ def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
     assert r.trips.server_commands.get("evalsha") == 1
 
     expected = {"direct", "gateway"} | ({"nginx", "authreq"} if find_nginx() else set())
-    assert set(r.middleware) == {"bare", "patgate", "naive"}
+    if find_nginx() and find_traefik():
+        expected.add("traefik")  # ForwardAuth to the same authz as nginx's auth_request
+    assert set(r.middleware) == {"bare", "patgate", "floor", "naive"}
     assert set(r.gateway) == expected
+    # The workers rows (issue 16): 1 against 2, and how many cores the load took.
+    for part in ("middleware", "gateway"):
+        assert set(r.workers[part]) == {"1", "2"}
+        assert all(m.ok and m.load_cores > 0 for m in r.workers[part].values())
     for measured in (*r.middleware.values(), *r.gateway.values()):
         assert measured.ok, measured
         assert measured.rps > 0
@@ -211,3 +218,30 @@ def test_every_measurement_runs_with_tiny_bounds(tmp_path: Path) -> None:
         "revocation → 2nd gateway process, Sentinel (p50/p99, 2 revocations)",
         "revocation → 2nd gateway process, Cluster (p50/p99, 2 revocations)",
     }
+
+
+def test_a_ratio_within_its_noise_neither_passes_nor_fails() -> None:
+    """Issue 16: a ratio row within the run-to-run noise of its target says so."""
+    from bench._wrk import LoadResult
+    from bench.run import _noise, _ratio_row, _verdict
+    from bench.throughput import Measured
+
+    def measured(name: str, *rps: float) -> Measured:
+        rounds = [LoadResult("wrk", int(r), 1.0, r, 1.0, 2.0) for r in rps]
+        return Measured(name, "wrk", sum(rps) / len(rps), 1.0, 2.0, int(sum(rps)), 40.0, 0, 0,
+                        rounds)  # fmt: skip
+
+    base = measured("bare", 1000, 1000, 1000)
+    steady = measured("patgate", 950, 950, 950)
+    shaky = measured("patgate", 850, 950, 1000)
+    assert _noise(steady, base) == 0
+    assert _noise(shaky, base) == pytest.approx(0.075)
+    assert _verdict(0.95, 0.90, 0.0, True) is True
+    assert _verdict(0.85, 0.90, 0.0, True) is False
+    assert _verdict(0.88, 0.90, 0.05, True) is None
+    assert _verdict(0.99, 0.90, 0.5, False) is False
+    row = _ratio_row("patgate", shaky, base, 0.90)
+    assert row.passed is None
+    assert "within noise" in row.value
+    assert "CPU 40 vs 40 µs/req" in row.value
+    assert _ratio_row("patgate", steady, base, 0.90).passed is True

@@ -37,6 +37,7 @@ from patgate.middleware.runtime import redis_client as make_client
 from patgate.middleware.store import Buried, Found, TokenStore
 from patgate.middleware.tokenformat import TokenFormat
 from patgate.middleware.user import PatgateUser, ScopeList
+from patgate.policies.engine import Policy, parse_policy
 from patgate.policies.scopes import ScopeSet
 from tests._topologies import ALL_BACKENDS
 
@@ -736,3 +737,36 @@ async def test_locate_refuses_what_is_no_token(rig: Rig) -> None:
     for bad in ("pat_short", _bad_checksum(rig.fmt.generate()), "x" * 8):
         with pytest.raises(InvalidToken):
             rig.auth.locate(bad)
+
+
+# -- the per-token verdict of request-free rules (issue 16) ---------------------------
+
+
+async def test_static_rule_verdicts_are_kept_on_the_cached_token(rig: Rig) -> None:
+    t = await rig.token(scopes=("threads:read",))
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    assert (await rig.call("POST", "/threads", _bearer(t.secret)))[0] == 403
+    resolved = await rig.auth.resolve(t.secret)  # the cached one (a hit)
+    names = sorted(rule.name for rule in resolved.verdicts)
+    assert names == ["threads-read", "threads-write"]
+    # The kept verdicts answer exactly as the policy does, allow and deny alike.
+    assert (await rig.call("GET", "/threads/2", _bearer(t.secret)))[0] == 200
+    status, _, body = await rig.call("POST", "/threads", _bearer(t.secret))
+    assert (status, body["error"]) == (403, "insufficient_scope")
+
+
+class _FixedPolicy:
+    def __init__(self, policy: Policy) -> None:
+        self.current = policy
+
+
+async def test_a_reloaded_policy_is_decided_afresh(rig: Rig) -> None:
+    t = await rig.token(scopes=("threads:read",))
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    stricter = parse_policy(
+        'version = 1\ndefault = "deny"\n[[rules]]\nname = "threads-read"\n'
+        'methods = ["GET"]\npath = "/threads/{id}"\nscopes = ["threads:admin"]\n',
+        "stricter.toml",
+    )
+    rig.auth.policies = _FixedPolicy(stricter)
+    assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 403
