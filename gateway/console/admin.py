@@ -17,9 +17,10 @@ from starlette.responses import Response
 
 from patgate.gateway.lifecycle import EventQuery, Filters, query_events
 from patgate.gateway.lifecycle.audit import EVENT_TYPES
+from patgate.gateway.lifecycle.expiry import PRESETS
 from patgate.middleware.errors import ServiceError, ValidationFailed
 
-from .forms import GRACE_PERIODS, Form, field_of, lines
+from .forms import DURATIONS, GRACE_PERIODS, Form, field_of, lines
 from .pages import label_confirmed
 
 if TYPE_CHECKING:
@@ -30,17 +31,9 @@ __all__ = ["AdminPages", "org_changes", "parse_roles", "with_current"]
 Endpoint = Callable[[Request], Awaitable[Response]]
 _TYPES = (("", "All types"), ("personal", "Personal"), ("oauth", "OAuth"), ("service", "Service"))
 _STATUSES = (("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked"), ("all", "All"))
-#: the organization's maximum token lifetime choices (seconds as the service takes them).
-LIFETIMES = (
-    ("", "No maximum"),
-    ("1d", "1 day"),
-    ("7d", "7 days"),
-    ("30d", "30 days"),
-    ("60d", "60 days"),
-    ("90d", "90 days"),
-    ("180d", "180 days"),
-    ("1y", "1 year"),
-)
+#: the organization's maximum token lifetime choices: the token form's presets (a
+#: maximum of "never" or a custom date means nothing), or none.
+LIFETIMES = (("", "No maximum"), *((k, t) for k, t in DURATIONS if k not in ("never", "custom")))
 
 
 def parse_roles(text: str) -> dict[str, list[str]]:
@@ -356,8 +349,6 @@ class AdminPages:
 
 
 def _lifetime_choice(seconds: float | None) -> str:
-    from patgate.gateway.lifecycle.expiry import PRESETS
-
     for name, value in PRESETS.items():
         if value is not None and seconds == value:
             return name
