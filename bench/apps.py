@@ -50,7 +50,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from patgate.gateway.app import create_authz_app, create_gateway_app
+from patgate.gateway.app import create_authz_app, create_gateway_app, gateway_core
+from patgate.gateway.fastpath import GatewayApp, GatewayProtocol
 from patgate.gateway.settings import Settings
 from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
 from patgate.middleware.runtime import Runtime, redis_client
@@ -317,9 +318,26 @@ def upstream_app() -> ASGIApp:
     return _upstream
 
 
+#: the gateway core :func:`gateway_app` built in this process, for its fast path.
+_GATEWAY: GatewayApp | None = None
+_STATS_RAW = STATS_PATH.encode()
+
+
 def gateway_app() -> ASGIApp:
+    global _GATEWAY
     runtime = _runtime()
-    return BenchStats(create_gateway_app(runtime), runtime)
+    app = create_gateway_app(runtime)
+    _GATEWAY = gateway_core(app)
+    return BenchStats(app, runtime)
+
+
+class GatewayBenchProtocol(GatewayProtocol):
+    """The gateway's own protocol (``patgate gateway`` serves with it), run by uvicorn's
+    command line for :func:`gateway_app`: the same fast path, with the stats path left to
+    :class:`BenchStats` on the ASGI path."""
+
+    def fast_path(self, raw_path: bytes) -> GatewayApp | None:
+        return None if raw_path == _STATS_RAW else _GATEWAY
 
 
 def authz_app() -> ASGIApp:

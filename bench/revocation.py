@@ -36,7 +36,7 @@ import aiohttp
 
 from bench.apps import STATS_PATH
 from bench.env import seeded_env
-from bench.servers import Proc, uvicorn_server
+from bench.servers import GATEWAY_SERVER, Proc, uvicorn_server
 from bench.topologies import Kind, topology
 from patgate.gateway.lifecycle import Actor, TokenService
 from patgate.middleware.connect import ready
@@ -173,7 +173,10 @@ def topology_revocation(
                          orgs=orgs, extra_env=extra_env)  # fmt: skip
         with uvicorn_server("upstream_app", {}) as up:
             ge = env.patgate_env(PATGATE_UPSTREAM_URL=up.url)
-            with uvicorn_server("gateway_app", ge) as a, uvicorn_server("gateway_app", ge) as b:
+            with (
+                uvicorn_server("gateway_app", ge, **GATEWAY_SERVER) as a,
+                uvicorn_server("gateway_app", ge, **GATEWAY_SERVER) as b,
+            ):
                 result = revocation_latency(
                     topo.url, env.namespace, a, b, env.revocable, env.revocable_secrets,
                     timeout=timeout, max_polls=max_polls,

@@ -20,8 +20,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "GATEWAY_SERVER",
     "ROOT",
     "Proc",
     "children",
@@ -110,9 +112,26 @@ def _env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+#: how :func:`uvicorn_server` runs ``gateway_app`` as ``patgate gateway`` runs its
+#: listener: the gateway's protocol (limits and fast path), no uvicorn proxy-headers
+#: middleware (patgate decides whom to trust), no Date header of its own.
+GATEWAY_SERVER: dict[str, Any] = {
+    "http": "bench.apps:GatewayBenchProtocol",
+    "proxy_headers": False,
+    "date_header": False,
+}
+
+
 @contextlib.contextmanager
 def uvicorn_server(
-    factory: str, env: Mapping[str, str], *, ready_path: str = "/healthz", workers: int = 1
+    factory: str,
+    env: Mapping[str, str],
+    *,
+    ready_path: str = "/healthz",
+    workers: int = 1,
+    http: str = "httptools",
+    proxy_headers: bool = True,
+    date_header: bool = True,
 ) -> Iterator[Proc]:
     """Run ``bench.apps:<factory>`` under uvicorn until the block ends (``workers`` > 1:
     uvicorn's supervisor and that many worker processes, sharing the port)."""
@@ -120,9 +139,11 @@ def uvicorn_server(
     args = [
         sys.executable, "-m", "uvicorn", "--factory", f"bench.apps:{factory}",
         "--host", "127.0.0.1", "--port", str(port),
-        "--loop", "uvloop", "--http", "httptools", "--ws", "none",
+        "--loop", "uvloop", "--http", http, "--ws", "none",
         "--workers", str(workers), "--no-access-log", "--log-level", "warning",
         "--lifespan", "on", "--no-server-header",
+        *(() if proxy_headers else ("--no-proxy-headers",)),
+        *(() if date_header else ("--no-date-header",)),
     ]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(env), stdin=subprocess.DEVNULL)
     try:

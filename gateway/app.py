@@ -3,7 +3,8 @@
 =========  =======================================================================
 listener   serves
 =========  =======================================================================
-gateway    :class:`PatgateMiddleware` around :class:`ProxyApp` (the proxied API)
+gateway    :class:`~gateway.fastpath.GatewayApp`: authentication and :class:`ProxyApp`
+           (the proxied API) in one coroutine
 authz      ``/authz`` forward-auth, ``/healthz``, ``/readyz``
 admin      ``/metrics``, ``/healthz``, ``/readyz``, ``/authz``, ``/console``, then the
            management API
@@ -20,17 +21,18 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from patgate.middleware.asgi import LifespanHooks, PatgateMiddleware
+from patgate.middleware.asgi import LifespanHooks
 from patgate.middleware.metrics import CONTENT_TYPE_LATEST, render
 from patgate.middleware.responses import json_error
 from patgate.middleware.runtime import Runtime
 
+from .fastpath import GatewayApp
 from .forwardauth import ForwardAuthApp
 from .health import HealthEndpoints
 from .proxy import ProxyApp
 from .settings import Settings
 
-__all__ = ["create_admin_app", "create_authz_app", "create_gateway_app"]
+__all__ = ["create_admin_app", "create_authz_app", "create_gateway_app", "gateway_core"]
 
 _NOT_FOUND = json_error(404, "not_found", "no such endpoint")
 
@@ -82,7 +84,16 @@ def create_gateway_app(runtime: Runtime[Settings], proxy: ProxyApp | None = None
         await proxy.aclose()
         await runtime.aclose()
 
-    return LifespanHooks(PatgateMiddleware(proxy, runtime.authenticator), runtime.start, shutdown)
+    return LifespanHooks(GatewayApp(proxy, runtime.authenticator), runtime.start, shutdown)
+
+
+def gateway_core(app: ASGIApp) -> GatewayApp | None:
+    """The :class:`GatewayApp` inside :func:`create_gateway_app`'s ``app`` — for the
+    listener's fast path (:mod:`gateway.fastpath`) — or ``None`` when ``app`` is anything
+    else (a wrapped app keeps every request on its ASGI path: nothing is bypassed)."""
+    if isinstance(app, LifespanHooks) and isinstance(app.app, GatewayApp):
+        return app.app
+    return None
 
 
 def create_authz_app(runtime: Runtime[Settings], *, prefix: str = "/authz") -> ASGIApp:

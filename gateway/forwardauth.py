@@ -43,7 +43,7 @@ from patgate.middleware.errors import AuthError, ConfigError, InvalidRequest, St
 from patgate.middleware.responses import json_error
 from patgate.middleware.trust import TrustedProxies
 
-from .headers import identity_headers
+from .headers import resolved_identity_headers
 
 __all__ = ["SOURCES", "ForwardAuthApp"]
 
@@ -105,7 +105,7 @@ class ForwardAuthApp:
         except (AuthError, StoreUnavailable) as exc:
             await self._responses.for_error(exc).send(send)
             return
-        out = _EMPTY_OK if resolved is None else [*_EMPTY_OK, *identity_headers(resolved.identity)]
+        out = _EMPTY_OK if resolved is None else [*_EMPTY_OK, *resolved_identity_headers(resolved)]
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": b""})
 

@@ -15,7 +15,9 @@ Pure functions over ASGI header lists (``list[tuple[bytes, bytes]]``, lower-case
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
+from patgate.middleware.auth import Resolved
 from patgate.middleware.records import Identity
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "identity_headers",
     "is_forwarding_header",
     "is_identity_lookalike",
+    "resolved_identity_headers",
     "response_headers",
     "upstream_request_headers",
 ]
@@ -134,6 +137,22 @@ def identity_headers(identity: Identity | None) -> Headers:
     return [(name, value.encode()) for name, value in zip(IDENTITY_HEADERS, values, strict=True)]
 
 
+_DERIVED_KEY = "gateway.identity_headers"
+
+
+def resolved_identity_headers(resolved: Resolved | None) -> Headers:
+    """:func:`identity_headers` of a resolved token, built once per cache fill (kept in
+    ``resolved.derived``, issue 16) — the same list every time: callers copy, never
+    change it."""
+    if resolved is None:
+        return []
+    derived = resolved.derived
+    headers = derived.get(_DERIVED_KEY)
+    if headers is None:
+        headers = derived[_DERIVED_KEY] = identity_headers(resolved.identity)
+    return cast(Headers, headers)
+
+
 def upstream_request_headers(
     scope_headers: Iterable[tuple[bytes, bytes]],
     *,
@@ -141,12 +160,15 @@ def upstream_request_headers(
     peer: str | None,
     trusted: bool,
     scheme: str,
+    identity_fields: Headers | None = None,
 ) -> Headers:
     """The headers to send upstream for a request with ``scope_headers``.
 
     ``peer`` is the direct peer's address and ``trusted`` whether it is a trusted proxy
     (:meth:`patgate.middleware.trust.TrustedProxies.__contains__`). The client's ``Host`` becomes
     ``X-Forwarded-Host``; the client library sets the upstream's own ``Host``.
+    ``identity_fields``: ``identity``'s headers already built
+    (:func:`resolved_identity_headers`).
     """
     headers = scope_headers if isinstance(scope_headers, list) else list(scope_headers)
     conn = _connection_tokens(headers)
@@ -185,17 +207,23 @@ def upstream_request_headers(
         fwd_host = host
     if fwd_host is not None:
         out.append((_XFH, fwd_host))
-    out.extend(identity_headers(identity))
+    out.extend(identity_headers(identity) if identity_fields is None else identity_fields)
     return out
 
 
 def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Upstream response headers, names lower-cased (ASGI), minus hop-by-hop and
     ``Connection``-named ones."""
-    headers = upstream_headers if isinstance(upstream_headers, list) else list(upstream_headers)
-    conn = _connection_tokens(headers)
-    return [
-        (lname, value)
-        for name, value in headers
-        if (lname := name.lower()) not in HOP_BY_HOP and lname not in conn
-    ]
+    out: Headers = []
+    named: list[bytes] | None = None  # the values of Connection fields, if any
+    for name, value in upstream_headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                named = [value] if named is None else [*named, value]
+            continue
+        out.append((lname, value))
+    if named is None:  # the common case: one pass
+        return out
+    conn = _connection_tokens((b"connection", v) for v in named)
+    return [(name, value) for name, value in out if name not in conn]

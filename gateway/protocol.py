@@ -32,6 +32,11 @@ and discarded, unparsed, for at most :data:`LINGER_SECONDS`, because closing a s
 with unread data makes the kernel send a RST that can destroy the response before the
 client reads it (RFC 9112 §9.6).
 
+Every request cycle writes through :class:`~gateway.writes.CoalescedWrites`, so a response
+whose head and body are sent in one loop turn leaves in one ``send``. The gateway
+listener's subclass, :class:`gateway.fastpath.GatewayProtocol`, also serves bodiless
+requests without the ASGI cycle (issue 16).
+
 Middleware users run their own server; ``uvicorn.run(app, http=limited_protocol())`` gives
 them the same limits (see docs/data-plane.md).
 """
@@ -48,6 +53,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from patgate.middleware.responses import error_body
 
+from .writes import CoalescedWrites
+
 __all__ = [
     "DEFAULT_MAX_HEADERS",
     "DEFAULT_MAX_HEADER_BYTES",
@@ -63,6 +70,10 @@ DEFAULT_MAX_HEADERS = 100
 DEFAULT_MAX_URL_BYTES = 16 * 1024
 #: how long a refused connection is drained before it is closed.
 LINGER_SECONDS = 2.0
+
+#: ``Host`` values :func:`host_problem` accepted (it is a pure function of the value).
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_MAX = 1024
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 3986 §3.2.2: uri-host = IP-literal /
 # IPv4address / reg-name, reg-name = *( unreserved / pct-encoded / sub-delims ) — empty
@@ -141,6 +152,11 @@ class PatgateHttpToolsProtocol(HttpToolsProtocol):
         self._draining = False
         self._pending: bytes | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._writes: CoalescedWrites | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._writes = CoalescedWrites(transport, self.loop)
 
     # -- bytes in ---------------------------------------------------------------------
 
@@ -174,6 +190,8 @@ class PatgateHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_TOO_LARGE)
 
     def _bad_request(self) -> None:
+        if self._writes is not None:
+            self._writes.flush()
         msg = "Invalid HTTP request received."
         self.logger.warning(msg)
         self.send_400_response(msg)
@@ -190,6 +208,8 @@ class PatgateHttpToolsProtocol(HttpToolsProtocol):
         self._write_refusal(response)
 
     def _write_refusal(self, response: bytes) -> None:
+        if self._writes is not None:
+            self._writes.flush()  # the responses before it go first
         transport = self.transport
         if transport.is_closing():
             return
@@ -200,6 +220,8 @@ class PatgateHttpToolsProtocol(HttpToolsProtocol):
         self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def on_response_complete(self) -> None:
+        if self._writes is not None:
+            self._writes.flush()
         pending = self._pending
         if pending is None or self.pipeline:
             super().on_response_complete()  # starts the next pipelined request, if any
@@ -246,10 +268,26 @@ class PatgateHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        problem = host_problem(self._hosts, self.parser.get_http_version())
-        if problem is not None:
-            raise _Refused(_response(400, b"Bad Request", "invalid_request", problem))
+        hosts = self._hosts
+        # Nearly every request names a Host already seen valid: a set probe, not a regex.
+        if len(hosts) != 1 or hosts[0] not in _GOOD_HOSTS:
+            problem = host_problem(hosts, self.parser.get_http_version())
+            if problem is not None:
+                raise _Refused(_response(400, b"Bad Request", "invalid_request", problem))
+            if len(hosts) == 1:
+                if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+                    _GOOD_HOSTS.clear()  # bounded: names a client makes up cost memory
+                _GOOD_HOSTS.add(hosts[0])
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """uvicorn's request dispatch (a cycle, its ASGI task or its place in the
+        pipeline), the cycle writing through :class:`CoalescedWrites`."""
+        cycle = self.cycle
         super().on_headers_complete()
+        if self.cycle is not cycle and self._writes is not None:
+            # A new request cycle (not an upgrade): its head and body leave in one send.
+            self.cycle.transport = self._writes  # type: ignore[assignment]
 
 
 _TOO_LARGE = _response(

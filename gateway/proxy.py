@@ -17,6 +17,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 from urllib.parse import quote
 
 import httpx
@@ -24,14 +25,15 @@ from starlette.types import Receive, Scope, Send
 
 from patgate.middleware.errors import ConfigError, UpstreamError
 from patgate.middleware.metrics import Metrics
+from patgate.middleware.records import Identity
 from patgate.middleware.responses import ErrorResponses
 from patgate.middleware.trust import TrustedProxies
 
-from .headers import response_headers, upstream_request_headers
+from .headers import Headers, response_headers, upstream_request_headers
 from .settings import Settings
 from .upstream import Body, HttpxUpstream, Upstream, UpstreamResponse, create_upstream
 
-__all__ = ["ProxyApp"]
+__all__ = ["DirectReply", "ProxyApp"]
 
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _ERROR_KINDS = ("connect", "timeout", "protocol")
@@ -89,6 +91,28 @@ def _target(scope: Scope) -> bytes:
     return target
 
 
+class DirectReply(Protocol):
+    """How :meth:`ProxyApp.forward_direct` answers: the fast path's writer on the
+    connection (:class:`gateway.fastpath.Reply`), framed as uvicorn would frame it."""
+
+    @property
+    def started(self) -> bool:
+        """Whether any byte of the response has been written."""
+
+    async def complete(self, status: int, headers: Headers, body: bytes) -> None:
+        """The whole response at once."""
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """The head of a streamed response."""
+
+    async def chunk(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+    def abort(self) -> None:
+        """Cut a started response short (the client sees it truncated)."""
+
+
 class ProxyApp:
     """Forward http requests to ``settings.upstream_url``.
 
@@ -116,11 +140,12 @@ class ProxyApp:
         self._upstream = upstream if upstream is not None else create_upstream(settings)
         self._trusted = TrustedProxies(settings.trusted_proxies)
         metrics = metrics if metrics is not None else Metrics()
-        self._requests = {
-            c: metrics.upstream_requests.labels(status_class=c) for c in (*_STATUS_CLASSES, "error")
-        }
+        hot = metrics.upstream_hot
+        self._requests = {c: hot.child(c) for c in (*_STATUS_CLASSES, "error")}
+        #: status // 100 → its counter (index 0 unused).
+        self._by_class = (self._requests["5xx"], *(self._requests[c] for c in _STATUS_CLASSES))
         self._errors = {k: metrics.upstream_errors.labels(kind=k) for k in _ERROR_KINDS}
-        self._seconds = metrics.upstream_seconds
+        self._seconds = hot.seconds
         self._responses = ErrorResponses()
 
     async def aclose(self) -> None:
@@ -134,17 +159,21 @@ class ProxyApp:
             await send({"type": "websocket.close", "code": 1008, "reason": "not proxied"})
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        peer: str | None = client[0] if client else None
-        headers = upstream_request_headers(
-            scope["headers"],
-            identity=scope.get("patgate.identity"),
-            peer=peer,
-            trusted=peer in self._trusted,
-            scheme=scope.get("scheme", "http"),
-        )
-        # Peek at the first body message: a body that fits in one message (most requests)
-        # goes as bytes; only a longer one is streamed through a generator.
+        await self.forward(scope, receive, send, scope.get("patgate.identity"))
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        identity: Identity | None,
+        identity_fields: Headers | None = None,
+    ) -> None:
+        """Forward one authenticated http request for ``identity`` (``None``: a public
+        route); ``identity_fields``: its headers, already built."""
+        headers = self._headers(scope, identity, identity_fields)
+        # Peek at the first body message: a body that fits in one message (most
+        # requests) goes as bytes; only a longer one is streamed through a generator.
         first = await receive()
         if first["type"] == "http.disconnect":
             return
@@ -170,7 +199,7 @@ class ProxyApp:
             await self._responses.for_error(exc).send(send)
             return
         self._seconds.observe(time.perf_counter() - started)
-        self._requests.get(f"{response.status // 100}xx", self._requests["5xx"]).inc()
+        self._count(response.status)
         try:
             await self._respond(response, receive, send, watch=state.done)
         except UpstreamError as exc:
@@ -179,6 +208,72 @@ class ProxyApp:
             self._errors[exc.kind].inc()
         finally:
             await response.aclose()
+
+    async def forward_direct(
+        self,
+        scope: Scope,
+        reply: DirectReply,
+        identity: Identity | None,
+        identity_fields: Headers | None = None,
+    ) -> None:
+        """:meth:`forward` for a request without a body, answered through the fast
+        path's ``reply`` (:mod:`gateway.fastpath`): in one write when the upstream's
+        response is already whole."""
+        headers = self._headers(scope, identity, identity_fields)
+        started = time.perf_counter()
+        try:
+            response = await self._upstream.send(scope["method"], _target(scope), headers, None)
+        except UpstreamError as exc:
+            self._seconds.observe(time.perf_counter() - started)
+            self._errors[exc.kind].inc()
+            self._requests["error"].inc()
+            prepared = self._responses.for_error(exc)
+            await reply.complete(prepared.status, prepared.headers, prepared.body)
+            return
+        self._seconds.observe(time.perf_counter() - started)
+        self._count(response.status)
+        try:
+            fields = response_headers(response.headers)
+            whole = response.ready_body()
+            if whole is None and _short(fields):
+                # A short body announced by its length goes out with its head in one
+                # write once it is in, as nginx's proxy buffering does: the head alone
+                # would tell the client nothing it can use before the body anyway.
+                whole = b"".join([chunk async for chunk in response.aiter_raw()])
+            if whole is not None:
+                await reply.complete(response.status, fields, whole)
+            else:
+                await reply.start(response.status, fields)
+                async for chunk in response.aiter_raw():
+                    await reply.chunk(chunk)
+                await reply.end()
+        except UpstreamError as exc:
+            self._errors[exc.kind].inc()
+            if not reply.started:
+                prepared = self._responses.for_error(exc)
+                await reply.complete(prepared.status, prepared.headers, prepared.body)
+            else:  # the head is out: cut the response short (see forward)
+                reply.abort()
+        finally:
+            await response.aclose()
+
+    def _headers(
+        self, scope: Scope, identity: Identity | None, identity_fields: Headers | None
+    ) -> Headers:
+        client = scope.get("client")
+        peer: str | None = client[0] if client else None
+        return upstream_request_headers(
+            scope["headers"],
+            identity=identity,
+            peer=peer,
+            trusted=peer in self._trusted,
+            scheme=scope.get("scheme", "http"),
+            identity_fields=identity_fields,
+        )
+
+    def _count(self, status: int) -> None:
+        status_class = status // 100
+        self._by_class[status_class if 1 <= status_class <= 5 else 5].inc()
 
     async def _respond(
         self, response: UpstreamResponse, receive: Receive, send: Send, *, watch: bool
@@ -194,6 +289,18 @@ class ProxyApp:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+#: a response body up to this length, announced by Content-Length, is relayed whole.
+_WHOLE_LIMIT = 64 * 1024
+
+
+def _short(fields: Headers) -> bool:
+    """Whether ``fields`` announce a body of at most :data:`_WHOLE_LIMIT` bytes."""
+    for name, value in fields:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= _WHOLE_LIMIT
+    return False
 
 
 async def _relay(

@@ -51,8 +51,9 @@ from patgate.policies.reload import PolicyHolder
 
 from .api import create_api_app
 from .api.verify import make_verifier
-from .app import create_admin_app, create_authz_app, create_gateway_app
+from .app import create_admin_app, create_authz_app, create_gateway_app, gateway_core
 from .console import create_console_app
+from .fastpath import gateway_protocol
 from .notify.setup import Notifications, running
 from .protocol import limited_protocol
 from .sample import sample_upstream
@@ -111,15 +112,20 @@ def _config(
     proxied: bool = False,
     lifespan: Literal["on", "off"] = "on",
 ) -> uvicorn.Config:
+    limits = {
+        "max_header_bytes": settings.max_header_bytes,
+        "max_headers": settings.max_headers,
+        "max_url_bytes": settings.max_url_bytes,
+    }
+    # The proxied listener serves bodiless requests on its fast path (issue 16).
+    protocol = (
+        gateway_protocol(gateway_core(app), **limits) if proxied else limited_protocol(**limits)
+    )
     return uvicorn.Config(
         app,
         # httptools with bounded request heads and strict Host (431/414/400 before any
         # ASGI app runs): gateway/protocol.py, issue 9.
-        http=limited_protocol(
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-            max_url_bytes=settings.max_url_bytes,
-        ),
+        http=protocol,
         loop="none",
         lifespan=lifespan,
         log_level=settings.log_level,

@@ -23,6 +23,7 @@ __all__ = [
     "ENV_VARS",
     "FILE_VARS",
     "FORWARD_AUTH_SOURCES",
+    "UPSTREAM_CLIENTS",
     "Settings",
     "check_frame_ancestors",
     "parse_hostport",
@@ -93,6 +94,10 @@ class Settings(DataPlaneConfig):
     upstream_timeout: float = 30.0
     upstream_connect_timeout: float = 5.0
     upstream_pool_size: int = 256
+    #: the upstream transport (gateway/upstream/): ``http1`` or the ``aiohttp`` fallback.
+    upstream_client: str = "http1"
+    #: a PEM bundle trusted for an ``https`` upstream instead of the system store.
+    upstream_ca_file: Path | None = None
     #: active tokens per org, and per owner, for orgs created without naming them
     #: (issue 13); None: no limit.
     default_token_limit: int | None = 10
@@ -253,6 +258,8 @@ def _source(value: str, name: str) -> str:
 
 
 _SECURITY = ("starttls", "tls", "none")
+#: the upstream transports ``create_upstream`` knows (gateway/upstream/__init__.py).
+UPSTREAM_CLIENTS = ("http1", "aiohttp")
 _LEAD_UNITS = {"d": 86_400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
@@ -326,6 +333,11 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
         lambda v, n: _number(v, n, float, 0.001),
     ),
     "PATGATE_UPSTREAM_POOL_SIZE": ("upstream_pool_size", lambda v, n: _number(v, n, int, 1)),
+    "PATGATE_UPSTREAM_CLIENT": (
+        "upstream_client",
+        lambda v, n: _choice(v, n, UPSTREAM_CLIENTS),
+    ),
+    "PATGATE_UPSTREAM_CA_FILE": ("upstream_ca_file", _path),
     "PATGATE_EVENTS_MAXLEN": ("events_maxlen", lambda v, n: _number(v, n, int, 1000)),
     "PATGATE_AUTH_FAILURE_LIMIT": ("auth_failure_limit", lambda v, n: _number(v, n, int, 0)),
     "PATGATE_AUTH_FAILURE_WINDOW": (

@@ -126,9 +126,9 @@ class Resolved:
     compiled form — so ``@requires``, the policy and the identity headers all see the
     bounded set, computed once per cache fill rather than per request."""
 
-    __slots__ = ("allowlist", "credentials", "expires_at", "grace_until", "identity", "org",
-                 "owner", "partition", "scopes", "token", "usable", "used_key", "user",
-                 "verdicts")  # fmt: skip
+    __slots__ = ("allowlist", "credentials", "derived", "expires_at", "grace_until",
+                 "identity", "org", "owner", "partition", "scopes", "token", "usable",
+                 "used_key", "user", "verdicts")  # fmt: skip
 
     def __init__(
         self,
@@ -171,6 +171,9 @@ class Resolved:
         #: rule → the policy's verdict for this token, for rules no request binds
         #: (:meth:`Authenticator.decide`).
         self.verdicts: dict[RuleSpec, PolicyDecision] = {}
+        #: what a layer above derives from this token once per cache fill rather than
+        #: per request, by that layer's key (the gateway's identity headers).
+        self.derived: dict[str, object] = {}
 
     def check(self, now: float) -> None:
         """:func:`check_usable`, then the grace period of a previous secret."""

@@ -15,8 +15,11 @@ buckets under locks (~1 µs): together a third of a cached decision's CPU. With
 value classes write: a custom collector's values would be missing from ``/metrics``.
 ``patgate_cache_hits_total``, bumped on every cached decision, is a :class:`LocalCounter`
 in a single process for the same reason (issue 16: ~2 % of a request's CPU under load
-went to its lock). ``Metrics.decisions``, ``Metrics.decision_seconds`` and
-``Metrics.cache_hits_declared`` always hold the declarations
+went to its lock), and the proxy's two per-request families
+(``patgate_upstream_requests_total``, ``patgate_upstream_seconds``) are recorded through
+:attr:`Metrics.upstream_hot` the same way. ``Metrics.decisions``,
+``Metrics.decision_seconds``, ``Metrics.upstream_requests``, ``Metrics.upstream_seconds``
+and ``Metrics.cache_hits_declared`` always hold the declarations
 (name, help, labels: the deploy tests read them); they are registered and written only in
 multiprocess mode — record decisions through ``Metrics.hot``.
 """
@@ -97,6 +100,12 @@ _LAG_BUCKETS = (
     0.1, 0.25, 0.5, 1,
 )  # fmt: skip
 _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: the proxy's two per-request families (recorded through ``Metrics.upstream_hot``).
+_UPSTREAM_SPECS = (
+    ("patgate_upstream_requests",
+     "Requests proxied upstream by response status class (or error).", ("status_class",)),
+    ("patgate_upstream_seconds", "Upstream response time (until response headers).", ()),
+)  # fmt: skip
 
 
 class Incrementer(Protocol):
@@ -114,6 +123,9 @@ class HotMetrics(Protocol):
     def seconds(self) -> Observer: ...
 
     def decision(self, outcome: str, reason: str) -> Incrementer: ...
+
+    def child(self, *labels: str) -> Incrementer:
+        """The counter's child for these label values."""
 
 
 class _Count:
@@ -163,14 +175,17 @@ class LocalCounters(Collector):
 
     def __init__(self, decisions: _Spec, seconds: _Spec, *, buckets: tuple[float, ...]) -> None:
         self._specs = (decisions, seconds)
-        self._decisions: dict[tuple[str, str], _Count] = {}
+        self._decisions: dict[tuple[str, ...], _Count] = {}
         self.seconds = _Buckets(tuple(float(b) for b in buckets))
         self._created = _created_enabled()
 
     def decision(self, outcome: str, reason: str) -> _Count:
-        child = self._decisions.get((outcome, reason))
+        return self.child(outcome, reason)
+
+    def child(self, *labels: str) -> _Count:
+        child = self._decisions.get(labels)
         if child is None:
-            child = self._decisions[(outcome, reason)] = _Count()
+            child = self._decisions[labels] = _Count()
         return child
 
     def describe(self) -> Iterable[Metric]:
@@ -238,6 +253,9 @@ class RegisteredCounters:
     def decision(self, outcome: str, reason: str) -> Incrementer:
         return self._decisions.labels(outcome, reason)
 
+    def child(self, *labels: str) -> Incrementer:
+        return self._decisions.labels(*labels)
+
 
 class Metrics:
     """All patgate metrics, registered on ``registry`` (a fresh one by default)."""
@@ -291,18 +309,22 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        self.upstream_requests = Counter(
-            "patgate_upstream_requests_total",
-            "Requests proxied upstream by response status class (or error).",
-            ["status_class"],
-            registry=r,
-        )
+        # Also per request (every proxied one): the same split as decisions.
+        requests, upstream_seconds = _UPSTREAM_SPECS
+        self.upstream_requests = Counter(*requests, registry=None)
         self.upstream_seconds = Histogram(
-            "patgate_upstream_seconds",
-            "Upstream response time (until response headers).",
-            buckets=_UPSTREAM_BUCKETS,
-            registry=r,
+            *upstream_seconds, buckets=_UPSTREAM_BUCKETS, registry=None
         )
+        #: how the proxy records the two: ``child(status_class).inc()``, ``seconds``.
+        self.upstream_hot: HotMetrics
+        if multiprocess:
+            r.register(self.upstream_requests)
+            r.register(self.upstream_seconds)
+            self.upstream_hot = RegisteredCounters(self.upstream_requests, self.upstream_seconds)
+        else:
+            upstream = LocalCounters(requests, upstream_seconds, buckets=_UPSTREAM_BUCKETS)
+            r.register(upstream)
+            self.upstream_hot = upstream
         self.upstream_errors = Counter(
             "patgate_upstream_errors_total",
             "Upstream failures by kind (connect, timeout, protocol).",

@@ -27,7 +27,7 @@ token makes every cross-origin call from a browser fail.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
@@ -35,8 +35,8 @@ from typing import NamedTuple
 from patgate.policies.errors import PolicyError
 from patgate.policies.identity import PolicyIdentity
 from patgate.policies.loader import parse_document, read_text
-from patgate.policies.paths import BadPath, normalize
-from patgate.policies.routes import RouteTable
+from patgate.policies.paths import MAX_PATH_LENGTH, BadPath, is_plain, is_plain_segment, normalize
+from patgate.policies.routes import RouteTable, Walk
 from patgate.policies.schema import PolicySpec, RuleSpec, build_spec
 from patgate.policies.scopes import ScopeSet
 from patgate.policies.verdicts import REASONS, PolicyDecision, scope_verdict, workspace_ok
@@ -62,6 +62,8 @@ _ORIGIN = b"origin"
 _ACRM = b"access-control-request-method"
 _AUTHORIZATION = b"authorization"
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+#: methods that need neither upper-casing nor the TRACE/CONNECT checks.
+_ORDINARY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CACHE_MAX = 4096
 # Longer raw paths are not memoized, which bounds the route memo to a few MiB.
 _CACHE_PATH_MAX = 256
@@ -99,9 +101,11 @@ class Policy:
 
     __slots__ = (
         "_default_ok",
+        "_dirs",
         "_exact",
         "_explicit",
         "_fixed_decisions",
+        "_literals",
         "_mixed_case",
         "_routes",
         "_scope_cache",
@@ -144,6 +148,10 @@ class Policy:
         # shared, because building a frozen dataclass per request costs ~1 µs.
         self._fixed_decisions: dict[tuple[bool, str, str], PolicyDecision] = {}
         self._routes: dict[tuple[str, str], RouteMatch] = {}
+        # The trie walk through a plain path's directory, by (method, directory). Bounded
+        # and cleared like the route memo.
+        self._dirs: dict[tuple[str, str], Walk] = {}
+        self._literals = table.literals
         #: TRACE/CONNECT that some rule names; any other is refused before routing.
         self._explicit = (
             frozenset(m for r in spec.rules if r.methods is not None for m in r.methods)
@@ -189,6 +197,8 @@ class Policy:
         return match
 
     def _route(self, method: str, raw_path: str) -> RouteMatch:
+        if method in _ORDINARY_METHODS:  # upper case, not TRACE/CONNECT: nothing to check
+            return self._route_path(method, raw_path)
         if not method.isupper():
             method = method.upper()
         if method in EXPLICIT_METHODS and method not in self._explicit:
@@ -205,29 +215,108 @@ class Policy:
         return match
 
     def _route_path(self, method: str, raw_path: str) -> RouteMatch:
+        """The fast route when it applies, else the full route (the same answer)."""
+        path = raw_path.partition("?")[0] if "?" in raw_path else raw_path
+        if path[:1] == "/" and len(path) <= MAX_PATH_LENGTH:
+            match = self._route_plain(method, path)
+            if match is not None:
+                return match
+        return self._route_normalized(method, raw_path)
+
+    def _route_plain(self, method: str, path: str) -> RouteMatch | None:
+        """The route of a plain path from the memoized walk through its directory, or
+        ``None`` when this shortcut does not apply (the caller takes the full route).
+
+        Fresh ids sit in the last segment (``/threads/t-123``) far more often than
+        elsewhere, and the directory repeats: its walk through the trie is kept (a pure
+        function of the policy, method and directory, like the route memo) and only the
+        last segment is checked and walked. The answer is the full route's: ``path`` is
+        plain (:func:`~patgate.policies.paths.is_plain_segment` on the last segment,
+        :func:`~patgate.policies.paths.is_plain` on the directory when it is first
+        seen), so normalizing only splits it; and the exact-case view cannot reach
+        another rule (below), so it is not walked.
+        """
+        if self._mixed_case:
+            return None  # the exact-case trie differs: only the full route compares both
+        cut = path.rfind("/")
+        last = path[cut + 1 :]
+        if not is_plain_segment(last):
+            return None
+        key = (method, path[:cut])
+        walk = self._dirs.get(key)
+        if walk is None:
+            walk = self._learn_dir(key)
+            if walk is None:
+                return None
+        lower = last.lower()
+        if lower != last and (lower in self._literals or last in self._literals):
+            # A case-sensitive upstream could route this spelling elsewhere: only the full
+            # route compares the exact-case view.
+            return None
+        hit = self._table.match_next(walk, method, lower, last)
+        if hit is False:
+            return None
+        return self._match(hit, path)
+
+    def _learn_dir(self, key: tuple[str, str]) -> Walk | None:
+        """Walk a directory (``key``: method, path up to its last ``/``) and memoize the
+        walk; ``None`` (not memoized: it would only evict useful walks) when it is no
+        plain directory or letter case could change the rule — the full route decides.
+        """
+        method, directory = key
+        if directory == "":
+            walk = self._table.start
+        elif directory[-1] != "/" and is_plain(directory):
+            values = directory[1:].split("/")
+            segments = directory[1:].lower().split("/")
+            if self._case_matters(segments, values):
+                return None
+            walk = self._table.descend(self._table.start, method, segments, values)
+        else:
+            return None
+        if len(directory) <= _CACHE_PATH_MAX:
+            if len(self._dirs) >= _CACHE_MAX:
+                self._dirs.clear()
+            self._dirs[key] = walk
+        return walk
+
+    def _case_matters(self, segments: Sequence[str], values: Sequence[str]) -> bool:
+        """Whether the exact-case walk could differ from the case-insensitive one.
+
+        Only for a policy whose literals are all lower case (not ``_mixed_case``): then
+        the exact-case trie is the same trie, and the two walks differ only where a
+        segment and its value differ (letter case) and one of them is some literal —
+        a value with an upper-case letter never equals an all-lower-case literal, so a
+        segment that is no literal at any depth steps alike in both walks.
+        """
+        literals = self._literals
+        for seg, value in zip(segments, values, strict=True):
+            if seg != value and (seg in literals or value in literals):
+                return True
+        return False
+
+    def _route_normalized(self, method: str, raw_path: str) -> RouteMatch:
+        """The full route: normalize, match both views, compare with the exact case."""
         norm = normalize(raw_path)
         if isinstance(norm, BadPath):
             return _new(RouteMatch, (False, "bad_path", "", _EMPTY, "", None, norm.detail, None))
-        hit = self._table.match(method, norm.segments, norm.values)
-        if norm.raw_segments is not None:
-            raw = norm.raw_segments
+        path, segments, values, raw = norm
+        hit = self._table.match(method, segments, values)
+        if raw is not None:
             # (segments never contain "/", so join + split keeps empty ones in place)
             lowered = "/".join(raw).lower().split("/") if raw else []
             raw_hit = self._table.match(method, lowered, raw)
             if not _same(hit, raw_hit):
                 detail = "path is ambiguous (its raw and normalized forms match differently)"
-                return _new(
-                    RouteMatch, (False, "bad_path", "", _EMPTY, norm.path, None, detail, None)
-                )
-        match = self._match(hit, norm.path)
-        segments, values = norm.segments, norm.values
-        if self._mixed_case or (segments is not values and segments != values):
+                return _new(RouteMatch, (False, "bad_path", "", _EMPTY, path, None, detail, None))
+        match = self._match(hit, path)
+        if self._mixed_case or (segments is not values and self._case_matters(segments, values)):
             # Literals match case-insensitively; when the exact spelling would reach
             # another rule (or none), a case-sensitive upstream routes it there: both
             # rules must allow, so case can make a request stricter, never looser.
-            exact_hit = self._exact.match(method, norm.values, norm.values)
+            exact_hit = self._exact.match(method, values, values)
             if not _same(hit, exact_hit):
-                also = self._match(exact_hit, norm.path)
+                also = self._match(exact_hit, path)
                 if also.denied is not None:
                     detail = "its exact-case spelling matches no rule"
                     return match._replace(denied=also.denied, public=False, detail=detail)
@@ -272,16 +361,16 @@ class Policy:
         ``scopes`` is the token's compiled :class:`ScopeSet` if the caller caches one;
         otherwise the policy compiles (and memoizes) it from ``identity.scopes``.
         """
-        if match.denied is not None:
-            return self._fixed(False, match.denied, match.rule)
-        if match.public:
-            return self._fixed(True, "public", match.rule)
-        rule = match.spec
+        public, denied, name, params, _, rule, _, also = match  # one step, not six lookups
+        if denied is not None:
+            return self._fixed(False, denied, name)
+        if public:
+            return self._fixed(True, "public", name)
         if rule is None:  # default = "authenticated": any valid token
             decision = self._default_ok
         else:
             own = rule.own
-            owner_match = own is not None and match.params.get(own) == identity.owner_id
+            owner_match = own is not None and params.get(own) == identity.owner_id
             # The scope verdict depends only on (token scopes, rule, owner_match).
             key = (identity.scopes, rule, owner_match)
             verdict = self._verdicts.get(key)
@@ -295,11 +384,11 @@ class Policy:
                 return verdict
             decision = verdict
             if (rule.workspace_param or rule.workspace_header) and not workspace_ok(
-                rule, match.params, identity.workspaces, headers
+                rule, params, identity.workspaces, headers
             ):
                 return self._fixed(False, "workspace", rule.name)
-        if match.also is not None:
-            second = self.authorize(match.also, identity, headers, scopes=scopes)
+        if also is not None:
+            second = self.authorize(also, identity, headers, scopes=scopes)
             if not second.allowed:
                 return second
         return decision

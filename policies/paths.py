@@ -48,7 +48,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["MAX_PATH_LENGTH", "BadPath", "NormalizedPath", "normalize"]
+__all__ = [
+    "MAX_PATH_LENGTH",
+    "BadPath",
+    "NormalizedPath",
+    "is_plain",
+    "is_plain_segment",
+    "normalize",
+]
 
 MAX_PATH_LENGTH = 8192
 
@@ -57,6 +64,9 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # Escapes whose decoded byte would change how some upstream splits or reads the path.
 _FORBIDDEN_ESCAPES = frozenset([*range(0x20), 0x7F, ord("/"), ord("\\"), ord(";")])
 _HEX = frozenset("0123456789abcdefABCDEF")
+# RFC 3986 §3.3 pchar less pct-encoded (rule 4) and ";" (rule 3): unreserved, the other
+# sub-delims, ":" and "@" — characters that are canonical wherever they appear.
+_PCHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@"
 _DOUBLE_ESCAPE = re.compile(r"%25[0-9A-Fa-f]{2}")
 # tuple.__new__ builds a NamedTuple without its Python-level __new__ (2x faster).
 _new = tuple.__new__
@@ -139,7 +149,31 @@ def normalize(raw_path: str) -> NormalizedPath | BadPath:
         return BadPath("path must start with '/'")
     if len(path) > MAX_PATH_LENGTH:
         return BadPath("path too long")
-    if (
+    if not is_plain(path):
+        return _careful(path)
+    # Every segment is already canonical: splitting is all there is to do.
+    body = path[1:-1] if path[-1] == "/" else path[1:]
+    if not body:
+        return _new(NormalizedPath, (path, (), (), None))
+    values = tuple(body.split("/"))
+    lower = body.lower()
+    segments = values if lower == body else tuple(lower.split("/"))
+    return _new(NormalizedPath, (path, segments, values, None))
+
+
+def is_plain(path: str) -> bool:
+    """Whether ``path`` (starting with ``/``, query removed) is already canonical.
+
+    True when it contains no character that rules 2 to 4 reject or decode (so no ``%``:
+    nothing to decode, RFC 3986 §2.1), no dot segment and no segment starting or ending
+    with ``.`` (``/.`` and ``./`` absent, no final ``.``: RFC 3986 §5.2.4 has nothing to
+    remove and rule 5 nothing to reject), and no empty segment except a final one (no
+    ``//``: rule 6 has nothing to merge). For such a path :func:`normalize` only splits;
+    the careful path would return the same (tests/policies/test_paths.py proves it on
+    random paths). Substring tests only — each is one C-level scan — because this runs
+    on every request.
+    """
+    return (
         "%" not in path
         and "//" not in path
         and ("." not in path or ("/." not in path and "./" not in path and path[-1] != "."))
@@ -149,16 +183,27 @@ def normalize(raw_path: str) -> NormalizedPath | BadPath:
         and ";" not in path
         and "\\" not in path
         and "#" not in path
-    ):
-        # Common case (plain characters, no escapes, no dot or empty segments): substring
-        # tests only, because this runs on every request.
-        body = path[1:-1] if path[-1] == "/" else path[1:]
-        if not body:
-            return _new(NormalizedPath, (path, (), (), None))
-        values = tuple(body.split("/"))
-        lower = body.lower()
-        segments = values if lower == body else tuple(lower.split("/"))
-        return _new(NormalizedPath, (path, segments, values, None))
+    )
+
+
+def is_plain_segment(segment: str) -> bool:
+    """Whether ``segment`` can end a path that :func:`is_plain` accepts: non-empty, made
+    of :data:`_PCHARS` only (so no ``/``), neither starting nor ending with ``.``.
+
+    Then ``is_plain(d + "/" + segment)`` holds whenever ``d`` is empty, or ``is_plain(d)``
+    holds and ``d`` does not end in ``/``: the characters of both parts pass, and the
+    only substrings that can span the junction are ``//`` (``d`` ends in ``/``), ``/.``
+    (``segment`` starts with ``.``) and ``./`` (``d`` ends in ``.``, which
+    :func:`is_plain` already refuses). Other segments are not plain *for this test*; the
+    caller takes the full route.
+    """
+    # strip() leaves nothing exactly when every character is one of _PCHARS: one C-level
+    # pass instead of a test per character class.
+    return segment != "" and segment[0] != "." and segment[-1] != "." and not segment.strip(_PCHARS)
+
+
+def _careful(path: str) -> NormalizedPath | BadPath:
+    """Rules 2 to 8, step by step, for a path that starts with ``/`` (query removed)."""
     bad = _check_chars(path)
     if bad is not None:
         return bad

@@ -20,13 +20,13 @@ frameworks answer ``HEAD`` with the ``GET`` handler, so it must not fall to a we
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from patgate.policies.paths import BadPath, normalize
 
-__all__ = ["ANY", "PARAM", "REST", "RouteTable", "Template", "parse_template"]
+__all__ = ["ANY", "PARAM", "REST", "RouteTable", "Template", "Walk", "parse_template"]
 
 T = TypeVar("T")
 
@@ -34,6 +34,8 @@ PARAM = "{}"  # segment kind markers in Template.segments; never a valid literal
 ANY = "*"
 REST = "**"
 _PARAM_RE = re.compile(r"\{([a-z_][a-z0-9_]*)\}", re.ASCII)
+# tuple.__new__ builds a NamedTuple without its Python-level __new__ (2x faster).
+_new = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +118,15 @@ class RouteTable(Generic[T]):
     ``add`` every template, then ``finish`` once before ``match``.
     """
 
-    __slots__ = ("_build", "_root")
+    __slots__ = ("_build", "_root", "_start", "literals")
 
     def __init__(self) -> None:
         self._build: dict[str, Any] = {}
         self._root: _Frozen = ({}, None, None, None)
+        self._start = _new(Walk, (self._root, (), None, 0, False, False))
+        #: every literal segment at any depth (after :meth:`finish`): a request segment
+        #: outside it never meets a literal, whatever its case.
+        self.literals: frozenset[str] = frozenset()
 
     def add(
         self,
@@ -155,68 +161,163 @@ class RouteTable(Generic[T]):
     def finish(self) -> None:
         """Freeze the trie; ``HEAD`` follows ``GET`` wherever it is not given explicitly."""
         self._root = _freeze(self._build)
+        self._start = _new(Walk, (self._root, (), None, 0, False, False))
+        self.literals = frozenset(_literals(self._root))
 
     def match(
         self, method: str, segments: Sequence[str], values: Sequence[str]
     ) -> tuple[T, dict[str, str]] | None:
         """The best target for ``method`` and lower-cased ``segments``, with the bound
         parameters taken from ``values`` (the same segments, original case)."""
-        # Fast path: follow the most specific child at each step, remembering what the
-        # full search (which tries literal child, then {param} child, then ``**``) would
-        # fall back to if this walk fails: the deepest ``**`` seen so far — unless an
-        # untried {param} branch was passed after it, in which case only the full search
-        # is exact. The answer is the same; the walk just avoids recursion when it can.
-        lit, param, rest, here = self._root
-        bound: list[str] = []
-        hit: _Entry | None = None
-        fallback: _Entry | None = None
-        fallback_len = 0
-        search = False
-        for i, seg in enumerate(segments):
-            child = lit.get(seg)
-            if child is not None and param is not None:
-                search = True  # the {param} sibling comes before any ``**`` in order
-            else:
+        walk = self.descend(self._start, method, segments, values)
+        arrived = _arrival(walk, method)
+        if arrived is not None:
+            return _bind(*arrived)
+        if not walk.search:
+            return None
+        positions: list[int] = []
+        hit = _walk(self._root, segments, 0, len(segments), method, positions)
+        return None if hit is None else _bind(hit, [values[i] for i in positions])
+
+    def match_next(
+        self, walk: Walk, method: str, segment: str, value: str
+    ) -> tuple[T, dict[str, str]] | Literal[False] | None:
+        """:meth:`match` for a path made of the segments ``walk`` (from :meth:`descend`)
+        went through plus ``segment``; ``False`` when only the full search over the whole
+        path can tell (the caller then calls :meth:`match`).
+
+        One step of :meth:`descend` and the ending of :meth:`match`, written out because
+        it runs on every request with a fresh id in its last segment.
+        """
+        node, bound, fallback, fallback_len, search, stopped = walk
+        if not stopped:
+            lit, param, rest, _ = node
+            child = lit.get(segment)
+            if child is None:
                 if rest is not None and (
                     (found := rest.get(method) or rest.get(_ANY_METHOD)) is not None
                 ):
                     fallback, fallback_len, search = found, len(bound), False
-                if child is None:
-                    if param is None or not seg:
-                        break
+                if param is not None and segment:
                     child = param
-                    bound.append(values[i])
-            lit, param, rest, here = child
-        else:
-            if here is not None:
-                hit = here.get(method) or here.get(_ANY_METHOD)
-            if hit is None and rest is not None:
-                hit = rest.get(method) or rest.get(_ANY_METHOD)
+                    bound = (*bound, value)
+            elif param is not None:
+                search = True
+            elif rest is not None and (
+                (found := rest.get(method) or rest.get(_ANY_METHOD)) is not None
+            ):
+                fallback, fallback_len, search = found, len(bound), False
+            if child is not None:
+                _, _, rest, here = child
+                hit = None if here is None else here.get(method) or here.get(_ANY_METHOD)
+                if hit is None and rest is not None:
+                    hit = rest.get(method) or rest.get(_ANY_METHOD)
+                if hit is not None:
+                    return _bind(hit, bound)
+        if search:
+            return False
+        return None if fallback is None else _bind(fallback, bound[:fallback_len])
+
+    def descend(
+        self, walk: Walk, method: str, segments: Sequence[str], values: Sequence[str]
+    ) -> Walk:
+        """Continue the fast walk from ``walk`` (:attr:`start` for a whole path) through
+        ``segments``: follow the most specific child at each step, remembering what the
+        full search (which tries literal child, then {param} child, then ``**``) would
+        fall back to if the walk fails: the deepest ``**`` seen so far — unless an
+        untried {param} branch was passed after it, in which case only the full search
+        is exact. The answer is the same; the walk just avoids recursion when it can.
+        The branches are ordered for the common steps (a literal child with no {param}
+        sibling, or the {param} child), which test the fewest conditions."""
+        node, bound_at, fallback, fallback_len, search, stopped = walk
+        if stopped:
+            return walk
+        lit, param, rest, _ = node
+        bound = [*bound_at]
+        for seg, value in zip(segments, values, strict=True):
+            child = lit.get(seg)
+            if child is None:
+                if rest is not None and (
+                    (found := rest.get(method) or rest.get(_ANY_METHOD)) is not None
+                ):
+                    fallback, fallback_len, search = found, len(bound), False
+                if param is None or not seg:
+                    stopped = True
+                    break
+                child = param
+                bound.append(value)
+            elif param is not None:
+                search = True  # the {param} sibling comes before any ``**`` in order
+            elif rest is not None and (
+                (found := rest.get(method) or rest.get(_ANY_METHOD)) is not None
+            ):
+                fallback, fallback_len, search = found, len(bound), False
+            node = child
+            lit, param, rest, _ = child
+        return _new(Walk, (node, tuple(bound), fallback, fallback_len, search, stopped))
+
+    @property
+    def start(self) -> Walk:
+        """The walk before the first segment."""
+        return self._start
+
+
+class Walk(NamedTuple):
+    """Where :meth:`RouteTable.descend` stands after some segments (immutable: the
+    engine memoizes the walk through a path's directory)."""
+
+    node: _Frozen
+    #: the values bound so far.
+    bound: tuple[str, ...]
+    #: the deepest ``**`` entry passed, what the full search falls back to.
+    fallback: _Entry | None
+    fallback_len: int
+    #: whether an untried {param} branch makes only the full search exact.
+    search: bool
+    #: whether the walk left the trie (no child for a segment).
+    stopped: bool
+
+
+def _arrival(walk: Walk, method: str) -> tuple[_Entry, Sequence[str]] | None:
+    """The entry a finished :meth:`RouteTable.descend` reached and the values it binds,
+    short of the full search: the node's own or ``**`` endpoint, else (unless
+    ``search``) the fallback ``**``; ``None`` when neither decides."""
+    if not walk.stopped:
+        _, _, rest, here = walk.node
+        hit = _at(here, method)
         if hit is None:
-            if search:
-                positions: list[int] = []
-                hit = _walk(self._root, segments, 0, len(segments), method, positions)
-                if hit is None:
-                    return None
-                bound = [values[i] for i in positions]
-            elif fallback is None:
-                return None
-            else:
-                hit = fallback
-                del bound[fallback_len:]
-        target: T
-        target, binds, named = hit
-        if not binds:
-            return target, {}
-        if named is not None:
-            # dict displays for the usual one or two parameters: ~4x cheaper than zip
-            if len(named) == 1:
-                return target, {named[0]: bound[0]}
-            if len(named) == 2:
-                return target, {named[0]: bound[0], named[1]: bound[1]}
-            return target, dict(zip(named, bound, strict=True))
-        # One value per wildcard segment walked; ``*`` binds nothing.
-        return target, {name: v for name, v in zip(binds, bound, strict=True) if name}
+            hit = _at(rest, method)
+        if hit is not None:
+            return hit, walk.bound
+    if walk.search or walk.fallback is None:
+        return None
+    return walk.fallback, walk.bound[: walk.fallback_len]
+
+
+def _bind(hit: _Entry, bound: Sequence[str]) -> tuple[Any, dict[str, str]]:
+    """The target and its parameters, from one value per wildcard segment walked."""
+    target, binds, named = hit
+    if not binds:
+        return target, {}
+    if named is not None:
+        # dict displays for the usual one or two parameters: ~4x cheaper than zip
+        if len(named) == 1:
+            return target, {named[0]: bound[0]}
+        if len(named) == 2:
+            return target, {named[0]: bound[0], named[1]: bound[1]}
+        return target, dict(zip(named, bound, strict=True))
+    # ``*`` binds nothing.
+    return target, {name: v for name, v in zip(binds, bound, strict=True) if name}
+
+
+def _literals(node: _Frozen) -> Iterator[str]:
+    """Every literal segment of the trie, at any depth."""
+    lit, param, _, _ = node
+    for key, child in lit.items():
+        yield key
+        yield from _literals(child)
+    if param is not None:
+        yield from _literals(param)
 
 
 def _freeze(node: dict[str, Any]) -> _Frozen:

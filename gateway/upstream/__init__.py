@@ -16,9 +16,15 @@ base        the interface (``Upstream``, ``UpstreamResponse``, ``Body``)
 http1       :class:`Http1Upstream` — production: a keep-alive pool of HTTP/1.1
             connections on asyncio protocols with the httptools (llhttp) parser
             uvicorn already uses
+aiohttp_    :class:`~.aiohttp_client.AiohttpUpstream` — the fallback,
+client      ``PATGATE_UPSTREAM_CLIENT=aiohttp``: an ``aiohttp.ClientSession`` (the
+            ``aiohttp`` extra; imported only when chosen, so not re-exported here)
 fallback    :class:`HttpxUpstream` — any ``httpx.AsyncBaseTransport`` (unit tests'
             ``httpx.MockTransport``/respx, the benchmark's httpx pools)
+tls         :func:`upstream_ssl_context` — ``https`` upstreams, ``PATGATE_UPSTREAM_CA_FILE``
 ==========  =================================================================
+
+:func:`create_upstream` builds the one ``PATGATE_UPSTREAM_CLIENT`` names.
 
 Why our own client (``docs/proxy.md`` has the table): the whole proxy process spends
 ~200 µs of CPU per request with it, against ~260 µs for a bare aiohttp proxy without any
@@ -29,7 +35,10 @@ small part of HTTP/1.1 in :mod:`.http1`, and llhttp does the parsing.
 
 from __future__ import annotations
 
-from patgate.gateway.settings import Settings
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from patgate.gateway.settings import UPSTREAM_CLIENTS, Settings
 from patgate.middleware.errors import ConfigError
 
 from .base import (
@@ -44,6 +53,10 @@ from .base import (
 )
 from .fallback import HttpxUpstream
 from .http1 import Http1Upstream
+from .tls import upstream_ssl_context
+
+if TYPE_CHECKING:  # aiohttp is an optional extra: imported for real only when chosen
+    from .aiohttp_client import AiohttpUpstream
 
 __all__ = [
     "Body",
@@ -57,16 +70,43 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamTimeout",
     "create_upstream",
+    "upstream_ssl_context",
 ]
+
+_NEEDS_AIOHTTP = "PATGATE_UPSTREAM_CLIENT=aiohttp needs aiohttp: pip install 'patgate[aiohttp]'"
 
 
 def create_upstream(settings: Settings) -> Upstream:
-    """The production client for ``settings.upstream_url`` and its timeouts and pool."""
-    if not settings.upstream_url:
+    """The client ``settings.upstream_client`` names, for ``settings.upstream_url`` with
+    its timeouts, pool size and (``https``) ``settings.upstream_ca_file``."""
+    url = settings.upstream_url
+    if not url:
         raise ConfigError("PATGATE_UPSTREAM_URL: the gateway needs an upstream URL")
-    return Http1Upstream(
-        settings.upstream_url,
+    ssl_context = None
+    if urlsplit(url).scheme == "https":
+        ssl_context = upstream_ssl_context(settings.upstream_ca_file)
+    elif settings.upstream_ca_file is not None:
+        # A CA for a plain-http upstream is a mistake that would leave the hop in clear.
+        raise ConfigError("PATGATE_UPSTREAM_CA_FILE: set, but PATGATE_UPSTREAM_URL is not https")
+    kind = settings.upstream_client
+    client: type[Http1Upstream] | type[AiohttpUpstream]
+    if kind == "http1":
+        client = Http1Upstream
+    elif kind == "aiohttp":
+        try:
+            from .aiohttp_client import AiohttpUpstream  # the optional extra, only if chosen
+        except ImportError as exc:
+            if exc.name not in ("aiohttp", "multidict", "yarl"):
+                raise
+            raise ConfigError(_NEEDS_AIOHTTP) from exc
+        client = AiohttpUpstream
+    else:
+        choices = ", ".join(UPSTREAM_CLIENTS)
+        raise ConfigError(f"PATGATE_UPSTREAM_CLIENT: expected one of {choices}, got {kind!r}")
+    return client(
+        url,
         timeout=settings.upstream_timeout,
         connect_timeout=settings.upstream_connect_timeout,
         pool_size=settings.upstream_pool_size,
+        ssl_context=ssl_context,
     )

@@ -10,9 +10,11 @@ library's exceptions at the boundary (``raise ... from exc``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
+from urllib.parse import quote, urlsplit
 
 from patgate.middleware.errors import (
+    ConfigError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -21,6 +23,7 @@ from patgate.middleware.errors import (
 
 __all__ = [
     "Body",
+    "Origin",
     "RawHeaders",
     "Upstream",
     "UpstreamConnectError",
@@ -28,6 +31,7 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamResponse",
     "UpstreamTimeout",
+    "origin_of",
 ]
 
 Body = bytes | AsyncIterator[bytes] | None
@@ -41,6 +45,10 @@ class UpstreamResponse(Protocol):
     def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as received (no decompression), in chunks as they arrive."""
 
+    def ready_body(self) -> bytes | None:
+        """The whole body if it has already arrived, consumed; else ``None`` (then read
+        it with :meth:`aiter_raw`). A client that cannot tell always returns ``None``."""
+
     async def aclose(self) -> None:
         """Release the connection (closed, not pooled, when the body was not read)."""
 
@@ -52,3 +60,28 @@ class Upstream(Protocol):
         """Send ``method target`` (raw path + query, appended to the upstream's base URL)."""
 
     async def aclose(self) -> None: ...
+
+
+class Origin(NamedTuple):
+    """An upstream base URL, checked: what every client connects to and prefixes."""
+
+    scheme: str
+    host: str
+    port: int
+    #: ``host[:port]`` as written (the ``Host`` header).
+    netloc: str
+    #: the URL's path without its final ``/``, percent-encoded where needed: put in front
+    #: of every request target.
+    prefix: str
+
+
+def origin_of(base_url: str) -> Origin:
+    """``PATGATE_UPSTREAM_URL`` checked (http or https, a host, no credentials)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"PATGATE_UPSTREAM_URL: not an http(s) URL: {base_url!r}")
+    if parts.username or parts.password:
+        raise ConfigError("PATGATE_UPSTREAM_URL: credentials in the URL are not supported")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    prefix = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=~")
+    return Origin(parts.scheme, parts.hostname, port, parts.netloc, prefix)

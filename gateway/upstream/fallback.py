@@ -54,6 +54,9 @@ class _HttpxResponse:
         except httpx.TransportError as exc:
             raise _wrapped(exc) from exc
 
+    def ready_body(self) -> bytes | None:
+        return None  # httpx streams: the body is read through aiter_raw
+
     async def aclose(self) -> None:
         await self._response.aclose()
 

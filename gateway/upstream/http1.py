@@ -14,19 +14,17 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
-from urllib.parse import quote, urlsplit
 
 import httptools
 
 from patgate.middleware.errors import (
-    ConfigError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
 
-from .base import Body, RawHeaders
+from .base import Body, RawHeaders, origin_of
 
 __all__ = ["Http1Upstream"]
 
@@ -36,6 +34,8 @@ _KEEPALIVE = 4.0
 #: RFC 9110 §9.2.2: safe to send again when a reused connection died before answering.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_LENGTHS = frozenset(len(name) for name in _RESPONSE_FRAMING)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: response bytes buffered for a slow client before we stop reading from the upstream.
 _HIGH_WATER = 256 * 1024
@@ -69,6 +69,7 @@ class _Connection(asyncio.Protocol):
         self.silent = True  # no response byte seen in this exchange
         self.chunks: deque[bytes] = deque()
         self._parser = httptools.HttpResponseParser(self)
+        self._after_head = False
         self._buffered = 0
         self._reading_paused = False
         self._head_request = False
@@ -142,9 +143,14 @@ class _Connection(asyncio.Protocol):
         if self._head_request or status in (204, 304):
             self.complete = True  # never a body (RFC 9110 §9.3.2, §15.3.5, §15.4.5)
         else:
-            self._until_close = not any(
-                n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers
-            )
+            # RFC 9112 §6.3 item 8: no Content-Length and no Transfer-Encoding → the body
+            # runs until the upstream closes.
+            framed = False
+            for name, _ in self.headers:
+                if len(name) in _FRAMING_LENGTHS and name.lower() in _RESPONSE_FRAMING:
+                    framed = True
+                    break
+            self._until_close = not framed
         if not self._parser.should_keep_alive():
             self.reusable = False
         self._wake()
@@ -172,9 +178,13 @@ class _Connection(asyncio.Protocol):
     # --- used by Http1Upstream ------------------------------------------------------------
 
     def begin(self, *, head_request: bool) -> None:
-        """Start an exchange: a fresh parser (HEAD answers leave llhttp expecting a body)."""
+        """Start an exchange. llhttp parses one keep-alive message after another, except
+        after a HEAD answer, which leaves it expecting the body its length announced: a
+        fresh parser then."""
         self.in_use = True
-        self._parser = httptools.HttpResponseParser(self)
+        if self._after_head:
+            self._parser = httptools.HttpResponseParser(self)
+        self._after_head = head_request
         self.status = 0
         self.headers = []
         self.head_done = self.complete = self._interim = self._until_close = False
@@ -286,6 +296,18 @@ class _Http1Response:
                 return
             await conn.wait(timeout)
 
+    def ready_body(self) -> bytes | None:
+        """The whole body when it has already arrived (bounded by the read pause's high
+        water mark), else ``None``."""
+        conn = self._conn
+        if not conn.complete or conn.error is not None:
+            return None
+        chunks = conn.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        while chunks:
+            conn.take()
+        return body
+
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
@@ -300,6 +322,8 @@ class Http1Upstream:
     added: no ``User-Agent``, no ``Accept-Encoding``, no cookies, no redirects.
     Timeouts: ``connect_timeout`` for TCP (and TLS) setup; ``timeout`` for a pool slot, the
     response head, each body chunk and each write that waits on a full socket buffer.
+    ``ssl_context`` (for ``https``; :func:`.tls.upstream_ssl_context`) defaults to the
+    system store.
     """
 
     def __init__(
@@ -310,21 +334,22 @@ class Http1Upstream:
         connect_timeout: float = 5.0,
         pool_size: int = 256,
         keepalive: float = _KEEPALIVE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"PATGATE_UPSTREAM_URL: not an http(s) URL: {base_url!r}")
-        if parts.username or parts.password:
-            raise ConfigError("PATGATE_UPSTREAM_URL: credentials in the URL are not supported")
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
-        self._host_header = parts.netloc.encode("idna")
-        self._prefix = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=~").encode("ascii")
+        origin = origin_of(base_url)
+        self._host = origin.host
+        self._port = origin.port
+        https = origin.scheme == "https"
+        self._ssl = (ssl_context or ssl.create_default_context()) if https else None
+        self._host_header = origin.netloc.encode("idna")
+        self._prefix = origin.prefix.encode("ascii")
         self.timeout = timeout
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
-        self._slots = asyncio.Semaphore(pool_size)
+        #: connection slots free now, and the requests waiting for one (first come, first
+        #: served): asyncio.Semaphore's locked() scans its waiters twice per acquire.
+        self._free = pool_size
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._idle: list[_Connection] = []
         self._closed = False
 
@@ -368,27 +393,41 @@ class Http1Upstream:
     ) -> tuple[bytes, int | None]:
         """Request line and header block; the declared length of a streamed body."""
         parts = [method.encode("ascii"), b" ", self._prefix, target, b" HTTP/1.1\r\nhost: "]
-        parts += [self._host_header, b"\r\n"]
+        parts += (self._host_header, b"\r\n")
+        lines = 2  # the CRLFs written here: request line, host, each field, the blank line
         declared: int | None = None
         for name, value in headers:
-            if b"\r" in value or b"\n" in value or b"\0" in value:
-                raise UpstreamProtocolError("header value with a line break")
-            if name in _FRAMING:
-                if name == b"content-length" and value.strip().isdigit():
+            # Framing is ours alone, whatever the case of the name (RFC 9110 §5.1): the
+            # client's Content-Length/Transfer-Encoding never go up beside the one we add
+            # (RFC 9112 §6.3 item 3, §11.2: a message framed twice is a smuggling vector).
+            if (lname := name.lower()) in _FRAMING:
+                if lname == b"content-length" and value.strip().isdigit():
                     declared = int(value)
                 continue
-            parts += [name, b": ", value, b"\r\n"]
+            parts += (name, b": ", value, b"\r\n")
+            lines += 1
         if isinstance(body, bytes):
             parts.append(b"content-length: %d\r\n" % len(body))
+            lines += 1
         elif body is None:
             if method in _BODY_METHODS:  # RFC 9110 §8.6: say "no content" explicitly
                 parts.append(b"content-length: 0\r\n")
+                lines += 1
         elif declared is not None:
             parts.append(b"content-length: %d\r\n" % declared)
+            lines += 1
         else:
             parts.append(b"transfer-encoding: chunked\r\n")
+            lines += 1
         parts.append(b"\r\n")
-        return b"".join(parts), declared
+        head = b"".join(parts)
+        # Any CR, LF or NUL beyond the line ends written above came from a field: it would
+        # let a value start a header or a request of its own (RFC 9110 §5.5). Counting
+        # over the whole head is three C scans instead of three per field.
+        lines += 1
+        if head.count(b"\r") != lines or head.count(b"\n") != lines or b"\0" in head:
+            raise UpstreamProtocolError("header value with a line break")
+        return head, declared
 
     async def _write_stream(
         self, conn: _Connection, body: AsyncIterator[bytes], declared: int | None
@@ -418,13 +457,10 @@ class Http1Upstream:
     async def _acquire(self) -> tuple[_Connection, bool]:
         if self._closed:
             raise UpstreamConnectError("the upstream pool is closed")
-        if self._slots.locked():
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.timeout)
-            except TimeoutError:
-                raise UpstreamTimeout("no upstream connection free in time") from None
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
         else:
-            await self._slots.acquire()
+            await self._wait_for_slot()
         now = asyncio.get_running_loop().time()
         while self._idle:
             conn = self._idle.pop()
@@ -436,9 +472,36 @@ class Http1Upstream:
                 self._host, self._port, ssl_context=self._ssl, within=self._connect_timeout
             )
         except BaseException:
-            self._slots.release()
+            self._release_slot()
             raise
         return conn, False
+
+    async def _wait_for_slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(waiter)
+        handle = loop.call_later(
+            self.timeout, _expire, waiter, UpstreamTimeout("no upstream connection free in time")
+        )
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release_slot()  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()  # still queued: _release_slot skips it
+            raise
+        finally:
+            handle.cancel()
+
+    def _release_slot(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the next in line
+                return
+        self._free += 1
 
     def release(self, conn: _Connection) -> None:
         """Pool ``conn`` when its exchange completed cleanly; otherwise close it."""
@@ -447,7 +510,7 @@ class Http1Upstream:
             self._idle.append(conn)
         else:
             conn.close()
-        self._slots.release()
+        self._release_slot()
 
     async def aclose(self) -> None:
         self._closed = True

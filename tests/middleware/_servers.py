@@ -36,8 +36,11 @@ async def serve(
     ws: WSProtocolType = "none",
     server_header: bool = True,
     date_header: bool = True,
+    http: Any = "httptools",
 ) -> AsyncIterator[int]:
-    """Serve ``app`` on a fresh loopback port (yielded) until the block ends."""
+    """Serve ``app`` on a fresh loopback port (yielded) until the block ends; ``http``:
+    uvicorn's protocol (a name or a class, e.g. the gateway's
+    ``gateway.fastpath.gateway_protocol(...)``)."""
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
     # when the listening socket says so; with proto=0 every response stalls ~40 ms
     # (Nagle + delayed ACK on loopback).
@@ -47,7 +50,7 @@ async def serve(
     port = int(sock.getsockname()[1])
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=http,
         ws=ws,
         lifespan=lifespan,
         log_level="critical",
