@@ -185,11 +185,15 @@ def _source_modules() -> set[str]:
 
 def test_the_wheel_holds_every_module(installed: Installed) -> None:
     """The same modules as the checkout (no subpackage left out of pyproject), each
-    importable; FastAPI is optional, so only its module needs it."""
+    importable; FastAPI and aiohttp are optional extras, so only the module of each needs
+    it (the aiohttp upstream client is imported only when PATGATE_UPSTREAM_CLIENT names it)."""
     here = sorted(_source_modules())
     found = json.loads(_run(installed.python, "-c", _WALK, env=installed.env, cwd=installed.app))
     assert found["names"] == here
-    assert found["missing"] == {"patgate.middleware.fastapi": "fastapi"}
+    assert found["missing"] == {
+        "patgate.middleware.fastapi": "fastapi",
+        "patgate.gateway.upstream.aiohttp_client": "aiohttp",
+    }
 
 
 def test_patgate_help(installed: Installed) -> None:
