@@ -235,18 +235,27 @@ class ProxyApp:
         try:
             fields = response_headers(response.headers)
             whole = response.ready_body()
-            if whole is None and _short(fields):
-                # A short body announced by its length goes out with its head in one
-                # write once it is in, as nginx's proxy buffering does: the head alone
-                # would tell the client nothing it can use before the body anyway.
-                whole = b"".join([chunk async for chunk in response.aiter_raw()])
             if whole is not None:
                 await reply.complete(response.status, fields, whole)
-            else:
+                return
+            chunks = response.aiter_raw()
+            try:
+                if _short(fields):
+                    # A short body announced by its length goes out with its head in one
+                    # write once it is in, as nginx's proxy buffering does: the head alone
+                    # would tell the client nothing it can use before the body anyway.
+                    body = b"".join([chunk async for chunk in chunks])
+                    await reply.complete(response.status, fields, body)
+                    return
                 await reply.start(response.status, fields)
-                async for chunk in response.aiter_raw():
+                async for chunk in chunks:
                     await reply.chunk(chunk)
                 await reply.end()
+            finally:
+                # Finalized here (also when the client left), not by the garbage collector.
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         except UpstreamError as exc:
             self._errors[exc.kind].inc()
             if not reply.started:
