@@ -38,6 +38,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .base import (
+    KEEPALIVE,
     Body,
     RawHeaders,
     UpstreamConnectError,
@@ -49,7 +50,6 @@ from .base import (
 
 __all__ = ["AiohttpUpstream"]
 
-_KEEPALIVE = 4.0  # as in .http1: under the usual 5 s upstream keep-alive
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -157,7 +157,7 @@ class AiohttpUpstream:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         pool_size: int = 256,
-        keepalive: float = _KEEPALIVE,
+        keepalive: float = KEEPALIVE,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         origin = origin_of(base_url)

@@ -22,6 +22,7 @@ from patgate.middleware.errors import (
 )
 
 __all__ = [
+    "KEEPALIVE",
     "Body",
     "Origin",
     "RawHeaders",
@@ -33,6 +34,11 @@ __all__ = [
     "UpstreamTimeout",
     "origin_of",
 ]
+
+#: seconds an idle pooled upstream connection is kept, by every client: under common
+#: upstream keep-alive timeouts (uvicorn and node 5 s), so we rarely pick a connection the
+#: upstream is closing.
+KEEPALIVE = 4.0
 
 Body = bytes | AsyncIterator[bytes] | None
 RawHeaders = Sequence[tuple[bytes, bytes]]

@@ -24,13 +24,10 @@ from patgate.middleware.errors import (
     UpstreamTimeout,
 )
 
-from .base import Body, RawHeaders, origin_of
+from .base import KEEPALIVE, Body, RawHeaders, origin_of
 
 __all__ = ["Http1Upstream"]
 
-#: seconds an idle pooled connection is kept: under common upstream keep-alive timeouts
-#: (uvicorn and node 5 s), so we rarely pick a connection the upstream is closing.
-_KEEPALIVE = 4.0
 #: RFC 9110 §9.2.2: safe to send again when a reused connection died before answering.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
@@ -333,7 +330,7 @@ class Http1Upstream:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         pool_size: int = 256,
-        keepalive: float = _KEEPALIVE,
+        keepalive: float = KEEPALIVE,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         origin = origin_of(base_url)
