@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from patgate.middleware.auth import Resolved
+from patgate.middleware.errors import UpstreamProtocolError
 from patgate.middleware.records import Identity
 
 __all__ = [
@@ -213,7 +214,14 @@ def upstream_request_headers(
 
 def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Upstream response headers, names lower-cased (ASGI), minus hop-by-hop and
-    ``Connection``-named ones."""
+    ``Connection``-named ones.
+
+    :class:`UpstreamProtocolError` (502) for a ``Transfer-Encoding`` other than
+    ``chunked``: the client's body arrives with the chunked coding removed but any other
+    coding (``gzip``, ``gzip, chunked``) still applied, and that field is hop-by-hop, so
+    relaying the bytes would hand the client coded content it cannot know is coded. We
+    decode no transfer codings; nginx refuses the same responses ("upstream sent unknown
+    Transfer-Encoding")."""
     out: Headers = []
     named: list[bytes] | None = None  # the values of Connection fields, if any
     for name, value in upstream_headers:
@@ -221,6 +229,8 @@ def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 named = [value] if named is None else [*named, value]
+            elif lname == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                raise UpstreamProtocolError("upstream sent a transfer coding other than chunked")
             continue
         out.append((lname, value))
     if named is None:  # the common case: one pass

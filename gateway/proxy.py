@@ -193,15 +193,21 @@ class ProxyApp:
             self._seconds.observe(time.perf_counter() - started)
             if state.client_gone or not isinstance(exc, UpstreamError):
                 return
-            self._errors[exc.kind].inc()
-            self._requests["error"].inc()
+            self._upstream_failed(exc)
             # The class's fixed text: the exception's own message can hold addresses.
             await self._responses.for_error(exc).send(send)
             return
         self._seconds.observe(time.perf_counter() - started)
+        try:
+            fields = response_headers(response.headers)
+        except UpstreamError as exc:  # a response we cannot relay (headers.py): a 502
+            await response.aclose()
+            self._upstream_failed(exc)
+            await self._responses.for_error(exc).send(send)
+            return
         self._count(response.status)
         try:
-            await self._respond(response, receive, send, watch=state.done)
+            await self._respond(response, fields, receive, send, watch=state.done)
         except UpstreamError as exc:
             # Headers are out: all we can do is cut the response short, which the client
             # sees as a truncated body rather than a complete wrong one.
@@ -225,15 +231,21 @@ class ProxyApp:
             response = await self._upstream.send(scope["method"], _target(scope), headers, None)
         except UpstreamError as exc:
             self._seconds.observe(time.perf_counter() - started)
-            self._errors[exc.kind].inc()
-            self._requests["error"].inc()
+            self._upstream_failed(exc)
             prepared = self._responses.for_error(exc)
             await reply.complete(prepared.status, prepared.headers, prepared.body)
             return
         self._seconds.observe(time.perf_counter() - started)
-        self._count(response.status)
         try:
             fields = response_headers(response.headers)
+        except UpstreamError as exc:  # a response we cannot relay (headers.py): a 502
+            await response.aclose()
+            self._upstream_failed(exc)
+            prepared = self._responses.for_error(exc)
+            await reply.complete(prepared.status, prepared.headers, prepared.body)
+            return
+        self._count(response.status)
+        try:
             whole = response.ready_body()
             if whole is not None:
                 await reply.complete(response.status, fields, whole)
@@ -280,14 +292,24 @@ class ProxyApp:
             identity_fields=identity_fields,
         )
 
+    def _upstream_failed(self, exc: UpstreamError) -> None:
+        """Count a request the upstream could not answer usably (it gets a 502/504)."""
+        self._errors[exc.kind].inc()
+        self._requests["error"].inc()
+
     def _count(self, status: int) -> None:
         status_class = status // 100
         self._by_class[status_class if 1 <= status_class <= 5 else 5].inc()
 
     async def _respond(
-        self, response: UpstreamResponse, receive: Receive, send: Send, *, watch: bool
+        self,
+        response: UpstreamResponse,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+        *,
+        watch: bool,
     ) -> None:
-        headers = response_headers(response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         length = next((v for k, v in headers if k == b"content-length"), None)
         chunks = response.aiter_raw()

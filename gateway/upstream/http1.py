@@ -140,14 +140,20 @@ class _Connection(asyncio.Protocol):
         if self._head_request or status in (204, 304):
             self.complete = True  # never a body (RFC 9110 §9.3.2, §15.3.5, §15.4.5)
         else:
-            # RFC 9112 §6.3 item 8: no Content-Length and no Transfer-Encoding → the body
-            # runs until the upstream closes.
+            # RFC 9112 §6.3: the body runs until the upstream closes when the response
+            # has neither Content-Length nor Transfer-Encoding (item 8), or when its
+            # Transfer-Encoding does not end in chunked (item 4; e.g. ``gzip``: llhttp
+            # then reads to the end of the connection, which is ours to recognise).
             framed = False
-            for name, _ in self.headers:
-                if len(name) in _FRAMING_LENGTHS and name.lower() in _RESPONSE_FRAMING:
-                    framed = True
-                    break
+            for name, value in self.headers:
+                if len(name) in _FRAMING_LENGTHS and (lname := name.lower()) in _RESPONSE_FRAMING:
+                    if lname == b"content-length":
+                        framed = True
+                    else:  # the last coding of the last Transfer-Encoding line decides
+                        framed = value.rpartition(b",")[2].strip().lower() == b"chunked"
             self._until_close = not framed
+            if not framed:
+                self.reusable = False
         if not self._parser.should_keep_alive():
             self.reusable = False
         self._wake()

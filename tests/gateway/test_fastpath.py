@@ -768,6 +768,38 @@ async def test_upstream_cutting_a_short_body_short_is_a_502(settings: Settings) 
     assert (after.status, after.body) == (200, b"ok")
 
 
+@pytest.mark.parametrize("coding", [b"gzip", b"gzip, chunked"], ids=["gzip", "gzip-chunked"])
+async def test_a_transfer_coding_other_than_chunked_is_a_502(
+    settings: Settings, coding: bytes
+) -> None:
+    """Transfer-Encoding is hop-by-hop and we decode no coding but chunked: relaying a
+    gzip-coded body without its field would hand the client bytes it cannot read."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target = _target(await _request_head(reader))
+        if target == b"/raw/coded":
+            body = b"5\r\ncoded\r\n0\r\n\r\n" if b"chunked" in coding else b"coded"
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %b\r\n\r\n%b" % (coding, body))
+            await writer.drain()
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with (
+        _raw_stack(settings, handler) as (gw, _),
+        _connection(gw.port) as (reader, writer),
+    ):
+        writer.write(_request("GET", "/raw/coded"))
+        coded = await _read_response(reader)
+        writer.write(_request("GET", "/raw/next"))  # the client's connection stays usable
+        after = await _read_response(reader)
+    assert coded.status == 502
+    assert json.loads(coded.body)["error"] == "bad_gateway"
+    assert b"coded" not in coded.body
+    assert (after.status, after.body) == (200, b"ok")
+
+
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 async def test_upstream_cutting_a_streamed_body_short_closes_the_client_connection(
     settings: Settings, length: bool

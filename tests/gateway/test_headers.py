@@ -15,7 +15,7 @@ from patgate.gateway.headers import (
     response_headers,
     upstream_request_headers,
 )
-from patgate.middleware.errors import ConfigError
+from patgate.middleware.errors import ConfigError, UpstreamProtocolError
 from patgate.middleware.records import Identity
 from patgate.middleware.trust import TrustedProxies
 
@@ -58,9 +58,20 @@ def _up(
 
 @pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
 def test_hop_by_hop_never_forwarded_either_way(name: bytes) -> None:
-    headers = [(name, b"x"), (b"accept", b"*/*")]
+    # The one Transfer-Encoding a response may carry through us is chunked (below).
+    value = b"chunked" if name == b"transfer-encoding" else b"x"
+    headers = [(name, value), (b"accept", b"*/*")]
     assert name not in _names(_up(headers))
     assert _names(response_headers(headers)) == [b"accept"]
+
+
+@pytest.mark.parametrize("value", [b"gzip", b"gzip, chunked", b"x", b"chunked, gzip", b""])
+def test_a_response_transfer_coding_other_than_chunked_is_refused(value: bytes) -> None:
+    # Relayed without its hop-by-hop field, a coded body would reach the client as if
+    # it were plain; we decode no transfer coding but chunked (proxy: 502).
+    with pytest.raises(UpstreamProtocolError):
+        response_headers([(b"Transfer-Encoding", value), (b"accept", b"*/*")])
+    assert response_headers([(b"Transfer-Encoding", b" Chunked ")]) == []
 
 
 @pytest.mark.parametrize(

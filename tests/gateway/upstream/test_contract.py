@@ -99,6 +99,28 @@ async def test_body_delimited_by_close_and_chunked_body(kind: str) -> None:
     assert server.connections == 2  # the close-delimited one could not be reused
 
 
+async def test_a_transfer_coding_other_than_chunked_last_runs_until_the_close(kind: str) -> None:
+    """RFC 9112 §6.3 item 4: a response whose Transfer-Encoding does not end in chunked
+    is delimited by the server's close; its coded bytes are relayed as they are (a proxy
+    does not decode), and the connection is never reused."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\ncoded-")
+        await writer.drain()
+        writer.write(b"bytes")
+        await writer.drain()
+        writer.close()
+
+    async with upstream_for(kind, handler) as (server, upstream):
+        for _ in range(2):
+            response = await upstream.send("GET", b"/coded", [], None)
+            assert response.status == 200
+            assert await body(response) == b"coded-bytes"
+            await response.aclose()
+    assert server.connections == 2
+
+
 async def test_streamed_body_is_chunked_or_length_framed(kind: str) -> None:
     seen: list[bytes] = []
 
