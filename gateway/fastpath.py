@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -37,7 +38,7 @@ import httptools
 from starlette.types import Receive, Scope, Send
 
 from patgate.middleware.asgi import PatgateMiddleware
-from patgate.middleware.auth import Authenticator
+from patgate.middleware.auth import Authenticator, Lookup
 from patgate.middleware.errors import AuthError, StoreUnavailable, UpstreamProtocolError
 
 from .headers import Headers, resolved_identity_headers
@@ -47,7 +48,7 @@ from .protocol import (
     DEFAULT_MAX_URL_BYTES,
     PatgateHttpToolsProtocol,
 )
-from .proxy import ProxyApp
+from .proxy import ProxyApp, Work
 
 __all__ = ["Exchange", "GatewayApp", "GatewayProtocol", "Reply", "gateway_protocol"]
 
@@ -90,7 +91,7 @@ class Exchange:
     """One fast request, standing in for uvicorn's request cycle: the attributes uvicorn's
     protocol reads and writes on ``self.cycle`` (in flight, disconnected, keep-alive)."""
 
-    __slots__ = ("disconnected", "keep_alive", "more_body", "response_complete", "task")
+    __slots__ = ("abandon", "disconnected", "keep_alive", "more_body", "response_complete", "task")
 
     message_event: ClassVar[_NoEvent] = _NO_EVENT
     body = b""  # uvicorn appends to cycle.body only for requests with a body
@@ -101,6 +102,9 @@ class Exchange:
         self.response_complete = False
         self.more_body = False
         self.task: asyncio.Task[None] | None = None
+        #: what gives back the upstream connection if the client leaves: while callbacks
+        #: run the exchange, and while a task handed one is yet to start.
+        self.abandon: Callable[[], None] | None = None
 
 
 class Reply:
@@ -161,11 +165,41 @@ class Reply:
 
     async def complete(self, status: int, headers: Headers, body: bytes) -> None:
         """The whole response at once; ``headers`` without hop-by-hop fields."""
-        head = self._head(status, headers, len(body))
-        if self._head_request or status in _NO_BODY_STATUS:
-            body = b""
-        await self._write(head + body if body else head)
+        await self._write(self._whole(status, headers, body))
         self._finish()
+
+    def complete_now(self, status: int, headers: Headers, body: bytes) -> None:
+        """:meth:`complete` from a callback: no wait for a slow client's drain. Only
+        taken for a request dispatched while the client was reading (the protocol
+        checks), so at most this one bounded response is queued past the high-water
+        mark; a response that has to stream always goes through a task."""
+        data = self._whole(status, headers, body)
+        if not self._exchange.disconnected and not self._protocol.transport.is_closing():
+            self.started = True
+            self._protocol.transport.write(data)
+        self._finish()
+
+    def _whole(self, status: int, headers: Headers, body: bytes) -> bytes:
+        head = self._head(status, headers, len(body))
+        if self._head_request or status in _NO_BODY_STATUS or not body:
+            return head
+        return head + body
+
+    def spawn(self, work: Work) -> None:
+        """Go on serving this request in a task of its own (see ``DirectReply``)."""
+        self._exchange.abandon = None
+        self._protocol.serve(work, self, self._exchange)
+
+    def on_abandon(self, callback: Callable[[], None] | None) -> None:
+        self._exchange.abandon = callback
+
+    def internal_error(self) -> None:
+        """A bug: the client gets a 500 if nothing was written yet, then the close."""
+        transport = self._protocol.transport
+        if not self.started and not transport.is_closing():
+            transport.write(_INTERNAL_ERROR)
+        self._exchange.response_complete = True
+        transport.close()
 
     async def start(self, status: int, headers: Headers) -> None:
         """The head of a streamed response (chunked unless it has a length)."""
@@ -234,21 +268,43 @@ class GatewayApp:
         fields = resolved_identity_headers(resolved)
         await self._proxy.forward(scope, receive, send, identity, fields)
 
-    async def direct(self, scope: Scope, reply: Reply) -> None:
+    def direct_now(self, scope: Scope, reply: Reply, *, callbacks: bool = True) -> Work | None:
         """Serve a bodiless request (``scope``: type, method, raw_path, query_string,
-        headers, client, scheme) through ``reply``."""
-        path = scope["raw_path"].decode("latin-1")
+        headers, client, scheme) through ``reply``: decided now when its token is
+        cached, and forwarded from callbacks (``callbacks``: whether it may be,
+        :meth:`ProxyApp.forward_now`); or the coroutine that serves it in a task."""
+        authenticator = self._authenticator
+        method: str = scope["method"]
+        headers = scope["headers"]
         try:
-            resolved = await self._authenticator.authenticate(
-                scope["method"], path, scope["headers"], scope
+            decided = authenticator.authenticate_now(
+                method, scope["raw_path"].decode("latin-1"), headers, scope
             )
         except (AuthError, StoreUnavailable) as exc:
-            prepared = self._responses.for_error(exc)
-            await reply.complete(prepared.status, prepared.headers, prepared.body)
+            return self._refuse(exc, reply)
+        if isinstance(decided, Lookup):
+            return self._looked_up(decided, scope, reply)
+        identity = None if decided is None else decided.identity
+        fields = resolved_identity_headers(decided)
+        if not callbacks:
+            return self._proxy.forward_direct(scope, reply, identity, fields)
+        return self._proxy.forward_now(scope, reply, identity, fields)
+
+    async def _refuse(self, exc: AuthError | StoreUnavailable, reply: Reply) -> None:
+        prepared = self._responses.for_error(exc)
+        await reply.complete(prepared.status, prepared.headers, prepared.body)
+
+    async def _looked_up(self, lookup: Lookup, scope: Scope, reply: Reply) -> None:
+        """A token the cache did not hold: the store's answer, then the forward."""
+        try:
+            resolved = await self._authenticator.finish(
+                lookup, scope["method"], scope["headers"], scope
+            )
+        except (AuthError, StoreUnavailable) as exc:
+            await self._refuse(exc, reply)
             return
-        identity = None if resolved is None else resolved.identity
         await self._proxy.forward_direct(
-            scope, reply, identity, resolved_identity_headers(resolved)
+            scope, reply, resolved.identity, resolved_identity_headers(resolved)
         )
 
 
@@ -303,7 +359,7 @@ class GatewayProtocol(PatgateHttpToolsProtocol):
         version = parser.get_http_version()
         method = parser.get_method().decode("ascii")
         exchange = Exchange(version != "1.0" and parser.should_keep_alive())
-        scope = self.scope
+        scope: Any = self.scope
         scope["method"] = method
         scope["http_version"] = version
         scope["raw_path"] = raw_path
@@ -313,31 +369,48 @@ class GatewayProtocol(PatgateHttpToolsProtocol):
         reply = Reply(self, exchange, head_request=method == "HEAD", http10=version == "1.0")
         self.cycle = exchange  # type: ignore[assignment]
         self._fast = exchange
-        task = self.loop.create_task(self._serve(gateway, scope, reply))
+        try:
+            # From callbacks only while the client reads what we write (Reply.complete_now).
+            work = gateway.direct_now(scope, reply, callbacks=not self.flow.write_paused)
+        except Exception:  # a bug: the client gets a 500, the log the traceback
+            _log.exception("Exception serving %s on the fast path", method)
+            reply.internal_error()
+            return
+        if work is not None:
+            self.serve(work, reply, exchange)
+
+    def serve(self, work: Work, reply: Reply, exchange: Exchange) -> None:
+        """Run ``work`` for the fast request ``exchange`` as a task of this connection
+        (cancelled if the client leaves)."""
+        task = self.loop.create_task(self._serve(work, reply))
         exchange.task = task
         task.add_done_callback(self.tasks.discard)
+        # A task cancelled before its first step never awaited ``work``: close it
+        # (a no-op for a finished coroutine), so nothing warns it was never awaited.
+        task.add_done_callback(lambda _: work.close())
         self.tasks.add(task)
 
-    async def _serve(self, gateway: GatewayApp, scope: Any, reply: Reply) -> None:
+    async def _serve(self, work: Work, reply: Reply) -> None:
         try:
-            await gateway.direct(scope, reply)
+            await work
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: the client gets a 500, the log the traceback
-            _log.exception("Exception serving %s on the fast path", scope["method"])
-            if not reply.started and not self.transport.is_closing():
-                self.transport.write(_INTERNAL_ERROR)
-            self.transport.close()
+            _log.exception("Exception serving a request on the fast path")
+            reply.internal_error()
 
     def connection_lost(self, exc: Exception | None) -> None:
         fast = self._fast
         super().connection_lost(exc)
         if fast is not None and not fast.response_complete:
             # Nobody is left to answer: stop waiting on the upstream (the task's
-            # finally-blocks close the upstream connection it held).
+            # finally-blocks close the upstream connection it held; a callback-run
+            # exchange closes it in its abandon hook).
             fast.disconnected = True
             if fast.task is not None:
                 fast.task.cancel()
+            if fast.abandon is not None:
+                fast.abandon()
 
     def shutdown(self) -> None:
         fast = self._fast

@@ -212,7 +212,9 @@ def upstream_request_headers(
     return out
 
 
-def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+def response_headers(
+    upstream_headers: Iterable[tuple[bytes, bytes]], *, body: bool = True
+) -> Headers:
     """Upstream response headers, names lower-cased (ASGI), minus hop-by-hop and
     ``Connection``-named ones.
 
@@ -221,7 +223,8 @@ def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers
     coding (``gzip``, ``gzip, chunked``) still applied, and that field is hop-by-hop, so
     relaying the bytes would hand the client coded content it cannot know is coded. We
     decode no transfer codings; nginx refuses the same responses ("upstream sent unknown
-    Transfer-Encoding")."""
+    Transfer-Encoding"). ``body``: whether the response has one (not for HEAD, 204,
+    304), since only a body can arrive coded."""
     out: Headers = []
     named: list[bytes] | None = None  # the values of Connection fields, if any
     for name, value in upstream_headers:
@@ -229,7 +232,7 @@ def response_headers(upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 named = [value] if named is None else [*named, value]
-            elif lname == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            elif body and lname == b"transfer-encoding" and value.strip().lower() != b"chunked":
                 raise UpstreamProtocolError("upstream sent a transfer coding other than chunked")
             continue
         out.append((lname, value))

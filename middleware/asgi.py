@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patgate.policies.engine import Policy
 
-from .auth import Authenticator
+from .auth import Authenticator, Lookup, Resolved
 from .config import DataPlaneConfig
 from .errors import AuthError, StoreUnavailable
 from .runtime import Runtime
@@ -97,8 +97,17 @@ class PatgateMiddleware:
         raw = scope.get("raw_path")
         path = raw.decode("latin-1") if raw else quote(scope["path"])
         method = scope["method"] if kind == "http" else "GET"
+        headers = scope["headers"]
+        authenticator = self._authenticator
         try:
-            resolved = await self._authenticator.authenticate(method, path, scope["headers"], scope)
+            # A cached token is decided without a coroutine; only a miss awaits the store.
+            decided = authenticator.authenticate_now(method, path, headers, scope)
+            if isinstance(decided, Lookup):
+                resolved: Resolved | None = await authenticator.finish(
+                    decided, method, headers, scope
+                )
+            else:
+                resolved = decided
         except (AuthError, StoreUnavailable) as exc:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})

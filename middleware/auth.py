@@ -28,7 +28,9 @@ management API's caller: credentials → lookup → status, no route) both run
 whose miss half is the only code that reads the store or decodes its records. The
 management API reads *fresh* (``fresh=True``: past the cache, and nothing cached), so a
 just-revoked admin token can do nothing more; it is not a hot path. ``authenticate``
-inlines the cache probe (three lines) so a hit costs no extra coroutine.
+inlines the cache probe (three lines), and its synchronous half
+:meth:`~Authenticator.authenticate_now` decides a hit with no coroutine at all: only a
+token the cache does not hold goes on to :meth:`~Authenticator.finish` and the store.
 
 Unknown and malformed tokens get one identical answer, so a caller cannot tell a good
 checksum from a stored token; revoked/expired/disabled may say so because the secret's
@@ -81,7 +83,7 @@ from .tripwire import REUSE_EVENTS, Tripwire
 from .user import PatgateCredentials, PatgateUser
 from .validate import check_usable, identity_of
 
-__all__ = ["Authenticator", "PolicySource", "Resolved"]
+__all__ = ["Authenticator", "Lookup", "PolicySource", "Resolved"]
 
 Headers = list[tuple[bytes, bytes]]
 #: unknown and malformed tokens: one description for both (RFC 6750 §3, SPEC).
@@ -218,6 +220,22 @@ def _ua(headers: Headers) -> str | None:
     return None
 
 
+class Lookup:
+    """A decision :meth:`Authenticator.authenticate_now` could not finish without the
+    store: what :meth:`Authenticator.finish` needs to complete it."""
+
+    __slots__ = ("digest", "match", "raw_path", "secret", "started")
+
+    def __init__(
+        self, match: RouteMatch, secret: str, digest: bytes, raw_path: str, started: float
+    ) -> None:
+        self.match = match
+        self.secret = secret
+        self.digest = digest
+        self.raw_path = raw_path
+        self.started = started
+
+
 class Authenticator:
     """Decides requests for one process; shared by every front door (module docstring)."""
 
@@ -301,10 +319,24 @@ class Authenticator:
     ) -> Resolved | None:
         """Allow (the token's :class:`Resolved`, or ``None`` on a public route) or raise
         :class:`AuthError` / :class:`StoreUnavailable`. ``scope`` gives the client IP."""
+        decided = self.authenticate_now(method, raw_path, headers, scope)
+        if isinstance(decided, Lookup):
+            return await self.finish(decided, method, headers, scope)
+        return decided
+
+    def authenticate_now(
+        self, method: str, raw_path: str, headers: Headers, scope: Mapping[str, Any]
+    ) -> Resolved | Lookup | None:
+        """:meth:`authenticate` without awaiting: its answer, or a :class:`Lookup` when
+        the token is not cached, which :meth:`finish` completes with one Redis round trip.
+
+        A hit — almost every request — is then decided with no coroutine at all: the
+        middleware saves one, and the gateway's fast path serves the request from its
+        protocol callbacks (issue 16). A Lookup is counted by ``finish``, not here."""
         # One clock reading serves the cache's TTL check and the histogram; a separate
         # perf_counter_ns() pair would only add a third read per request.
         started = self._monotonic()
-        reason = "ok"
+        reason: str | None = "ok"
         resolved: Resolved | None = None
         try:
             if self._blocked:
@@ -318,40 +350,87 @@ class Authenticator:
                 reason = "public"
                 return None
             secret = self.credentials(headers)
-            # resolve(), with its cache probe inlined (a hit costs no extra coroutine).
+            # resolve(), with its cache probe inlined.
             digest = self._digest(secret)
             slot = self.cache.get(digest, started)
-            if slot is not None and slot.value is not None:
-                self._hits.inc()
-                resolved = slot.value
-            else:
-                resolved = await self._miss(secret, digest, slot)
-            now = self._clock()
-            self.decide(resolved, match, headers, now)
-            allowlist = resolved.allowlist
-            recorder = self.recorder
-            if allowlist is not None:
-                client = self._client_ip(scope)
-                if not allowlist.permits(client):
-                    raise ClientNotAllowed()
-                if recorder is not None and recorder.due(resolved.used_key, now):
-                    used = LastUsed(now, method, match.path, client, _ua(headers))
-                    recorder.record(resolved.partition, resolved.used_key, used)
-            elif recorder is not None and recorder.due(resolved.used_key, now):
-                used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
-                recorder.record(resolved.partition, resolved.used_key, used)
-            return resolved
+            if slot is None:
+                reason = None  # finish() counts it
+                return Lookup(match, secret, digest, raw_path, started)
+            self._hits.inc()
+            resolved = slot.value
+            if resolved is None:  # "no token has this digest", cached
+                raise InvalidToken(_UNKNOWN)
+            return self._admit(resolved, match, method, headers, scope)
         except AuthError as exc:
-            reason = exc.reason if exc.reason in self._decisions else "invalid_token"
-            if isinstance(exc, InvalidToken):
-                self._failed(exc, resolved, method, raw_path, headers, self._client_ip(scope))
+            reason = self._refused(exc, resolved, method, raw_path, headers, scope)
+            raise
+        except StoreUnavailable:
+            reason = "store_unavailable"
+            raise
+        finally:
+            if reason is not None:
+                self._decisions[reason].inc()
+                self._seconds.observe(self._monotonic() - started)
+
+    async def finish(
+        self, lookup: Lookup, method: str, headers: Headers, scope: Mapping[str, Any]
+    ) -> Resolved:
+        """The rest of :meth:`authenticate` for a token the cache did not hold: the
+        checksum, one Redis round trip, then the same decision as a hit."""
+        reason = "ok"
+        resolved: Resolved | None = None
+        try:
+            resolved = await self._miss(lookup.secret, lookup.digest, None)
+            return self._admit(resolved, lookup.match, method, headers, scope)
+        except AuthError as exc:
+            reason = self._refused(exc, resolved, method, lookup.raw_path, headers, scope)
             raise
         except StoreUnavailable:
             reason = "store_unavailable"
             raise
         finally:
             self._decisions[reason].inc()
-            self._seconds.observe(self._monotonic() - started)
+            self._seconds.observe(self._monotonic() - lookup.started)
+
+    def _admit(
+        self,
+        resolved: Resolved,
+        match: RouteMatch,
+        method: str,
+        headers: Headers,
+        scope: Mapping[str, Any],
+    ) -> Resolved:
+        """Status, policy and allowlist for a resolved token; its last use noted."""
+        now = self._clock()
+        self.decide(resolved, match, headers, now)
+        allowlist = resolved.allowlist
+        recorder = self.recorder
+        if allowlist is not None:
+            client = self._client_ip(scope)
+            if not allowlist.permits(client):
+                raise ClientNotAllowed()
+            if recorder is not None and recorder.due(resolved.used_key, now):
+                used = LastUsed(now, method, match.path, client, _ua(headers))
+                recorder.record(resolved.partition, resolved.used_key, used)
+        elif recorder is not None and recorder.due(resolved.used_key, now):
+            used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
+            recorder.record(resolved.partition, resolved.used_key, used)
+        return resolved
+
+    def _refused(
+        self,
+        exc: AuthError,
+        resolved: Resolved | None,
+        method: str,
+        raw_path: str,
+        headers: Headers,
+        scope: Mapping[str, Any],
+    ) -> str:
+        """The decision metric's reason for a refusal; a refused token is counted
+        against its client and may trip the reuse tripwire."""
+        if isinstance(exc, InvalidToken):
+            self._failed(exc, resolved, method, raw_path, headers, self._client_ip(scope))
+        return exc.reason if exc.reason in self._decisions else "invalid_token"
 
     def _refuse_blocked(self, client: str | None) -> None:
         """:class:`TooManyFailures` if ``client`` is blocked (the failure limit)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,7 +48,7 @@ scopes = ["threads:delete"]
 
 [[rules]]
 name = "raw"
-methods = ["GET"]
+methods = ["GET", "POST"]
 path = "/raw/{case}"
 public = true
 """
@@ -298,15 +299,24 @@ def _assert_well_formed(response: _Response) -> None:
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:
-    """Count calls of ``owner.name`` (an instance's coroutine method): the request methods."""
+    """Count calls of ``owner.name`` (an instance's method taking the scope first, plain
+    or coroutine): the request methods."""
     calls: list[str] = []
-    original: Callable[..., Awaitable[None]] = getattr(owner, name)
+    original: Callable[..., Any] = getattr(owner, name)
+    if inspect.iscoroutinefunction(original):
 
-    async def spy(scope: Scope, *args: Any) -> None:
-        calls.append(scope["method"])
-        await original(scope, *args)
+        async def spy(scope: Scope, *args: Any, **kwargs: Any) -> None:
+            calls.append(scope["method"])
+            await original(scope, *args, **kwargs)
 
-    monkeypatch.setattr(owner, name, spy)
+        monkeypatch.setattr(owner, name, spy)
+    else:
+
+        def plain(scope: Scope, *args: Any, **kwargs: Any) -> Any:
+            calls.append(scope["method"])
+            return original(scope, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, plain)
     return calls
 
 
@@ -394,7 +404,8 @@ async def test_bodiless_requests_take_the_fast_path_and_bodies_the_asgi_path(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _asgi_stack(settings) as (gw, upstream):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
+        forward_now = _spy(monkeypatch, gw.proxy, "forward_now")
         forward_direct = _spy(monkeypatch, gw.proxy, "forward_direct")
         forward = _spy(monkeypatch, gw.proxy, "forward")
         token = await gw.token(("threads:read", "threads:create", "threads:delete"))
@@ -406,7 +417,11 @@ async def test_bodiless_requests_take_the_fast_path_and_bodies_the_asgi_path(
             posted = await client.post("/threads", headers=auth, content=b"new thread")
         assert posted.status_code == 200
         assert posted.json()["body"] == "new thread"
-        assert direct == forward_direct == ["GET", "HEAD", "DELETE"]
+        assert direct == ["GET", "HEAD", "DELETE"]
+        # The first was a cache miss: its lookup awaited the store, then it was forwarded
+        # in a task. The others were decided at once and forwarded from callbacks.
+        assert forward_now == ["HEAD", "DELETE"]
+        assert forward_direct == ["GET"]
         assert forward == ["POST"]
         assert [s.method for s in upstream.seen] == ["GET", "HEAD", "DELETE", "POST"]
 
@@ -415,7 +430,7 @@ async def test_a_get_with_content_length_zero_takes_the_asgi_path(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _asgi_stack(settings) as (gw, _):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         forward = _spy(monkeypatch, gw.proxy, "forward")
         token = await gw.token()
         response = await _one(gw.port, _request("GET", "/threads/1", token=token, body=b""))
@@ -696,7 +711,7 @@ async def test_refusals_on_the_fast_path_never_reach_the_upstream(
     challenge: bytes,
 ) -> None:
     async with _asgi_stack(settings, compare=True) as (gw, upstream):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         token = await make_token(gw)
         request = _request("GET", "/threads/1", token=token)
         fast = await _one(gw.port, request)
@@ -715,7 +730,7 @@ async def test_refusals_on_the_fast_path_never_reach_the_upstream(
 
 async def test_upstream_down_is_a_502(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     async with _gateway(settings, free_port()) as gw:
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         response = await _one(gw.port, _request("GET", "/public"))
         assert direct == ["GET"]
         assert response.status == 502
@@ -856,7 +871,7 @@ async def test_a_get_and_a_post_with_a_body_pipelined_are_answered_in_order(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _asgi_stack(settings) as (gw, _):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         token = await gw.token(("threads:read", "threads:create"))
         async with _connection(gw.port) as (reader, writer):
             writer.write(
@@ -909,7 +924,7 @@ async def test_a_request_without_keep_alive_gets_connection_close_and_a_close(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, version: bytes, headers: tuple[bytes, ...]
 ) -> None:
     async with _asgi_stack(settings) as (gw, _):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         async with _connection(gw.port) as (reader, writer):
             writer.write(_request("GET", "/public", version=version, headers=headers))
             response = await _read_response(reader)
@@ -981,7 +996,7 @@ async def test_shutdown_answers_the_request_in_flight_then_closes(settings: Sett
 async def test_a_bug_on_the_fast_path_is_a_500_and_a_close(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(*args: Any) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a bug")
 
     async with _asgi_stack(settings) as (gw, upstream):
@@ -996,7 +1011,252 @@ async def test_a_bug_on_the_fast_path_is_a_500_and_a_close(
         # And the listener goes on serving.
         monkeypatch.undo()
         assert (await _one(gw.port, _request("GET", "/public"))).status == 200
-    assert "Exception serving GET on the fast path" in caplog.text
+    assert "Exception serving a request on the fast path" in caplog.text
+
+
+# --- 9b. exchanges run from callbacks (ProxyApp.forward_now) --------------------------------
+#
+# A request finds the upstream connection the one before it left idle: it goes out from
+# the protocol's callback and its answer is written from the upstream connection's read
+# callback, with no task. Each test warms the pool with one request first.
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _keepalive(
+    special: Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]],
+) -> Handler:
+    """An upstream answering ``ok`` on keep-alive, except where ``special(target, …)``
+    answers itself (it returns whether the connection goes on)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            target = _target(await _request_head(reader))
+            if target.startswith(b"/raw/x"):
+                if not await special(target, reader, writer):
+                    return
+                continue
+            writer.write(_OK)
+            await writer.drain()
+
+    return handler
+
+
+async def test_requests_on_a_warm_connection_are_forwarded_from_callbacks(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        raise AssertionError("not asked")
+
+    async with _raw_stack(settings, _keepalive(never), upstream_pool_size=2) as (gw, server):
+        forward_direct = _spy(monkeypatch, gw.proxy, "forward_direct")
+        forward_now = _spy(monkeypatch, gw.proxy, "forward_now")
+        async with _connection(gw.port) as (reader, writer):
+            for _ in range(12):  # more than the pool's slots: each is given back
+                writer.write(_request("GET", "/raw/warm"))
+                response = await _read_response(reader)
+                assert (response.status, response.body) == (200, b"ok")
+        assert len(forward_now) == 12
+        assert forward_direct == ["GET"]  # only the first, which opened the connection
+        assert server.connections == 1
+
+
+async def test_a_warm_connection_that_never_answers_is_a_504(settings: Settings) -> None:
+    asked = 0
+
+    async def silent(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        nonlocal asked
+        asked += 1
+        await reader.read()  # never answers
+        return False
+
+    async with _raw_stack(settings, _keepalive(silent), upstream_timeout=0.2) as (gw, _):
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+        started = time.monotonic()
+        response = await _one(gw.port, _request("GET", "/raw/x-slow"))
+        assert time.monotonic() - started < 1.5
+        assert response.status == 504
+        assert json.loads(response.body)["error"] == "gateway_timeout"
+        # A slow upstream is not a closed connection: no resend (http1.retryable).
+        assert asked == 1
+        assert (await _one(gw.port, _request("GET", "/raw/after"))).status == 200
+        registry = gw.runtime.metrics.registry
+        assert (
+            registry.get_sample_value("patgate_upstream_errors_total", {"kind": "timeout"}) == 1.0
+        )
+
+
+async def test_a_warm_connection_the_upstream_closed_is_resent_on_a_new_one(
+    settings: Settings,
+) -> None:
+    async def hang_up(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if server.connections == 1:
+            writer.transport.abort()  # as an upstream closing an idle connection would
+            return False
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nresent")
+        await writer.drain()
+        return True
+
+    async with _raw_stack(settings, _keepalive(hang_up)) as (gw, server):
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+        response = await _one(gw.port, _request("GET", "/raw/x-again"))
+        assert (response.status, response.body) == (200, b"resent")
+        assert server.connections == 2
+
+
+async def test_a_post_is_not_resent_when_the_upstream_closed_without_answering(
+    settings: Settings,
+) -> None:
+    # A POST without a body takes the fast path too, but it is not idempotent (RFC 9110
+    # §9.2.2): the upstream may have acted on it, so it gets the 502 instead of a resend.
+    asked = 0
+
+    async def hang_up(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        nonlocal asked
+        asked += 1
+        writer.transport.abort()
+        return False
+
+    async with _raw_stack(settings, _keepalive(hang_up)) as (gw, _):
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+        response = await _one(gw.port, _request("POST", "/raw/x-post"))
+        assert response.status == 502
+        assert json.loads(response.body)["error"] == "bad_gateway"
+        assert asked == 1
+
+
+@pytest.mark.parametrize("shape", ["head-then-body", "chunked-in-parts", "large"])
+async def test_an_answer_in_parts_is_relayed_intact_after_the_callbacks(
+    settings: Settings, shape: str
+) -> None:
+    large = bytes(range(256)) * 1024  # 256 KiB: past the whole-body limit, streamed
+
+    async def parts(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if shape == "head-then-body":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"later")
+        elif shape == "chunked-in-parts":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"2\r\nde\r\n0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(large))
+            writer.write(large)
+        await writer.drain()
+        return True
+
+    expected = {"head-then-body": b"later", "chunked-in-parts": b"abcde", "large": large}[shape]
+    async with _raw_stack(settings, _keepalive(parts)) as (gw, server):
+        async with _connection(gw.port) as (reader, writer):
+            writer.write(_request("GET", "/raw/warm"))
+            assert (await _read_response(reader)).status == 200
+            for _ in range(2):
+                writer.write(_request("GET", "/raw/x-parts"))
+                response = await _read_response(reader)
+                assert (response.status, response.body) == (200, expected)
+                _assert_well_formed(response)
+        assert server.connections == 1  # and the connection was reused after each
+
+
+async def test_a_client_leaving_a_callback_exchange_closes_the_upstream_connection(
+    settings: Settings,
+) -> None:
+    arrived = asyncio.Event()
+    upstream_closed = asyncio.Event()
+
+    async def think(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        arrived.set()
+        await reader.read()  # thinks until the gateway hangs up
+        upstream_closed.set()
+        return False
+
+    # The upstream timeout is long: only the client's leaving can end the exchange.
+    async with _raw_stack(
+        settings, _keepalive(think), upstream_timeout=30, upstream_pool_size=1
+    ) as (gw, server):
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+        async with _connection(gw.port) as (_, writer):
+            writer.write(_request("GET", "/raw/x-think"))
+            await asyncio.wait_for(arrived.wait(), _WAIT)
+        await asyncio.wait_for(upstream_closed.wait(), 1.0)
+        # Its pool slot was given back (there is one): the next request is served.
+        response = await _one(gw.port, _request("GET", "/raw/next"))
+        assert (response.status, response.body) == (200, b"ok")
+        assert server.connections == 2
+
+
+async def test_shutdown_answers_a_callback_exchange_in_flight_then_closes(
+    settings: Settings,
+) -> None:
+    arrived = asyncio.Event()
+
+    async def slow(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        arrived.set()
+        await asyncio.sleep(0.2)
+        writer.write(_OK)
+        await writer.drain()
+        return True
+
+    async with serving(_keepalive(slow)) as server, contextlib.AsyncExitStack() as stack:
+        gw = await stack.enter_async_context(_gateway(settings, server.port))
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(_request("GET", "/raw/x-in-flight"))
+            await asyncio.wait_for(arrived.wait(), _WAIT)
+            stopping = asyncio.create_task(stack.aclose())  # uvicorn's graceful shutdown
+            response = await _read_response(reader)
+            assert await _closed(reader)
+            await asyncio.wait_for(stopping, _WAIT)
+        finally:
+            writer.close()
+    assert (response.status, response.body) == (200, b"ok")
+    assert response.values(b"connection") == [b"close"]
+    assert server.connections == 1  # it was the warm connection's: from callbacks
+
+
+async def test_a_bug_in_a_callback_exchange_is_a_500_and_a_close(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from patgate.gateway import proxy as proxy_module
+
+    def broken(self: object, conn: object) -> None:
+        raise RuntimeError("a bug")
+
+    async def never(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        raise AssertionError("not asked")
+
+    async with _raw_stack(settings, _keepalive(never), upstream_pool_size=1) as (gw, _):
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+        monkeypatch.setattr(proxy_module._Direct, "_act", broken)
+        async with _connection(gw.port) as (reader, writer):
+            writer.write(_request("GET", "/raw/warm"))
+            response = await _read_response(reader)
+            assert await _closed(reader)
+        assert response.status == 500
+        monkeypatch.undo()
+        # The slot came back: the one-connection pool serves the next request.
+        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
+    assert "Exception forwarding GET from callbacks" in caplog.text
 
 
 # --- 10. upgrades and limits --------------------------------------------------------------
@@ -1006,7 +1266,7 @@ async def test_websocket_upgrade_is_refused_as_on_the_asgi_path(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _asgi_stack(settings, compare=True, ws="websockets-sansio") as (gw, upstream):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         token = await gw.token()
         request = _request(
             "GET",
@@ -1030,7 +1290,7 @@ async def test_request_head_over_the_limits_is_431_before_the_fast_path(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _asgi_stack(settings) as (gw, upstream):
-        direct = _spy(monkeypatch, gw.core, "direct")
+        direct = _spy(monkeypatch, gw.core, "direct_now")
         token = await gw.token()
         fields = tuple(b"X-N-%d: v" % n for n in range(120))
         async with _connection(gw.port) as (reader, writer):

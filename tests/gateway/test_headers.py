@@ -72,6 +72,8 @@ def test_a_response_transfer_coding_other_than_chunked_is_refused(value: bytes) 
     with pytest.raises(UpstreamProtocolError):
         response_headers([(b"Transfer-Encoding", value), (b"accept", b"*/*")])
     assert response_headers([(b"Transfer-Encoding", b" Chunked ")]) == []
+    # No body (HEAD, 204, 304): nothing coded can reach the client.
+    assert response_headers([(b"Transfer-Encoding", value)], body=False) == []
 
 
 @pytest.mark.parametrize(
