@@ -218,14 +218,10 @@ class ProxyApp:
             await self._responses.for_error(exc).send(send)
             return
         self._seconds.observe(time.perf_counter() - started)
-        try:
-            fields = response_headers(
-                response.headers, body=_has_body(scope["method"], response.status)
-            )
-        except UpstreamError as exc:  # a response we cannot relay (headers.py): a 502
+        fields = self._relayed_headers(response, scope["method"])
+        if isinstance(fields, UpstreamError):
             await response.aclose()
-            self._upstream_failed(exc)
-            await self._responses.for_error(exc).send(send)
+            await self._responses.for_error(fields).send(send)
             return
         self._count(response.status)
         try:
@@ -306,14 +302,10 @@ class ProxyApp:
             await self._answer_error(exc, reply)
             return
         self._seconds.observe(time.perf_counter() - started)
-        try:
-            fields = response_headers(
-                response.headers, body=_has_body(scope["method"], response.status)
-            )
-        except UpstreamError as exc:  # a response we cannot relay (headers.py): a 502
+        fields = self._relayed_headers(response, method)
+        if isinstance(fields, UpstreamError):
             await response.aclose()
-            self._upstream_failed(exc)
-            await self._answer_error(exc, reply)
+            await self._answer_error(fields, reply)
             return
         self._count(response.status)
         await self.relay_direct(response, fields, reply)
@@ -368,6 +360,15 @@ class ProxyApp:
             scheme=scope.get("scheme", "http"),
             identity_fields=identity_fields,
         )
+
+    def _relayed_headers(self, response: UpstreamResponse, method: str) -> Headers | UpstreamError:
+        """The response's headers as relayed to the client, or (counted) the error that
+        makes it a 502: a response we cannot relay (:func:`response_headers`)."""
+        try:
+            return response_headers(response.headers, body=_has_body(method, response.status))
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+            return exc
 
     def _upstream_failed(self, exc: UpstreamError) -> None:
         """Count a request the upstream could not answer usably (it gets a 502/504)."""
@@ -525,12 +526,10 @@ class _Direct:
             return
         proxy._seconds.observe(time.perf_counter() - self.started)
         response = upstream.response(conn)
-        try:
-            fields = response_headers(response.headers, body=_has_body(method, response.status))
-        except UpstreamError as exc:  # a response we cannot relay (headers.py): a 502
+        fields = proxy._relayed_headers(response, method)
+        if isinstance(fields, UpstreamError):
             self._release()
-            proxy._upstream_failed(exc)
-            prepared = proxy._responses.for_error(exc)
+            prepared = proxy._responses.for_error(fields)
             reply.complete_now(prepared.status, prepared.headers, prepared.body)
             return
         proxy._count(response.status)

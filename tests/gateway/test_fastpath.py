@@ -966,22 +966,28 @@ async def test_client_disconnect_cancels_the_upstream_request(settings: Settings
         assert server.connections == 2
 
 
-async def test_shutdown_answers_the_request_in_flight_then_closes(settings: Settings) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["in-a-task", "from-callbacks"])
+async def test_shutdown_answers_the_request_in_flight_then_closes(
+    settings: Settings, warm: bool
+) -> None:
     arrived = asyncio.Event()
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request_head(reader)
+    async def slow(
+        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         arrived.set()
         await asyncio.sleep(0.2)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(_OK)
         await writer.drain()
-        await reader.read()
+        return True
 
-    async with serving(handler) as server, contextlib.AsyncExitStack() as stack:
+    async with serving(_keepalive(slow)) as server, contextlib.AsyncExitStack() as stack:
         gw = await stack.enter_async_context(_gateway(settings, server.port))
+        if warm:  # the pool's idle connection: the next request is forwarded from callbacks
+            assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         try:
-            writer.write(_request("GET", "/raw/in-flight"))
+            writer.write(_request("GET", "/raw/x-in-flight"))
             await asyncio.wait_for(arrived.wait(), _WAIT)
             stopping = asyncio.create_task(stack.aclose())  # uvicorn's graceful shutdown
             response = await _read_response(reader)
@@ -991,6 +997,7 @@ async def test_shutdown_answers_the_request_in_flight_then_closes(settings: Sett
             writer.close()
     assert (response.status, response.body) == (200, b"ok")
     assert response.values(b"connection") == [b"close"]  # keep-alive ended by the shutdown
+    assert server.connections == 1
 
 
 async def test_a_bug_on_the_fast_path_is_a_500_and_a_close(
@@ -1198,38 +1205,6 @@ async def test_a_client_leaving_a_callback_exchange_closes_the_upstream_connecti
         response = await _one(gw.port, _request("GET", "/raw/next"))
         assert (response.status, response.body) == (200, b"ok")
         assert server.connections == 2
-
-
-async def test_shutdown_answers_a_callback_exchange_in_flight_then_closes(
-    settings: Settings,
-) -> None:
-    arrived = asyncio.Event()
-
-    async def slow(
-        target: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        arrived.set()
-        await asyncio.sleep(0.2)
-        writer.write(_OK)
-        await writer.drain()
-        return True
-
-    async with serving(_keepalive(slow)) as server, contextlib.AsyncExitStack() as stack:
-        gw = await stack.enter_async_context(_gateway(settings, server.port))
-        assert (await _one(gw.port, _request("GET", "/raw/warm"))).status == 200
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        try:
-            writer.write(_request("GET", "/raw/x-in-flight"))
-            await asyncio.wait_for(arrived.wait(), _WAIT)
-            stopping = asyncio.create_task(stack.aclose())  # uvicorn's graceful shutdown
-            response = await _read_response(reader)
-            assert await _closed(reader)
-            await asyncio.wait_for(stopping, _WAIT)
-        finally:
-            writer.close()
-    assert (response.status, response.body) == (200, b"ok")
-    assert response.values(b"connection") == [b"close"]
-    assert server.connections == 1  # it was the warm connection's: from callbacks
 
 
 async def test_a_bug_in_a_callback_exchange_is_a_500_and_a_close(
