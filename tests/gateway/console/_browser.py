@@ -148,6 +148,18 @@ def wait_for(driver: Chrome, css: str, timeout: float = 5.0) -> WebElement:
     return element
 
 
+@contextlib.contextmanager
+def new_page(driver: Chrome, timeout: float = 5.0) -> Iterator[None]:
+    """The block's action (a form submit) loads a new document: wait until the old one
+    is gone, so nothing after it finds an element of the page being left — which races
+    the navigation ("Node with given id does not belong to the document")."""
+    old = driver.find_element(By.CSS_SELECTOR, "html")
+    yield
+    WebDriverWait(driver, timeout).until(
+        expected_conditions.staleness_of(old), f"no new page within {timeout}s"
+    )
+
+
 def wait_text(driver: Chrome, css: str, text: str, timeout: float = 5.0) -> WebElement:
     """The element matching ``css`` once its text contains ``text``."""
     WebDriverWait(driver, timeout).until(

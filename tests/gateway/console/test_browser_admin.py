@@ -21,7 +21,14 @@ from starlette.routing import Mount, Route
 
 from patgate.gateway.console import ConsoleUser, create_console_app
 from patgate.gateway.settings import Settings
-from tests.gateway.console._browser import js_errors, screenshot, serving, wait_for, wait_text
+from tests.gateway.console._browser import (
+    js_errors,
+    new_page,
+    screenshot,
+    serving,
+    wait_for,
+    wait_text,
+)
 from tests.gateway.console._serve import ServeWorld, serve_world
 
 if TYPE_CHECKING:
@@ -253,7 +260,8 @@ def save_user(
         click(browser, f"#{toggle}-{user_id}")
     if role is not None:
         _select(browser.find_element(_by().CSS_SELECTOR, f"#role-{user_id}")).select_by_value(role)  # type: ignore[attr-defined]
-    click(browser, f"#save-{user_id}")
+    with new_page(browser):
+        click(browser, f"#save-{user_id}")
     wait_for(browser, "#flash")
     no_js_errors(browser)
 
