@@ -521,16 +521,14 @@ class _Direct:
                 return
             proxy._seconds.observe(time.perf_counter() - self.started)
             proxy._upstream_failed(error)
-            prepared = proxy._responses.for_error(error)
-            reply.complete_now(prepared.status, prepared.headers, prepared.body)
+            self._answer_error(error)
             return
         proxy._seconds.observe(time.perf_counter() - self.started)
         response = upstream.response(conn)
         fields = proxy._relayed_headers(response, method)
         if isinstance(fields, UpstreamError):
             self._release()
-            prepared = proxy._responses.for_error(fields)
-            reply.complete_now(prepared.status, prepared.headers, prepared.body)
+            self._answer_error(fields)
             return
         proxy._count(response.status)
         whole = response.ready_body()
@@ -546,8 +544,12 @@ class _Direct:
             reply.complete_now(response.status, fields, whole)
         except UpstreamError as exc:  # a header value with a line break (fastpath.Reply)
             proxy._errors[exc.kind].inc()
-            prepared = proxy._responses.for_error(exc)
-            reply.complete_now(prepared.status, prepared.headers, prepared.body)
+            self._answer_error(exc)
+
+    def _answer_error(self, exc: UpstreamError) -> None:
+        """:meth:`ProxyApp._answer_error` from the callback: its 502/504, written now."""
+        prepared = self._proxy._responses.for_error(exc)
+        self._reply.complete_now(prepared.status, prepared.headers, prepared.body)
 
     def abandon(self) -> None:
         """The client left before the answer: stop waiting, close the connection."""

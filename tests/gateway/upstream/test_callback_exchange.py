@@ -93,6 +93,15 @@ async def _handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         await writer.drain()
 
 
+def _one_slot_proxy(port: int) -> ProxyApp:
+    """A proxy to ``port`` with one pool slot; a request that waits for it times out."""
+    return ProxyApp(
+        Settings(
+            upstream_url=f"http://127.0.0.1:{port}", upstream_pool_size=1, upstream_timeout=1.0
+        )
+    )
+
+
 async def _warm(proxy: ProxyApp) -> None:
     warm = _Recorder()
     await proxy.forward_direct(_scope("/warm"), warm, None)
@@ -101,9 +110,7 @@ async def _warm(proxy: ProxyApp) -> None:
 
 async def test_a_whole_answer_is_written_from_the_callback_and_the_slot_returned() -> None:
     async with serving(_handler) as server:
-        proxy = ProxyApp(
-            Settings(upstream_url=f"http://127.0.0.1:{server.port}", upstream_pool_size=1)
-        )
+        proxy = _one_slot_proxy(server.port)
         try:
             await _warm(proxy)
             for _ in range(3):  # one slot: each exchange must give it back
@@ -120,13 +127,7 @@ async def test_a_whole_answer_is_written_from_the_callback_and_the_slot_returned
 
 async def test_a_handed_over_response_is_released_if_its_task_never_starts() -> None:
     async with serving(_handler) as server:
-        proxy = ProxyApp(
-            Settings(
-                upstream_url=f"http://127.0.0.1:{server.port}",
-                upstream_pool_size=1,
-                upstream_timeout=1.0,
-            )
-        )
+        proxy = _one_slot_proxy(server.port)
         try:
             await _warm(proxy)
             reply = _Recorder()
@@ -156,13 +157,7 @@ async def test_a_client_leaving_before_the_answer_closes_the_connection_and_free
     None
 ):
     async with serving(_handler) as server:
-        proxy = ProxyApp(
-            Settings(
-                upstream_url=f"http://127.0.0.1:{server.port}",
-                upstream_pool_size=1,
-                upstream_timeout=1.0,
-            )
-        )
+        proxy = _one_slot_proxy(server.port)
         try:
             await _warm(proxy)
             reply = _Recorder()
