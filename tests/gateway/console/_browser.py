@@ -155,9 +155,18 @@ def new_page(driver: Chrome, timeout: float = 5.0) -> Iterator[None]:
     the navigation ("Node with given id does not belong to the document")."""
     old = driver.find_element(By.CSS_SELECTOR, "html")
     yield
-    WebDriverWait(driver, timeout).until(
-        expected_conditions.staleness_of(old), f"no new page within {timeout}s"
-    )
+
+    def gone(_: object) -> bool:
+        # Chrome answers a node of a left document either as a stale element or with a
+        # plain inspector error ("... does not belong to the document"): both mean gone.
+        try:
+            return bool(expected_conditions.staleness_of(old)(driver))
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+
+    WebDriverWait(driver, timeout).until(gone, f"no new page within {timeout}s")
 
 
 def wait_text(driver: Chrome, css: str, text: str, timeout: float = 5.0) -> WebElement:
