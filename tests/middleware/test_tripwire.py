@@ -218,6 +218,21 @@ async def _reuse_keys(client: aioredis.Redis, namespace: str) -> list[bytes]:
     return [k async for k in client.scan_iter(match="{" + namespace + ":*}:reuse:*")]
 
 
+async def _assert_expiry(
+    client: aioredis.Redis, key: str, *, ttl: float, written_after: float
+) -> None:
+    """``key`` was written with a TTL of ``ttl`` seconds at some time between
+    ``written_after`` and now (wall clock, which the store shares). Read as an absolute
+    expiry (PEXPIRETIME), so a stalled CI machine cannot make it look short; a key already
+    gone must have outlived its TTL."""
+    now = time.time()
+    at = await client.pexpiretime(key)
+    if at == -2:
+        assert time.time() - written_after >= ttl, f"{key!r} vanished before its TTL"
+        return
+    assert (written_after + ttl) * 1000 - 1 <= at <= (now + ttl) * 1000 + 1, (key, at)
+
+
 # -- each kind of dead secret ----------------------------------------------------------
 
 
@@ -228,6 +243,7 @@ async def test_revoked_secret_writes_one_event_then_counts_only(
     assert (await plane.present(secret))[0] == 200  # cached while valid
     await world.tokens.revoke(Actor.system(), token.id)
     revoked_at = world.clock.now
+    written_after = time.time()
 
     async def refused() -> tuple[int, dict[str, Any]]:
         deadline = time.monotonic() + 2.0
@@ -247,7 +263,7 @@ async def test_revoked_secret_writes_one_event_then_counts_only(
     # the query string never reaches the event; the reuse key lives one minute
     [key] = await _reuse_keys(redis_client, namespace)
     assert key.endswith(b":reuse:" + token.id.encode())
-    assert 59_000 < await redis_client.pttl(key) <= 60_000
+    await _assert_expiry(redis_client, key.decode(), ttl=60.0, written_after=written_after)
 
     # Again within the minute (from the cache, then from the store): counted, no event.
     world.clock.now += 30
@@ -374,10 +390,11 @@ async def test_a_new_event_after_the_minute(
     async with _planes(store_url, keys, world, every=1.0) as [plane]:
         token, secret = await _token(world)
         await world.tokens.revoke(Actor.system(), token.id)
+        written_after = time.time()
         assert (await plane.present(secret))[0] == 401
         await _settle(plane)
-        [key] = await _reuse_keys(redis_client, namespace)
-        assert 0 < await redis_client.pttl(key) <= 1000
+        for key in await _reuse_keys(redis_client, namespace):  # none if its second passed
+            await _assert_expiry(redis_client, key.decode(), ttl=1.0, written_after=written_after)
         world.clock.now += 0.1
         assert (await plane.present(secret))[0] == 401  # within the window: none
         await _settle(plane)
@@ -449,16 +466,18 @@ async def test_at_most_one_event_a_minute_across_two_processes(
 async def test_tombstone_ttl_is_configurable(
     world: Api, plane: Plane, redis_client: aioredis.Redis
 ) -> None:
-    short = TokenService(world.store, world.fmt, clock=world.clock, tombstone_ttl=1.5)
+    # long enough that a stalled machine still presents the secret while its stone lives
+    short = TokenService(world.store, world.fmt, clock=world.clock, tombstone_ttl=2.5)
     token, secret = await _token(world)
+    written_after = time.time()
     await short.delete(Actor.system(), token.id)
     stone_key = world.store.keys_for("acme").tombstone(world.fmt.digest(secret))
-    assert 0 < await redis_client.pttl(stone_key) <= 1500
+    await _assert_expiry(redis_client, stone_key, ttl=2.5, written_after=written_after)
     assert (await plane.present(secret))[0] == 401
     await _settle(plane)
     assert [e["type"] for e in await _reuse_events(world)] == ["token.reuse_after_delete"]
 
-    await anyio.sleep(1.55)
+    await anyio.sleep(max(0.0, written_after + 2.55 - time.time()))
     assert not await redis_client.exists(stone_key)  # the TTL ran out
     world.clock.now += 120  # past the tripwire's minute too
     status, info = await plane.present(secret)
@@ -487,10 +506,11 @@ async def test_the_api_app_passes_its_tombstone_ttl(
     async with httpx.AsyncClient(transport=transport, base_url="http://patgate.test") as c:
         token, secret = await _token(world, user="admin")
         headers = {"authorization": "Bearer " + world.secrets["admin"]}
+        written_after = time.time()
         response = await c.delete(f"/v1/tokens/{token.id}", headers=headers)
         assert response.status_code == 204, response.text
     stone_key = world.store.keys_for("acme").tombstone(world.fmt.digest(secret))
-    assert 4_000 < await redis_client.pttl(stone_key) <= 5_000
+    await _assert_expiry(redis_client, stone_key, ttl=5.0, written_after=written_after)
 
 
 # -- the management API and the runtime ------------------------------------------------
