@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import pickle
 import re
 import zlib
 
@@ -106,6 +107,32 @@ def test_digest_is_sha256_without_pepper_and_hmac_with() -> None:
     assert TokenFormat(pepper=b"other").digest(secret) != peppered.digest(secret)
     assert len(FMT.digest(secret)) == 32
     assert secret.encode() not in FMT.digest(secret)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pepper=st.binary(min_size=1, max_size=200),
+    secret=st.text(st.characters(max_codepoint=127), max_size=80),
+)
+def test_property_peppered_digests_are_the_stdlib_hmac(pepper: bytes, secret: str) -> None:
+    # The precomputed key blocks (RFC 2104) against hmac.new, for keys shorter than,
+    # exactly and longer than SHA-256's 64-byte block, and for every digest path.
+    fmt = TokenFormat(pepper=pepper)
+    data = secret.encode("ascii")
+    assert fmt.digest(secret) == hmac.new(pepper, data, hashlib.sha256).digest()
+    sha = hashlib.sha256(data).digest()
+    assert fmt.external_digest(sha) == hmac.new(pepper, sha, hashlib.sha256).digest()
+    expected = fmt.digest(secret) if secret.startswith("pat_") else fmt.external_digest(sha)
+    assert fmt.any_digest(secret) == expected
+
+
+@pytest.mark.parametrize("size", [63, 64, 65])
+def test_peppers_around_the_block_size_survive_a_pickle(size: int) -> None:
+    fmt = TokenFormat(pepper=bytes(range(size)))
+    secret = fmt.generate()
+    again = pickle.loads(pickle.dumps(fmt))
+    assert again == fmt
+    assert again.digest(secret) == hmac.new(fmt.pepper or b"", secret.encode(), "sha256").digest()
 
 
 def test_digest_accepts_non_ascii_garbage_without_raising() -> None:
