@@ -57,7 +57,7 @@ from patgate.policies.verdicts import PolicyDecision
 
 from .allowlist import IpAllowlist
 from .cache import Slot, TokenCache
-from .credentials import bearer_token
+from .credentials import bearer_bytes, bearer_token
 from .errors import (
     AuthError,
     ClientNotAllowed,
@@ -265,6 +265,7 @@ class Authenticator:
         # The digest step, chosen once: with external tokens on it also hashes a value
         # of any other shape (TokenFormat.any_digest), at the cost of one length check.
         self._digest = token_format.any_digest if external_tokens else token_format.digest
+        self._digest_of = token_format.any_digest_of if external_tokens else token_format.digest_of
         self.policies: PolicySource = _Fixed(policy) if isinstance(policy, Policy) else policy
         self.metrics = metrics
         self.recorder = recorder
@@ -342,20 +343,23 @@ class Authenticator:
             if self._blocked:
                 # Only while some client is blocked does a request look up its own.
                 self._refuse_blocked(self._client_ip(scope))
-            match = self.route(method, raw_path)
+            # route() and credentials(), inlined: a call apiece less on every request.
+            policy = self.policies.current
+            match = policy.route(method, raw_path)
+            if match.denied is not None:
+                _refuse_early(match)
             # A CORS preflight under ``preflight = "allow"`` is treated as public.
-            if match.public or (
-                method == "OPTIONS" and self.policies.current.allows_preflight(headers)
-            ):
+            if match.public or (method == "OPTIONS" and policy.allows_preflight(headers)):
                 reason = "public"
                 return None
-            secret = self.credentials(headers)
+            # The header's bytes are hashed as they are; only a miss decodes them.
+            secret = bearer_bytes(headers)
             # resolve(), with its cache probe inlined.
-            digest = self._digest(secret)
+            digest = self._digest_of(secret)
             slot = self.cache.get(digest, started)
             if slot is None:
                 reason = None  # finish() counts it
-                return Lookup(match, secret, digest, raw_path, started)
+                return Lookup(match, secret.decode("ascii"), digest, raw_path, started)
             self._hits.inc()
             resolved = slot.value
             if resolved is None:  # "no token has this digest", cached
@@ -478,11 +482,8 @@ class Authenticator:
 
     def route(self, method: str, raw_path: str) -> RouteMatch:
         match = self.policies.current.route(method, raw_path)
-        if match.denied == "bad_path":
-            raise InvalidRequest(match.detail or "malformed or ambiguous path", reason="bad_path")
-        if match.denied == "method_not_allowed":
-            # TRACE/CONNECT no rule names: 405 before authentication (policies/engine.py).
-            raise MethodNotAllowed(match.detail or "method not allowed")
+        if match.denied is not None:
+            _refuse_early(match)
         return match
 
     @staticmethod
@@ -725,6 +726,16 @@ class Authenticator:
         if not decision.allowed:
             raise _policy_error(decision.reason, decision.missing_scope)
         return identity
+
+
+def _refuse_early(match: RouteMatch) -> None:
+    """Refuse a request its route denies before any credential is read; a ``no_rule``
+    denial waits for the token (``decide``: a 401 beats a 403)."""
+    if match.denied == "bad_path":
+        raise InvalidRequest(match.detail or "malformed or ambiguous path", reason="bad_path")
+    if match.denied == "method_not_allowed":
+        # TRACE/CONNECT no rule names: 405 before authentication (policies/engine.py).
+        raise MethodNotAllowed(match.detail or "method not allowed")
 
 
 def _outcome(reason: str) -> str:

@@ -159,6 +159,7 @@ class TokenFormat:
     previous_pepper: bytes | None = None
     #: ``<prefix>_``, the start of every secret of this format (precomputed).
     _head: str = field(init=False, repr=False, compare=False, default="")
+    _head_bytes: bytes = field(init=False, repr=False, compare=False, default=b"")
     #: the HMAC under ``pepper``, its key blocks precomputed; None without a pepper.
     _mac: _HmacSha256 | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -169,6 +170,7 @@ class TokenFormat:
                 "starting with a letter"
             )
         object.__setattr__(self, "_head", self.prefix + "_")
+        object.__setattr__(self, "_head_bytes", self._head.encode("ascii"))
         if self.pepper == b"":
             object.__setattr__(self, "pepper", None)
         if self.pepper is not None:
@@ -231,8 +233,10 @@ class TokenFormat:
 
     def digest(self, secret: str) -> bytes:
         """The 32-byte value stored in the hash index; never the secret itself."""
-        # Inlined (not _hash): this runs on every request.
-        data = secret.encode("ascii", "surrogateescape")
+        return self.digest_of(secret.encode("ascii", "surrogateescape"))
+
+    def digest_of(self, data: bytes) -> bytes:
+        """:meth:`digest` of a secret's bytes (the data plane hashes the header's bytes)."""
         mac = self._mac
         if mac is not None:
             return mac(data)
@@ -249,8 +253,11 @@ class TokenFormat:
         """:meth:`digest` for a credential of this format's shape, else
         :meth:`external_digest` of its SHA-256: the index key either way (the data
         plane's digest step when external tokens are on)."""
-        data = secret.encode("ascii", "surrogateescape")
-        if not secret.startswith(self._head):
+        return self.any_digest_of(secret.encode("ascii", "surrogateescape"))
+
+    def any_digest_of(self, data: bytes) -> bytes:
+        """:meth:`any_digest` of a credential's bytes."""
+        if not data.startswith(self._head_bytes):
             data = _SHA256(data).digest()
         mac = self._mac
         if mac is not None:

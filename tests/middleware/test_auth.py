@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from patgate.middleware.auth import Authenticator, Resolved
 from patgate.middleware.cache import TokenCache
+from patgate.middleware.credentials import bearer_bytes
 from patgate.middleware.embedded import EmbeddedValkey
 from patgate.middleware.errors import (
     AuthError,
@@ -592,6 +595,37 @@ def test_bearer_token_accepts(value: bytes, token: str) -> None:
 def test_bearer_token_refuses(value: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         Authenticator.credentials([(b"authorization", value)])
+
+
+def _reference_bearer(value: bytes) -> bytes | type[Exception]:
+    """The general parse alone (what bearer_bytes did before its common-spelling
+    shortcut): the answer, or the error class."""
+    scheme, _, rest = value.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return MissingCredentials
+    token = rest.strip(b" \t")
+    if not token or any(c in token for c in b" ,\t") or not token.isascii():
+        return InvalidRequest
+    return token
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    rest=st.binary(max_size=12)
+    | st.text(st.sampled_from("ab=-, \t\n\r\x0b\x0c\x1c\xe9"), max_size=12).map(
+        lambda t: t.encode("utf-8")
+    )
+)
+def test_property_the_bearer_shortcut_answers_as_the_general_parse(rest: bytes) -> None:
+    # "Bearer " + anything: the shortcut takes the usual spelling; whatever it takes, it
+    # must answer exactly as the general parse (trailing \v, \f, \r, \n strip there).
+    value = b"Bearer " + rest
+    expected = _reference_bearer(value)
+    try:
+        got: bytes | type[Exception] = bearer_bytes([(b"authorization", value)])
+    except (InvalidRequest, MissingCredentials) as exc:
+        got = type(exc)
+    assert got == expected
 
 
 # -- one lookup path: identify() (the management API's caller) ----------------------------
