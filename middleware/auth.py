@@ -46,6 +46,7 @@ authentication, so an anonymous caller sees 401 everywhere and cannot map the po
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
@@ -128,9 +129,9 @@ class Resolved:
     compiled form — so ``@requires``, the policy and the identity headers all see the
     bounded set, computed once per cache fill rather than per request."""
 
-    __slots__ = ("allowlist", "credentials", "derived", "expires_at", "grace_until",
-                 "identity", "org", "owner", "partition", "scopes", "token", "usable",
-                 "used_key", "user", "verdicts")  # fmt: skip
+    __slots__ = ("allowed", "allowlist", "credentials", "derived", "expires_at",
+                 "grace_until", "identity", "live_until", "org", "owner", "partition",
+                 "scopes", "token", "usable", "used_key", "user", "verdicts")  # fmt: skip
 
     def __init__(
         self,
@@ -167,12 +168,20 @@ class Resolved:
             # Cached too: a revoked token's next request is answered without Redis; the
             # reason is recomputed by check() on each hit.
             self.usable = False
+        #: before this instant (wall clock) the token needs no status check: its expiry
+        #: or grace end, +inf without one, -inf when it is unusable anyway (check()
+        #: then says why, on every hit).
+        self.live_until = (
+            (math.inf if expires_at is None else expires_at) if self.usable else -math.inf
+        )
         self.scopes = ScopeSet.from_scopes(self.identity.scopes)
         self.credentials = PatgateCredentials(self.scopes)
         self.user = PatgateUser(self.identity)
         #: rule → the policy's verdict for this token, for rules no request binds
         #: (:meth:`Authenticator.decide`).
         self.verdicts: dict[RuleSpec, PolicyDecision] = {}
+        #: the rules of ``verdicts`` that allow: a hit on one needs no policy call at all.
+        self.allowed: set[RuleSpec] = set()
         #: what a layer above derives from this token once per cache fill rather than
         #: per request, by that layer's key (the gateway's identity headers).
         self.derived: dict[str, object] = {}
@@ -406,7 +415,15 @@ class Authenticator:
     ) -> Resolved:
         """Status, policy and allowlist for a resolved token; its last use noted."""
         now = self._clock()
-        self.decide(resolved, match, headers, now)
+        # The usual request: a live token on a rule whose allowing verdict it already
+        # holds (no binding reads the request) — decide() would only confirm it.
+        if (
+            match.spec not in resolved.allowed
+            or now >= resolved.live_until
+            or match.denied is not None
+            or match.also is not None
+        ):
+            self.decide(resolved, match, headers, now)
         allowlist = resolved.allowlist
         recorder = self.recorder
         if allowlist is not None:
@@ -694,8 +711,7 @@ class Authenticator:
     ) -> Identity:
         """Token status on every call (expiry too), then the policy for this route."""
         identity = resolved.identity
-        expires_at = resolved.expires_at
-        if not resolved.usable or (expires_at is not None and now >= expires_at):
+        if now >= resolved.live_until:
             resolved.check(now)
         if match.denied == "no_rule":
             raise InsufficientScope("no policy rule allows this request", reason="no_rule")
@@ -719,6 +735,8 @@ class Authenticator:
                 )
                 if len(verdicts) < _MAX_VERDICTS:
                     verdicts[spec] = decision
+                    if decision.allowed:
+                        resolved.allowed.add(spec)
         else:
             decision = self.policies.current.authorize(
                 match, identity, _HeaderView(headers), scopes=resolved.scopes

@@ -787,6 +787,22 @@ async def test_static_rule_verdicts_are_kept_on_the_cached_token(rig: Rig) -> No
     assert (await rig.call("GET", "/threads/2", _bearer(t.secret)))[0] == 200
     status, _, body = await rig.call("POST", "/threads", _bearer(t.secret))
     assert (status, body["error"]) == (403, "insufficient_scope")
+    # Only the allowing rule skips the policy call on a hit.
+    assert sorted(rule.name for rule in resolved.allowed) == ["threads-read"]
+
+
+async def test_a_held_verdict_still_expires(rig: Rig) -> None:
+    # The hit that skips the policy (an allowing verdict held) still checks expiry.
+    t = await rig.token(scopes=("threads:read",), expires_at=rig.now[0] + 60)
+    for _ in range(2):
+        assert (await rig.call("GET", "/threads/1", _bearer(t.secret)))[0] == 200
+    resolved = await rig.auth.resolve(t.secret)
+    assert resolved.allowed
+    assert resolved.live_until == t.token.expires_at
+    rig.now[0] += 61
+    status, headers, _ = await rig.call("GET", "/threads/1", _bearer(t.secret))
+    assert status == 401
+    assert b'error_description="token expired"' in headers[b"www-authenticate"]
 
 
 class _FixedPolicy:
