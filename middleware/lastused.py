@@ -126,3 +126,7 @@ class LastUsedRecorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
             await self.flush()
+        # A stop that came while that flush was writing: the uses recorded meanwhile are
+        # pending still, and aclose() promises them written (nothing is pending
+        # otherwise, and this returns at once).
+        await self.flush()

@@ -108,6 +108,46 @@ async def test_never_recreates_a_deleted_token(counting: CountingStore) -> None:
     assert await counting.client.hexists(counting.keys_for("o1").tokens, gone.token.id) == 0
 
 
+class GatedStore(CountingStore):
+    """The real store whose first ``touch`` waits at a gate: a flush held mid-write."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keyspace) -> None:
+        super().__init__(client, keys)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def touch(self, batch: Sequence[tuple[int, str, LastUsed]]) -> int:
+        if not self.entered.is_set():
+            self.entered.set()
+            await self.gate.wait()
+        return await super().touch(batch)
+
+
+async def test_a_stop_during_a_flush_still_writes_what_came_meanwhile(
+    redis_client: aioredis.Redis, keys: Keyspace
+) -> None:
+    # aclose() while the loop's flush is writing: the uses recorded during that write
+    # must be written before aclose returns (CI once lost them on this interleaving).
+    store = GatedStore(redis_client, keys)
+    await add_user(store)
+    a = await issue(store, TokenFormat())
+    recorder = LastUsedRecorder(store, Metrics(), interval=0.01)
+    recorder.start()
+    recorder.record(P1, a.token.id, _used(1.0))
+    await asyncio.wait_for(store.entered.wait(), 5.0)
+    recorder.record(P1, a.token.id, _used(3.0))
+    closing = asyncio.create_task(recorder.aclose())
+    await asyncio.sleep(0.05)  # aclose has set the stop and waits for the loop
+    store.gate.set()
+    await asyncio.wait_for(closing, 5.0)
+    got = await store.get_token(a.token.id)
+    assert got is not None
+    assert got.last_used is not None
+    assert got.last_used.at == 3.0
+    assert len(recorder) == 0
+    assert store.touches == [1, 1]
+
+
 async def test_background_flush_on_interval_and_final_flush(counting: CountingStore) -> None:
     fmt = TokenFormat()
     await add_user(counting)
