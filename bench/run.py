@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from bench._wrk import have_wrk, load_tool, run_load
+from bench.apps import BENCH_POLICY
 from bench.attack import ATTACKER_IP, AttackResult, attack_throughput
 from bench.env import BenchEnv, bench_env
 from bench.lastused import LastUsedResult, lastused_writes, stats
@@ -44,7 +46,7 @@ from bench.policy_bench import TARGET as POLICY_TARGET
 from bench.policy_bench import policy_rows
 from bench.report import Row, machine, render_table, update_doc
 from bench.revocation import RevocationResult, revocation_latency, topology_revocation
-from bench.servers import GATEWAY_SERVER, ROOT, Proc, uvicorn_server
+from bench.servers import GATEWAY_SERVER, ROOT, Proc, patgate_gateway, uvicorn_server
 from bench.spread import SpreadResult, measure_spread, spread_details, spread_rows
 from bench.throughput import Measured, Target, compare
 from bench.topologies import KINDS, Unsupported
@@ -171,8 +173,8 @@ def rows(r: Results) -> list[Row]:
         if "traefik" in gw:
             out.append(_ratio_row("Traefik ForwardAuth + patgate authz → upstream",
                                   gw["traefik"], direct, None))  # fmt: skip
-    for part, label in (("middleware", "app + patgate middleware"),
-                        ("gateway", "patgate gateway → upstream")):  # fmt: skip
+    for part, label in (("middleware", "app + patgate middleware (uvicorn --workers)"),
+                        ("gateway", "patgate gateway → upstream (PATGATE_WORKERS)")):  # fmt: skip
         scaled = r.workers.get(part)
         if scaled:
             ((one, many),) = [(scaled["1"], m) for k, m in scaled.items() if k != "1"]
@@ -380,11 +382,14 @@ def _gateway(env: BenchEnv, r: Results, a: argparse.Namespace) -> None:
                 with _profiled(a.profile, gw, a.duration):
                     run_load(gw.url + "/items", duration=a.duration, headers=headers)
             if a.workers > 1:
-                many = stack.enter_context(
-                    uvicorn_server("gateway_app", ge, workers=a.workers, **GATEWAY_SERVER)
-                )
+                # The product's own worker mode (PATGATE_WORKERS), against one worker of
+                # the same command: `patgate gateway` with the bench policy on disk.
+                policy = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "p.toml"
+                policy.write_text(BENCH_POLICY)
+                one = stack.enter_context(patgate_gateway(ge, up.url, policy, workers=1))
+                many = stack.enter_context(patgate_gateway(ge, up.url, policy, workers=a.workers))
                 r.workers["gateway"] = _scaling(pg_env=ge, many=many, factory="gateway_app",
-                                                a=a, headers=headers, one=gw)  # fmt: skip
+                                                a=a, headers=headers, one=one)  # fmt: skip
             if a.revocations > 0:
                 other = stack.enter_context(uvicorn_server("gateway_app", ge, **GATEWAY_SERVER))
                 r.revocation = revocation_latency(

@@ -29,6 +29,7 @@ __all__ = [
     "children",
     "cpu_seconds",
     "free_port",
+    "patgate_gateway",
     "process",
     "uvicorn_server",
     "wait_http",
@@ -159,6 +160,36 @@ def uvicorn_server(
             for _ in range(workers * 4):
                 wait_http(port, ready_path, proc, _START_TIMEOUT)
         yield Proc(factory, port, proc.pid)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def patgate_gateway(
+    env: Mapping[str, str], upstream: str, policy: Path, *, workers: int = 1
+) -> Iterator[Proc]:
+    """``patgate gateway --workers N`` itself (``PATGATE_WORKERS``: the parent binds, N
+    pre-forked workers serve; gateway/workers.py) on free loopback ports, until the
+    block ends. Ready once every worker has started and the admin listener answers."""
+    port, admin = free_port(), free_port()
+    args = [
+        sys.executable, "-m", "patgate", "gateway", "--policy", str(policy),
+        "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+        "--admin-listen", f"127.0.0.1:{admin}", "--workers", str(workers),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(env), stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while workers > 1 and len(children(proc.pid)) < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"patgate gateway: {workers} workers did not start")
+            time.sleep(0.05)
+        wait_http(admin, "/healthz", proc, _START_TIMEOUT)
+        if workers > 1:  # each worker answers once it is up
+            time.sleep(1.0)
+            for _ in range(workers * 4):
+                wait_http(admin, "/healthz", proc, _START_TIMEOUT)
+        yield Proc(f"patgate gateway --workers {workers}", port, proc.pid)
     finally:
         _stop(proc)
 
