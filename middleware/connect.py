@@ -184,7 +184,7 @@ def connect(url: str, options: dict[str, Any]) -> StoreClient:
                 "username": spec.sentinel_username,
                 "password": spec.sentinel_password,
             }
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed since redis 8.2
             list(spec.hosts), sentinel_kwargs=sentinel_options, **options, **auth, **tls
         )
         master: aioredis.Redis = sentinel.master_for(

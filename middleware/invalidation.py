@@ -260,7 +260,7 @@ class InvalidationSubscriber:
                 self._down()
                 for group in groups:
                     with contextlib.suppress(*_ERRORS):
-                        await group.pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await group.pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed since redis 8.2
             # A Cluster's next session reloads the slot map: a failover or a reshard is
             # the usual reason this one ended.
             fresh_map = True
