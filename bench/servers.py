@@ -113,6 +113,24 @@ def _env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def _wait_workers(
+    proc: subprocess.Popen[bytes], workers: int, port: int, ready_path: str, name: str
+) -> None:
+    """With ``workers`` > 1, until the supervisor ``proc`` has that many children and
+    each has had time to answer ``ready_path`` on ``port``."""
+    if workers <= 1:
+        return
+    deadline = time.monotonic() + _START_TIMEOUT
+    while len(children(proc.pid)) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {workers} workers did not start")
+        time.sleep(0.05)
+    # Each worker answers once it is up; give the last one a moment after its fork.
+    time.sleep(1.0)
+    for _ in range(workers * 4):
+        wait_http(port, ready_path, proc, _START_TIMEOUT)
+
+
 #: how :func:`uvicorn_server` runs ``gateway_app`` as ``patgate gateway`` runs its
 #: listener: the gateway's protocol (limits and fast path), no uvicorn proxy-headers
 #: middleware (patgate decides whom to trust), no Date header of its own.
@@ -149,16 +167,7 @@ def uvicorn_server(
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(env), stdin=subprocess.DEVNULL)
     try:
         wait_http(port, ready_path, proc, _START_TIMEOUT)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while workers > 1 and len(children(proc.pid)) < workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{factory}: {workers} workers did not start")
-            time.sleep(0.05)
-        # Each worker answers once it is up; give the last one a moment after its fork.
-        if workers > 1:
-            time.sleep(1.0)
-            for _ in range(workers * 4):
-                wait_http(port, ready_path, proc, _START_TIMEOUT)
+        _wait_workers(proc, workers, port, ready_path, factory)
         yield Proc(factory, port, proc.pid)
     finally:
         _stop(proc)
@@ -179,16 +188,8 @@ def patgate_gateway(
     ]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(env), stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while workers > 1 and len(children(proc.pid)) < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"patgate gateway: {workers} workers did not start")
-            time.sleep(0.05)
         wait_http(admin, "/healthz", proc, _START_TIMEOUT)
-        if workers > 1:  # each worker answers once it is up
-            time.sleep(1.0)
-            for _ in range(workers * 4):
-                wait_http(admin, "/healthz", proc, _START_TIMEOUT)
+        _wait_workers(proc, workers, admin, "/healthz", "patgate gateway")
         yield Proc(f"patgate gateway --workers {workers}", port, proc.pid)
     finally:
         _stop(proc)
