@@ -268,8 +268,7 @@ class TokenFormat:
         """The index key of an external token whose value has this SHA-256: the HMAC
         of the SHA-256 under the pepper, or the SHA-256 of the SHA-256 without one —
         never a value a registering host sent or could compute without the pepper."""
-        mac = self._mac
-        return _SHA256(sha256).digest() if mac is None else mac(sha256)
+        return self.digest_of(sha256)
 
     def previous_external_digest(self, sha256: bytes) -> bytes | None:
         """:meth:`external_digest` under the previous pepper, during a rotation."""
