@@ -102,7 +102,8 @@ def filter_tokens(browser: Chrome, q: str = "", type_text: str = "All types") ->
     if q:
         box.send_keys(q)
     _select(browser.find_element(_by().CSS_SELECTOR, "#type")).select_by_visible_text(type_text)  # type: ignore[attr-defined]
-    browser.find_element(_by().CSS_SELECTOR, "#filter").click()
+    with new_page(browser):
+        browser.find_element(_by().CSS_SELECTOR, "#filter").click()
     wait_for(browser, "#tokens, #no-tokens")
 
 
@@ -346,7 +347,8 @@ def test_events_filters_and_member_view(browser: Chrome, world: ServeWorld) -> N
     sign_in(browser, world)
     browser.get(world.console + "/events")
     _select(wait_for(browser, "#type")).select_by_value("token.revoked")  # type: ignore[attr-defined]
-    click(browser, "#filter")
+    with new_page(browser):
+        click(browser, "#filter")
     wait_for(browser, "#events")
     types = {r.get_attribute("data-type") for r in rows(browser, "#events tbody tr")}
     assert types == {"token.revoked"}
@@ -355,7 +357,8 @@ def test_events_filters_and_member_view(browser: Chrome, world: ServeWorld) -> N
 
     browser.get(world.console + "/events")
     wait_for(browser, "#token_id").send_keys(tid)
-    click(browser, "#filter")
+    with new_page(browser):
+        click(browser, "#filter")
     found = rows(browser, "#events tbody tr")
     assert {cell(r, "Token") for r in found} == {tid}
     assert {"token.created", "token.revoked"} <= {r.get_attribute("data-type") for r in found}

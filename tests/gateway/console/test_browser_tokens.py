@@ -15,6 +15,7 @@ import pytest
 from tests.gateway.console._browser import (
     PHONE,
     js_errors,
+    new_page,
     screenshot,
     set_viewport,
     wait_for,
@@ -358,7 +359,8 @@ def test_list_filters_and_regenerate_expired(browser: WebDriver, world: ServeWor
         search = wait_for(browser, "#q")
         search.clear()
         search.send_keys(q)
-        wait_for(browser, "#filter").click()
+        with new_page(browser):
+            wait_for(browser, "#filter").click()
         wait_for(browser, "#tokens, #no-tokens")
         checked(browser)
         return sorted(names(browser))
