@@ -200,20 +200,21 @@ class Findings:
         if not self.check(watch.code == 0, f"{what}: the CLI failed ({watch.code}): {watch.err}"):
             return
         latencies = []
-        for n, (lat, first, after) in enumerate(
-            zip(watch.latency, watch.first, watch.after, strict=True)
+        for n, (lat, unavailable, after) in enumerate(
+            zip(watch.latency, watch.unavailable, watch.after, strict=True)
         ):
-            if not self.check(lat is not None, f"{what}: gateway {n} never refused the token"):
+            if unavailable:
+                self.note(f"{what}: gateway {n} answered {unavailable} before its first 401")
+            if not self.check(lat is not None, f"{what}: gateway {n} never answered 401"):
                 continue
             assert lat is not None
             latencies.append(lat)
-            self.check(first == 401, f"{what}: gateway {n} first refused it with {first}")
             self.check(200 not in after, f"{what}: gateway {n} accepted it again: {after}")
             trace = [(round(a * 1e3, 1), round(b * 1e3, 1), c) for a, b, c in watch.trace[n]]
             near = [t for t in trace if -300 < t[1] < 300]
             self.check(
                 lat <= TARGET + MARGIN,
-                f"{what}: gateway {n} refused it {lat * 1e3:.1f} ms after the CLI's revoke "
+                f"{what}: gateway {n} answered 401 {lat * 1e3:.1f} ms after the CLI's revoke "
                 f"(> {(TARGET + MARGIN) * 1e3:.0f} ms); polls (sent ms, received ms, status): "
                 f"{near}",
             )
