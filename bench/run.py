@@ -55,6 +55,8 @@ from bench.traefik import find_traefik, traefik_forward_auth
 __all__ = ["Results", "main", "measure", "parse_args", "report", "rows"]
 
 COMMAND = "bash .ci/setup && .venv/bin/python bench/run.py"
+#: SPEC: middleware overhead, warm cache, ≤ 3 µs of CPU per decision.
+DECISION_CPU_TARGET_US = 3.0
 #: PATGATE_AUTH_FAILURE_LIMIT for every row but the attack row (see measure()).
 _NO_LIMIT = 1_000_000_000
 
@@ -146,7 +148,10 @@ def rows(r: Results) -> list[Row]:
     if mw:
         bare, pg, naive = mw["bare"], mw["patgate"], mw["naive"]
         out.append(_ratio_row("bare Starlette app", bare, None, None))
-        out.append(_ratio_row("app + patgate middleware (warm cache)", pg, bare, 0.90))
+        # No target of its own: SPEC's throughput target for the middleware is the floor
+        # row (the floor itself runs at ~0.86x bare; ≥ 0.90x bare was the target before
+        # the floor row, issue 16), its overhead target the decision CPU row.
+        out.append(_ratio_row("app + patgate middleware (warm cache)", pg, bare, None))
         if "floor" in mw:
             floor = mw["floor"]
             out.append(_ratio_row(
@@ -189,9 +194,9 @@ def rows(r: Results) -> list[Row]:
         out.append(Row(
             "decision CPU per request, cache hit (in-process)",
             value=f"{r.cpu.us_per_decision:.1f} µs (median {r.cpu.median_us:.1f})",
-            target="≤ 10 µs",
+            target=f"≤ {DECISION_CPU_TARGET_US:.0f} µs",
             baseline=f"{r.cpu.iterations:,} decisions",
-            passed=r.cpu.us_per_decision <= 10.0,
+            passed=r.cpu.us_per_decision <= DECISION_CPU_TARGET_US,
         ))  # fmt: skip
     for label, rates in r.policy.items():
         out.append(_policy_row(label, rates))

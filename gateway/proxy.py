@@ -29,6 +29,7 @@ from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import Identity
 from patgate.middleware.responses import ErrorResponses
 from patgate.middleware.trust import TrustedProxies
+from patgate.middleware.user import identity_of
 
 from .headers import Headers, response_headers, upstream_request_headers
 from .settings import Settings
@@ -179,7 +180,7 @@ class ProxyApp:
             await send({"type": "websocket.close", "code": 1008, "reason": "not proxied"})
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.forward(scope, receive, send, scope.get("patgate.identity"))
+        await self.forward(scope, receive, send, identity_of(scope))
 
     async def forward(
         self,

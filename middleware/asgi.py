@@ -5,11 +5,11 @@ which costs ~90 µs a layer). Per request it asks the :class:`~middleware.auth.A
 and either answers the refusal itself (precomputed RFC 6750 response) or annotates the
 scope in Starlette's conventions, so ``@requires("threads:read")`` works::
 
-    scope["auth"]             AuthCredentials with the token's scopes (wildcard-aware ``in``)
-    scope["user"]             PatgateUser (``.token`` is the Identity) / UnauthenticatedUser
-    scope["patgate.identity"] Identity, or None on a public route
-    scope["patgate.errors"]   the ErrorResponses renderer, so ``patgate.requires`` and the
-                              FastAPI dependency answer with the same realm and bodies
+    scope["auth"]  PatgateCredentials: ``.scopes`` (wildcard-aware ``in``), ``.identity``
+                   (the Identity, or None on a public route) and ``.errors`` (the
+                   renderer, so ``patgate.requires`` and the FastAPI dependency answer
+                   with the same realm and bodies)
+    scope["user"]  PatgateUser (``.token`` is the Identity) / UnauthenticatedUser
 
 Websocket handshakes are authenticated the same way (as ``GET``); a refusal closes the
 socket with 1008 (policy violation) before accepting, which servers send as HTTP 403.
@@ -30,12 +30,14 @@ answers 503): run the server with lifespan on (uvicorn's default ``auto`` does).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from starlette.authentication import AuthCredentials, UnauthenticatedUser
+from starlette.authentication import UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from patgate.policies.engine import Policy
@@ -44,10 +46,23 @@ from .auth import Authenticator, Lookup, Resolved
 from .config import DataPlaneConfig
 from .errors import AuthError, StoreUnavailable
 from .runtime import Runtime
+from .user import PatgateCredentials
 
-__all__ = ["LifespanHooks", "PatgateMiddleware"]
+__all__ = ["LifespanHooks", "PatgateMiddleware", "mark_coroutine_function"]
 
 _WS_POLICY_VIOLATION = 1008
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def mark_coroutine_function(func: _F) -> _F:
+    """Mark a plain function that returns an awaitable as a coroutine function, for
+    ``inspect.iscoroutinefunction`` (3.12+) and ``asyncio.iscoroutinefunction`` (what
+    uvicorn and Starlette ask before 3.14), as asgiref's ``markcoroutinefunction``."""
+    if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
+        marked: _F = inspect.markcoroutinefunction(func)
+        return marked
+    func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    return func
 
 
 class PatgateMiddleware:
@@ -79,8 +94,10 @@ class PatgateMiddleware:
         self.app = app
         self.runtime = runtime
         self._authenticator = authenticator
+        #: bound once: one attribute walk less per request.
+        self._decide = authenticator.authenticate_now
         self._responses = authenticator.responses
-        self._anonymous = AuthCredentials()
+        self._anonymous = PatgateCredentials.anonymous(self._responses)
         self._nobody = UnauthenticatedUser()
 
     @classmethod
@@ -89,41 +106,67 @@ class PatgateMiddleware:
     ) -> PatgateMiddleware:
         return cls(app, settings=settings, policy=policy)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @mark_coroutine_function
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not ``async def`` (issue 16): a request whose token is cached is decided right
+        # here and handed the app's own coroutine, so it runs with one coroutine frame
+        # fewer (the middleware's, which every await of the app would pass through). A
+        # miss or a refusal returns a coroutine of this class instead. Marked as a
+        # coroutine function: servers (uvicorn's ASGI 2/3 detection) and frameworks ask.
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         raw = scope.get("raw_path")
         path = raw.decode("latin-1") if raw else quote(scope["path"])
         method = scope["method"] if kind == "http" else "GET"
         headers = scope["headers"]
-        authenticator = self._authenticator
         try:
             # A cached token is decided without a coroutine; only a miss awaits the store.
-            decided = authenticator.authenticate_now(method, path, headers, scope)
-            if isinstance(decided, Lookup):
-                resolved: Resolved | None = await authenticator.finish(
-                    decided, method, headers, scope
-                )
-            else:
-                resolved = decided
+            decided = self._decide(method, path, headers, scope)
         except (AuthError, StoreUnavailable) as exc:
-            if kind == "websocket":
-                await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
-            else:
-                await self._responses.for_error(exc).send(send)
-            return
+            return self._refuse(exc, kind, send)
+        if isinstance(decided, Resolved):  # the usual request: _annotate(), inlined
+            scope["auth"] = decided.credentials
+            scope["user"] = decided.user
+        elif decided is None:
+            scope["auth"] = self._anonymous
+            scope["user"] = self._nobody
+        else:
+            return self._finish(decided, method, headers, scope, receive, send)
+        return self._downstream(scope, receive, send)
+
+    def _annotate(self, scope: Scope, resolved: Resolved | None) -> None:
+        # Two keys only (middleware.user: a third and fourth cost a dict resize).
         if resolved is None:
             scope["auth"] = self._anonymous
             scope["user"] = self._nobody
-            scope["patgate.identity"] = None
         else:
             scope["auth"] = resolved.credentials
             scope["user"] = resolved.user
-            scope["patgate.identity"] = resolved.identity
-        scope["patgate.errors"] = self._responses
+
+    async def _finish(
+        self,
+        lookup: Lookup,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A token the cache did not hold: one store round trip, then the app."""
+        try:
+            resolved = await self._authenticator.finish(lookup, method, headers, scope)
+        except (AuthError, StoreUnavailable) as exc:
+            await self._refuse(exc, scope["type"], send)
+            return
+        self._annotate(scope, resolved)
         await self._downstream(scope, receive, send)
+
+    async def _refuse(self, exc: AuthError | StoreUnavailable, kind: str, send: Send) -> None:
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": _WS_POLICY_VIOLATION})
+        else:
+            await self._responses.for_error(exc).send(send)
 
 
 class LifespanHooks:

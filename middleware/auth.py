@@ -58,7 +58,7 @@ from patgate.policies.verdicts import PolicyDecision
 
 from .allowlist import IpAllowlist
 from .cache import Slot, TokenCache
-from .credentials import bearer_bytes, bearer_token
+from .credentials import TOKEN_CHARS, bearer_bytes, bearer_token
 from .errors import (
     AuthError,
     ClientNotAllowed,
@@ -141,6 +141,7 @@ class Resolved:
         org: Org | None = None,
         *,
         previous: bool = False,
+        errors: ErrorResponses | None = None,
     ) -> None:
         self.token = token
         self.owner = owner
@@ -175,7 +176,7 @@ class Resolved:
             (math.inf if expires_at is None else expires_at) if self.usable else -math.inf
         )
         self.scopes = ScopeSet.from_scopes(self.identity.scopes)
-        self.credentials = PatgateCredentials(self.scopes)
+        self.credentials = PatgateCredentials(self.scopes, self.identity, errors)
         self.user = PatgateUser(self.identity)
         #: rule → the policy's verdict for this token, for rules no request binds
         #: (:meth:`Authenticator.decide`).
@@ -275,6 +276,12 @@ class Authenticator:
         # of any other shape (TokenFormat.any_digest_of), at the cost of one prefix check.
         # It takes bytes: the hot path hashes the header's bytes as they are.
         self._digest_of = token_format.any_digest_of if external_tokens else token_format.digest_of
+        # Without a pepper a patgate secret's digest is its SHA-256: the hot path takes it
+        # with no call of its own (authenticate_now); anything else goes by _digest_of.
+        self._sha256 = token_format.plain_sha256
+        self._head = token_format.head_bytes
+        #: the cache's positive table, probed in place on the hot path.
+        self._positive = cache.positive
         self.policies: PolicySource = _Fixed(policy) if isinstance(policy, Policy) else policy
         self.metrics = metrics
         self.recorder = recorder
@@ -298,6 +305,7 @@ class Authenticator:
         }
         self._seconds = hot.seconds
         self._hits = metrics.cache_hits
+        self._cached_allow = metrics.cached_allow
         self._misses = metrics.cache_misses
         self._lookup_errors = metrics.redis_errors.labels("lookup")
         self._reindexed = metrics.pepper_reindexed
@@ -354,23 +362,65 @@ class Authenticator:
                 self._refuse_blocked(self._client_ip(scope))
             # route() and credentials(), inlined: a call apiece less on every request.
             policy = self.policies.current
-            match = policy.route(method, raw_path)
+            match = policy.routed.get((method, raw_path)) or policy.route(method, raw_path)
             if match.denied is not None:
                 _refuse_early(match)
             # A CORS preflight under ``preflight = "allow"`` is treated as public.
             if match.public or (method == "OPTIONS" and policy.allows_preflight(headers)):
                 reason = "public"
                 return None
-            # The header's bytes are hashed as they are; only a miss decodes them.
-            secret = bearer_bytes(headers)
-            # resolve(), with its cache probe inlined.
-            digest = self._digest_of(secret)
-            slot = self.cache.get(digest, started)
-            if slot is None:
-                reason = None  # finish() counts it
-                return Lookup(match, secret.decode("ascii"), digest, raw_path, started)
-            self._hits.inc()
+            # The header's bytes are hashed as they are; only a miss decodes them. The
+            # usual header — one, "Bearer " and b64token characters — is read here;
+            # bearer_bytes() takes every other spelling and the refusals (RFC 6750 §2.1).
+            value: bytes | None = None
+            for name, raw in headers:
+                if name == b"authorization":
+                    if value is not None:
+                        value = None  # two: bearer_bytes() refuses them
+                        break
+                    value = raw
+            if value is not None and value[:7] == b"Bearer ":
+                secret = value[7:]
+                if not secret or secret.translate(None, TOKEN_CHARS):
+                    secret = bearer_bytes(headers)
+            else:
+                secret = bearer_bytes(headers)
+            sha256 = self._sha256
+            if sha256 is not None and secret.startswith(self._head):
+                digest: bytes = sha256(secret).digest()
+            else:
+                digest = self._digest_of(secret)
+            # The cache's get(), its positive probe inlined; the negative table (unknown
+            # tokens) and expiry go by get().
+            slot = self._positive.get(digest)
+            if slot is None or started >= slot.deadline:
+                slot = self.cache.get(digest, started)
+                if slot is None:
+                    reason = None  # finish() counts it
+                    return Lookup(match, secret.decode("ascii"), digest, raw_path, started)
             resolved = slot.value
+            if (
+                resolved is not None
+                and match.spec in resolved.allowed
+                and match.denied is None
+                and match.also is None
+                and resolved.allowlist is None
+            ):
+                # The usual request: a token whose allowing verdict on this rule is
+                # already held (no binding reads the request), no IP allowlist. Decided
+                # here, not in _admit/decide, and counted in one call: on a loaded
+                # server every other function's code is one more set of cache lines to
+                # fetch per request (issue 16: CPU per request, not instructions, kept
+                # this path behind the floor's).
+                now = self._clock()
+                if now < resolved.live_until:
+                    recorder = self.recorder
+                    if recorder is not None and recorder.due(resolved.used_key, now):
+                        self._note_use(recorder, resolved, match, method, headers, scope, now)
+                    reason = None
+                    self._cached_allow(self._monotonic() - started)
+                    return resolved
+            self._hits.inc()
             if resolved is None:  # "no token has this digest", cached
                 raise InvalidToken(_UNKNOWN)
             return self._admit(resolved, match, method, headers, scope)
@@ -425,18 +475,26 @@ class Authenticator:
         ):
             self.decide(resolved, match, headers, now)
         allowlist = resolved.allowlist
+        if allowlist is not None and not allowlist.permits(self._client_ip(scope)):
+            raise ClientNotAllowed()
         recorder = self.recorder
-        if allowlist is not None:
-            client = self._client_ip(scope)
-            if not allowlist.permits(client):
-                raise ClientNotAllowed()
-            if recorder is not None and recorder.due(resolved.used_key, now):
-                used = LastUsed(now, method, match.path, client, _ua(headers))
-                recorder.record(resolved.partition, resolved.used_key, used)
-        elif recorder is not None and recorder.due(resolved.used_key, now):
-            used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
-            recorder.record(resolved.partition, resolved.used_key, used)
+        if recorder is not None and recorder.due(resolved.used_key, now):
+            self._note_use(recorder, resolved, match, method, headers, scope, now)
         return resolved
+
+    def _note_use(
+        self,
+        recorder: LastUsedRecorder,
+        resolved: Resolved,
+        match: RouteMatch,
+        method: str,
+        headers: Headers,
+        scope: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        """Hand the recorder this use of the token (when :meth:`LastUsedRecorder.due`)."""
+        used = LastUsed(now, method, match.path, self._client_ip(scope), _ua(headers))
+        recorder.record(resolved.partition, resolved.used_key, used)
 
     def _refused(
         self,
@@ -642,7 +700,9 @@ class Authenticator:
             raise InvalidToken(_UNKNOWN)
         owner = User.decode(found.user) if found.user is not None else None
         org = Org.decode(found.org) if found.org is not None else None
-        resolved = Resolved(token, owner, self._clock(), org, previous=via_previous)
+        resolved = Resolved(
+            token, owner, self._clock(), org, previous=via_previous, errors=self.responses
+        )
         if found.previous_pepper:
             # Found under the previous pepper: move it to the current one, atomically and
             # off the request's path. Not cached meanwhile — invalidations name the

@@ -24,6 +24,7 @@ with a TTL of seconds a hot token is simply re-read after eviction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from .metrics import Metrics
@@ -68,6 +69,10 @@ class TokenCache(Generic[V]):
         self.active = active
         self._positive: dict[bytes, Slot[V]] = {}
         self._negative: dict[bytes, Slot[V]] = {}
+        #: the positive table itself, for the hot path's probe (``get`` without a call:
+        #: ``Authenticator.authenticate_now``). Read-only there; written only here, and
+        #: never replaced (``clear()`` empties it in place).
+        self.positive: Mapping[bytes, Slot[V]] = self._positive
         #: owning user id → digests of that user's cached tokens, for ``u <id>``.
         self._by_owner: dict[str, set[bytes]] = {}
         self._gauge = None if metrics is None else metrics.cache_entries

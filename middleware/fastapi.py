@@ -15,7 +15,7 @@ that imports FastAPI, and nothing imports it on ``import patgate``. Behind
     def threads(who: Identity = Security(identity, scopes=["threads:read"])) -> dict: ...
 
 ``identity`` returns the :class:`~patgate.middleware.records.Identity` the middleware set
-(``scope["patgate.identity"]``). A token lacking one of the route's scopes (checked against
+(``request.auth.identity``). A token lacking one of the route's scopes (checked against
 its *effective* scopes, wildcard-aware: ``threads:*`` holds ``threads:read``) is refused
 with the RFC 6750 403 ``insufficient_scope`` challenge naming the scopes; no identity (a
 public route, or an app not behind the middleware) with the 401 challenge. Both are
@@ -30,6 +30,7 @@ from fastapi.security import SecurityScopes
 
 from .records import Identity
 from .requires import AuthRefused, refusal, refusal_handler
+from .user import identity_of
 
 __all__ = ["AuthRefused", "identity", "refusal_handler"]
 
@@ -42,5 +43,6 @@ async def identity(security_scopes: SecurityScopes, request: Request) -> Identit
     prepared = refusal(request, security_scopes.scopes)
     if prepared is not None:
         raise AuthRefused(prepared)
-    found: Identity = request.scope["patgate.identity"]
+    found = identity_of(request.scope)
+    assert found is not None  # refusal() answered 401 otherwise
     return found

@@ -41,6 +41,7 @@ from starlette.websockets import WebSocket
 
 from .errors import AuthError, InsufficientScope, MissingCredentials
 from .responses import ErrorResponses, Prepared
+from .user import identity_of, renderer_of
 
 __all__ = ["AuthRefused", "refusal", "refusal_handler", "requires"]
 
@@ -71,15 +72,14 @@ def _detail(prepared: Prepared) -> str:
 
 
 def _renderer(conn: HTTPConnection) -> ErrorResponses:
-    # The middleware leaves its renderer in the scope (its realm); a route that is not
+    # The middleware's renderer (its realm) rides on scope["auth"]; a route that is not
     # behind it gets the default realm.
-    found = conn.scope.get("patgate.errors")
-    return found if isinstance(found, ErrorResponses) else ErrorResponses()
+    return renderer_of(conn.scope)
 
 
 def refusal(conn: HTTPConnection, scopes: Sequence[str]) -> Prepared | None:
     """``None`` if ``conn`` holds every scope in ``scopes``; else the 401/403 to answer."""
-    if conn.scope.get("patgate.identity") is None:
+    if identity_of(conn.scope) is None:
         error: AuthError = MissingCredentials()
     elif has_required_scope(conn, scopes):
         return None
@@ -99,7 +99,7 @@ async def refusal_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, AuthRefused):
         return exc.prepared.as_response()
     if isinstance(exc, HTTPException) and exc.status_code == 403:
-        if request.scope.get("patgate.identity") is None:
+        if identity_of(request.scope) is None:
             return _renderer(request).for_error(MissingCredentials()).as_response()
         return _renderer(request).for_error(InsufficientScope()).as_response()
     raise exc

@@ -182,6 +182,18 @@ class TokenFormat:
                 raise ValueError("the two peppers share a fingerprint; choose another pepper")
 
     @property
+    def head_bytes(self) -> bytes:
+        """``<prefix>_`` as bytes: how every secret of this format starts."""
+        return self._head_bytes
+
+    @property
+    def plain_sha256(self) -> Callable[[bytes], Any] | None:
+        """Without a pepper, the SHA-256 constructor whose ``digest()`` of a secret's
+        bytes is :meth:`digest_of` (for a secret starting with :attr:`head_bytes`, also
+        :meth:`any_digest_of`); ``None`` with one. The hot path calls it directly."""
+        return _SHA256 if self._mac is None else None
+
+    @property
     def pepper_id(self) -> int | None:
         """Which pepper :meth:`digest` uses (a fingerprint; None: no pepper)."""
         return _pepper_id(self.pepper)

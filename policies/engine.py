@@ -112,6 +112,7 @@ class Policy:
         "_table",
         "_verdicts",
         "preflight",
+        "routed",
         "spec",
     )
 
@@ -148,6 +149,10 @@ class Policy:
         # shared, because building a frozen dataclass per request costs ~1 µs.
         self._fixed_decisions: dict[tuple[bool, str, str], PolicyDecision] = {}
         self._routes: dict[tuple[str, str], RouteMatch] = {}
+        #: the route memo itself, by (method, raw path): a caller on the hot path probes
+        #: it before calling :meth:`route` (one call less per repeated path). Read-only
+        #: there; only :meth:`route` writes it, and it is never replaced.
+        self.routed: Mapping[tuple[str, str], RouteMatch] = self._routes
         # The trie walk through a plain path's directory, by (method, directory). Bounded
         # and cleared like the route memo.
         self._dirs: dict[tuple[str, str], Walk] = {}

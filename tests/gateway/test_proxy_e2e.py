@@ -18,6 +18,8 @@ from patgate.gateway.proxy import ProxyApp
 from patgate.gateway.settings import Settings
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import Identity
+from patgate.middleware.user import PatgateCredentials
+from patgate.policies.scopes import ScopeSet
 from tests.middleware._servers import serve
 
 IDENTITY = Identity(
@@ -125,7 +127,8 @@ class _StubAuth:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers", []))
-        scope["patgate.identity"] = IDENTITY if headers.get(b"x-test-auth") == b"yes" else None
+        identity = IDENTITY if headers.get(b"x-test-auth") == b"yes" else None
+        scope["auth"] = PatgateCredentials(ScopeSet.from_scopes(frozenset()), identity)
         await self.app(scope, receive, send)
 
 

@@ -18,6 +18,8 @@ from patgate.gateway.settings import Settings
 from patgate.middleware.errors import ConfigError
 from patgate.middleware.metrics import Metrics
 from patgate.middleware.records import Identity
+from patgate.middleware.user import PatgateCredentials
+from patgate.policies.scopes import ScopeSet
 
 UPSTREAM = "http://upstream.test:9000/base"
 IDENTITY = Identity(
@@ -137,7 +139,7 @@ async def test_upstream_receives_exact_request() -> None:
             (b"x-request-id", b"r1"),
         ],
     )
-    scope["patgate.identity"] = IDENTITY
+    scope["auth"] = PatgateCredentials(ScopeSet.from_scopes(frozenset()), IDENTITY)
     client = await _call(_mock(handler), scope, _Client([b'{"a": true}']))
 
     assert client.status == 201
@@ -175,7 +177,7 @@ async def test_public_route_sends_no_identity_and_strips_client_ones() -> None:
 
     headers = [(b"x-patgate-token-id", b"forged"), (b"X-PATGATE-ORG-ID", b"org_1")]
     scope = _scope(headers=headers)
-    scope["patgate.identity"] = None
+    scope["auth"] = PatgateCredentials(ScopeSet.from_scopes(frozenset()), None)
     await _call(_mock(handler), scope)
     assert not [n for n in seen[0].headers if n.lower().startswith("x-patgate")]
 

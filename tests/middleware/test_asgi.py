@@ -45,7 +45,7 @@ scopes = ["threads:subscribe"]
 
 @requires("threads:read")
 async def read_thread(request: Request) -> JSONResponse:
-    identity: Identity = request.scope["patgate.identity"]
+    identity: Identity = request.auth.identity
     return JSONResponse(
         {
             "thread": request.path_params["id"],
@@ -72,7 +72,7 @@ async def public(request: Request) -> JSONResponse:
         {
             "authenticated": request.user.is_authenticated,
             "scopes": list(request.auth.scopes),
-            "identity": request.scope["patgate.identity"],
+            "identity": request.auth.identity,
         }
     )
 
@@ -324,3 +324,45 @@ async def test_lifespan_startup_failure_is_reported() -> None:
     assert sent[0]["type"] == "lifespan.startup.failed"
     assert "store down" in sent[0]["message"]
     assert events == []
+
+
+def test_the_middleware_is_an_asgi3_coroutine_function() -> None:
+    """``__call__`` is a plain function returning the app's coroutine (one frame less per
+    request, issue 16), marked so that servers and frameworks still see an async ASGI 3
+    app: uvicorn picks its interface by asking."""
+    import inspect
+
+    import uvicorn
+    from starlette._utils import is_async_callable
+
+    middleware = PatgateMiddleware(Starlette(), redis_url="redis://127.0.0.1:1/0")
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+    if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
+        assert inspect.iscoroutinefunction(middleware.__call__)
+    assert is_async_callable(middleware)
+    config = uvicorn.Config(middleware, lifespan="off")
+    config.load()
+    assert config.interface == "asgi3"
+
+
+async def test_public_route_gets_anonymous_credentials_without_an_identity(
+    runtime: Runtime,
+) -> None:
+    """Only scope["auth"] and scope["user"] are set (issue 16): the identity and the
+    renderer ride on the credentials, None/anonymous on a public route."""
+    seen: dict[str, Any] = {}
+
+    async def endpoint(request: Request) -> JSONResponse:
+        seen["keys"] = {
+            k for k in request.scope if k in ("auth", "user") or k.startswith("patgate")
+        }
+        seen["identity"] = request.auth.identity
+        seen["scopes"] = list(request.auth.scopes)
+        seen["authenticated"] = request.user.is_authenticated
+        return JSONResponse({})
+
+    app = PatgateMiddleware(Starlette(routes=[Route("/public", endpoint)]), runtime.authenticator)
+    async with serve(app) as port, httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{port}/public")).status_code == 200
+    assert seen == {"keys": {"auth", "user"}, "identity": None, "scopes": [],
+                    "authenticated": False}  # fmt: skip

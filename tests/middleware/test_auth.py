@@ -291,6 +291,41 @@ async def test_unknown_and_malformed_answers_are_identical(rig: Rig) -> None:
     assert answers[0] == answers[1] == answers[2]
 
 
+@pytest.mark.parametrize(
+    ("spelling", "status"),
+    [
+        (b"Bearer %s", 200),
+        (b"bearer %s", 200),
+        (b"BEARER  %s", 200),
+        (b"Bearer %s\t", 200),
+        (b"Bearer %s ", 200),
+        (b"Bearer %s=", 401),
+        (b"Bearer %s,", 400),
+        (b"Bearer %s %s", 400),
+        (b"Bearer %s\xc3\xa9", 400),
+        (b"Bearer ", 400),
+    ],
+)
+async def test_spellings_answer_alike_with_the_token_cached(
+    rig: Rig, spelling: bytes, status: int
+) -> None:
+    """The hot path reads the usual header itself (issue 16); with the token cached,
+    every other spelling must still get bearer_bytes()'s answer, the cold one."""
+    secret = (await rig.token()).secret.encode()
+    assert (await rig.call("GET", "/threads/7", _bearer(secret.decode())))[0] == 200
+    value = spelling % ((secret,) * spelling.count(b"%s"))
+    headers = [(b"authorization", value)]
+    answers = [(await rig.call("GET", "/threads/7", headers))[0] for _ in range(2)]
+    assert answers == [status, status]
+
+
+async def test_a_second_authorization_header_is_refused_with_the_token_cached(rig: Rig) -> None:
+    secret = (await rig.token()).secret
+    assert (await rig.call("GET", "/threads/7", _bearer(secret)))[0] == 200
+    status, _, body = await rig.call("GET", "/threads/7", _bearer(secret) + _bearer(secret))
+    assert (status, body["detail"]) == (400, "more than one Authorization header")
+
+
 async def test_bad_checksum_costs_no_redis_call(rig: Rig) -> None:
     t = await rig.token()
     for _ in range(20):

@@ -33,7 +33,7 @@ from tests.middleware._tokens import add_user, issue
 
 
 async def _me(request: Request) -> JSONResponse:
-    identity = request.scope["patgate.identity"]
+    identity = request.auth.identity
     return JSONResponse({"owner": identity.owner_id})
 
 
@@ -134,7 +134,7 @@ from patgate import PatgateMiddleware, Settings
 
 
 async def me(request):
-    return JSONResponse({"owner": request.scope["patgate.identity"].owner_id})
+    return JSONResponse({"owner": request.auth.identity.owner_id})
 
 
 app = PatgateMiddleware.from_settings(Starlette(routes=[Route("/me", me)]), Settings.from_env())

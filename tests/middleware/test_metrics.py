@@ -56,6 +56,24 @@ def test_local_exposition_equals_prometheus_clients() -> None:
     assert "patgate_decision_seconds_count 5.0" in text
 
 
+def test_cached_allow_is_the_three_updates_in_one_call() -> None:
+    """The hot path's one call (issue 16) exports exactly what a decision ``allow/ok``,
+    a cache hit and an observation would, in both modes."""
+    for multiprocess in (False, True):
+        one, three = Metrics(multiprocess=multiprocess), Metrics(multiprocess=multiprocess)
+        for seconds in (4e-6, 5e-6, 0.3):
+            one.cached_allow(seconds)
+            three.hot.decision("allow", "ok").inc()
+            three.cache_hits.inc()
+            three.hot.seconds.observe(seconds)
+        text = _text(one)
+        assert text == _text(three)
+        assert 'patgate_decisions_total{outcome="allow",reason="ok"} 3.0' in text
+        assert "patgate_cache_hits_total 3.0" in text
+        assert 'patgate_decision_seconds_bucket{le="5e-06"} 2.0' in text
+        assert "patgate_decision_seconds_count 3.0" in text
+
+
 def test_multiprocess_is_chosen_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:

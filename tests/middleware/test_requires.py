@@ -42,7 +42,7 @@ BODY = {"error": "insufficient_scope", "detail": "the token lacks the scope this
 
 @requires("threads:read")
 async def read(request: Request) -> JSONResponse:
-    return JSONResponse({"owner": request.scope["patgate.identity"].owner_id})
+    return JSONResponse({"owner": request.auth.identity.owner_id})
 
 
 @requires(["threads:create", "threads:read"])

@@ -193,3 +193,17 @@ def test_property_any_single_character_change_is_rejected(data: st.DataObject) -
         label="ch",
     )
     assert not FMT.is_well_formed(_with_char(secret, pos, ch))
+
+
+def test_plain_sha256_is_the_digest_of_a_secret_without_a_pepper() -> None:
+    """What the hot path calls directly (issue 16) gives digest_of's answer, and is
+    withheld when a pepper makes the digest an HMAC."""
+    fmt = TokenFormat()
+    sha = fmt.plain_sha256
+    assert sha is not None
+    for _ in range(20):
+        secret = fmt.generate().encode()
+        assert secret.startswith(fmt.head_bytes)
+        assert sha(secret).digest() == fmt.digest_of(secret) == fmt.any_digest_of(secret)
+    assert TokenFormat(pepper=b"p" * 32).plain_sha256 is None
+    assert TokenFormat(prefix="acme").head_bytes == b"acme_"
