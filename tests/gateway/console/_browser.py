@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,10 +139,35 @@ def set_viewport(driver: Chrome, width: int, height: int, *, mobile: bool = True
     )
 
 
+def _left_document(exc: WebDriverException) -> bool:
+    # Chrome answers a node of a document being left (a form submit or link loading the
+    # next page) with a plain inspector error rather than a stale element.
+    return "does not belong to the document" in str(exc)
+
+
+def _across_navigation(condition: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``condition`` polled through a navigation: a node of the page being left counts
+    as "not yet" (the next poll reads the new page), as a stale element already does
+    inside Selenium's own conditions. Every wait_* below reads through it, so an action
+    that loads a new page needs no special care before waiting for what it shows."""
+
+    def poll(driver: Any) -> Any:
+        try:
+            return condition(driver)
+        except WebDriverException as exc:
+            if _left_document(exc):
+                return False
+            raise
+
+    return poll
+
+
 def wait_for(driver: Chrome, css: str, timeout: float = 5.0) -> WebElement:
     """The first element matching ``css`` once it is visible."""
     element: WebElement = WebDriverWait(driver, timeout).until(
-        expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, css)),
+        _across_navigation(
+            expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, css))
+        ),
         f"no visible {css!r} after {timeout}s",
     )
     return element
@@ -162,7 +187,7 @@ def new_page(driver: Chrome, timeout: float = 5.0) -> Iterator[None]:
         try:
             return bool(expected_conditions.staleness_of(old)(driver))
         except WebDriverException as exc:
-            if "does not belong to the document" in str(exc):
+            if _left_document(exc):
                 return True
             raise
 
@@ -172,7 +197,9 @@ def new_page(driver: Chrome, timeout: float = 5.0) -> Iterator[None]:
 def wait_text(driver: Chrome, css: str, text: str, timeout: float = 5.0) -> WebElement:
     """The element matching ``css`` once its text contains ``text``."""
     WebDriverWait(driver, timeout).until(
-        expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, css), text),
+        _across_navigation(
+            expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, css), text)
+        ),
         f"{css!r} never contained {text!r} within {timeout}s",
     )
     return driver.find_element(By.CSS_SELECTOR, css)
