@@ -40,7 +40,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.websockets import WebSocket
 
 from .errors import AuthError, InsufficientScope, MissingCredentials
-from .responses import ErrorResponses, Prepared
+from .responses import Prepared
 from .user import identity_of, renderer_of
 
 __all__ = ["AuthRefused", "refusal", "refusal_handler", "requires"]
@@ -71,12 +71,6 @@ def _detail(prepared: Prepared) -> str:
     return body["detail"]
 
 
-def _renderer(conn: HTTPConnection) -> ErrorResponses:
-    # The middleware's renderer (its realm) rides on scope["auth"]; a route that is not
-    # behind it gets the default realm.
-    return renderer_of(conn.scope)
-
-
 def refusal(conn: HTTPConnection, scopes: Sequence[str]) -> Prepared | None:
     """``None`` if ``conn`` holds every scope in ``scopes``; else the 401/403 to answer."""
     if identity_of(conn.scope) is None:
@@ -86,7 +80,7 @@ def refusal(conn: HTTPConnection, scopes: Sequence[str]) -> Prepared | None:
     else:
         # RFC 6750 §3: scope= names what the resource needs, here everything it asked for.
         error = InsufficientScope(scope=" ".join(scopes))
-    return _renderer(conn).for_error(error)
+    return renderer_of(conn.scope).for_error(error)
 
 
 async def refusal_handler(request: Request, exc: Exception) -> Response:
@@ -100,8 +94,8 @@ async def refusal_handler(request: Request, exc: Exception) -> Response:
         return exc.prepared.as_response()
     if isinstance(exc, HTTPException) and exc.status_code == 403:
         if identity_of(request.scope) is None:
-            return _renderer(request).for_error(MissingCredentials()).as_response()
-        return _renderer(request).for_error(InsufficientScope()).as_response()
+            return renderer_of(request.scope).for_error(MissingCredentials()).as_response()
+        return renderer_of(request.scope).for_error(InsufficientScope()).as_response()
     raise exc
 
 
